@@ -1,0 +1,302 @@
+"""The job ledger: every job and an append-only history of its events (SQLModel on any SQLAlchemy URL).
+
+SQLite (the default) is made safe for many processes at once (CLI, running jobs, cron `sync`): WAL journal,
+a busy timeout, writes in short `BEGIN IMMEDIATE` transactions, and retries when the database is busy.
+State changes go through `Ledger.transition`, which applies `hpcft.states.can_transition` atomically.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from sqlalchemy import JSON, Column, event as sa_event, or_
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from hpcft import paths
+from hpcft.errors import NotFound, StateError
+from hpcft.states import State, can_transition, is_terminal
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def current_user() -> str:
+    return os.environ.get("HPCFT_USER") or getpass.getuser()
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    description: str = ""
+    owner: str = Field(index=True)
+    project: str = Field(default="default", index=True)
+    method: str = ""
+    state: str = Field(default=State.queued.value, index=True)
+    state_reason: Optional[str] = None
+    executor: str = "local"  # local | slurm
+    config: Dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    resources: Dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    resource_spec: str = Field(default="", index=True)  # e.g. "1x1 cpu1 gpu0 01:00:00 local"
+    output_dir: str = Field(default="", index=True)
+    slurm_job_id: Optional[str] = Field(default=None, index=True)  # "123" or "123_4" for an array task
+    array_job_id: Optional[str] = Field(default=None, index=True)
+    array_task_id: Optional[int] = None
+    pid: Optional[int] = None  # local executor: the supervisor's pid (leader of its process group)
+    attempt: int = 1
+    parent_id: Optional[int] = Field(default=None, index=True)  # the job this one was cloned/derived from
+    created_at: datetime = Field(default_factory=utcnow)
+    submitted_at: Optional[datetime] = None
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    ts: datetime = Field(default_factory=utcnow, index=True)
+    kind: str = Field(index=True)  # submitted | started | checkpoint | finished | state | stop | extend | ...
+    message: str = ""
+    attempt: int = 1
+    data: Dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+_ENGINES: Dict[str, Any] = {}
+
+
+def _engines(url: str):
+    """(reader, writer) engines for a URL, created once per process."""
+    if url in _ENGINES:
+        return _ENGINES[url]
+    if url.startswith("sqlite"):
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])), exist_ok=True)
+
+        def make(begin_sql: str):
+            eng = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+            @sa_event.listens_for(eng, "connect")
+            def _on_connect(dbapi_conn, _rec):  # take transaction control from pysqlite
+                dbapi_conn.isolation_level = None
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+
+            @sa_event.listens_for(eng, "begin")
+            def _on_begin(conn):
+                conn.exec_driver_sql(begin_sql)
+
+            return eng
+
+        pair = (make("BEGIN"), make("BEGIN IMMEDIATE"))
+    else:
+        eng = create_engine(url, pool_pre_ping=True)
+        pair = (eng, eng)
+    SQLModel.metadata.create_all(pair[1])
+    _ENGINES[url] = pair
+    return pair
+
+
+def _retry(fn, tries: int = 8):
+    for i in range(tries):
+        try:
+            return fn()
+        except OperationalError as e:  # "database is locked" past the busy timeout, or a dropped connection
+            if i == tries - 1 or not ("locked" in str(e) or "busy" in str(e) or "connection" in str(e)):
+                raise
+            time.sleep(min(2.0, 0.05 * 2**i))
+
+
+class Ledger:
+    def __init__(self, url: Optional[str] = None):
+        self.url = url or paths.db_url()
+        self._reader, self._writer = _engines(self.url)
+        self._for_update = not self.url.startswith("sqlite")
+
+    # ------------------------------------------------------------------------------------------ sessions
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self._reader, expire_on_commit=False) as s:
+            yield s
+
+    def write(self, fn):
+        """Run fn(session) in one short write transaction (retried when the database is busy)."""
+
+        def once():
+            with Session(self._writer, expire_on_commit=False) as s:
+                out = fn(s)
+                s.commit()
+                return out
+
+        return _retry(once)
+
+    # ------------------------------------------------------------------------------------------ jobs
+    def create_job(self, **fields: Any) -> Job:
+        fields.setdefault("owner", current_user())
+        now = utcnow()
+        fields.setdefault("submitted_at", now)
+
+        def fn(s: Session) -> Job:
+            job = Job(**fields)
+            s.add(job)
+            s.flush()
+            s.add(Event(job_id=job.id, kind="created", message=f"job created in state {job.state}",
+                        attempt=job.attempt))
+            return job
+
+        return self.write(fn)
+
+    def get(self, job_id: int) -> Job:
+        with self.read() as s:
+            job = s.get(Job, int(job_id))
+        if job is None:
+            raise NotFound(f"job {job_id}: not in the ledger ({self.url}); see `hpcft list`")
+        return job
+
+    def update(self, job_id: int, **fields: Any) -> Job:
+        def fn(s: Session) -> Job:
+            job = s.get(Job, int(job_id))
+            if job is None:
+                raise NotFound(f"job {job_id}: not in the ledger")
+            for k, v in fields.items():
+                setattr(job, k, v)
+            job.updated_at = utcnow()
+            s.add(job)
+            return job
+
+        return self.write(fn)
+
+    def search(
+        self,
+        *,
+        ids: Optional[Sequence[int]] = None,
+        name: Optional[str] = None,
+        state: Optional[Sequence[str]] = None,
+        owner: Optional[str] = None,
+        project: Optional[str] = None,
+        resources: Optional[str] = None,
+        output: Optional[str] = None,
+        executor: Optional[str] = None,
+        limit: Optional[int] = None,
+    ) -> List[Job]:
+        """Jobs matching all given filters; name/resources/output are case-insensitive substrings."""
+        q = select(Job)
+        if ids:
+            q = q.where(Job.id.in_(list(ids)))  # type: ignore[union-attr]
+        if name:
+            q = q.where(Job.name.ilike(f"%{name}%"))  # type: ignore[attr-defined]
+        if state:
+            q = q.where(Job.state.in_([str(State(x)) for x in state]))  # type: ignore[attr-defined]
+        if owner:
+            q = q.where(Job.owner == owner)
+        if project:
+            q = q.where(Job.project == project)
+        if resources:
+            q = q.where(Job.resource_spec.ilike(f"%{resources}%"))  # type: ignore[attr-defined]
+        if output:
+            q = q.where(Job.output_dir.ilike(f"%{output}%"))  # type: ignore[attr-defined]
+        if executor:
+            q = q.where(Job.executor == executor)
+        q = q.order_by(Job.id.desc())  # type: ignore[union-attr]
+        if limit:
+            q = q.limit(limit)
+        with self.read() as s:
+            return list(s.exec(q).all())
+
+    def live_jobs(self, executor: Optional[str] = None) -> List[Job]:
+        return self.search(state=[State.queued, State.running], executor=executor)
+
+    # ------------------------------------------------------------------------------------------ events
+    def add_event(self, job_id: int, kind: str, message: str = "", **data: Any) -> None:
+        def fn(s: Session) -> None:
+            job = s.get(Job, int(job_id))
+            attempt = job.attempt if job else 1
+            s.add(Event(job_id=int(job_id), kind=kind, message=message, attempt=attempt, data=data))
+
+        self.write(fn)
+
+    def events(self, job_id: int) -> List[Event]:
+        with self.read() as s:
+            q = select(Event).where(Event.job_id == int(job_id)).order_by(Event.id)  # type: ignore[arg-type]
+            return list(s.exec(q).all())
+
+    # ------------------------------------------------------------------------------------------ states
+    def transition(
+        self,
+        job_id: int,
+        to: State | str,
+        reason: Optional[str] = None,
+        *,
+        source: str = "hpcft",
+        strict: bool = False,
+        **fields: Any,
+    ) -> bool:
+        """Move a job to `to` if the state machine allows it; record a `state` event. Same state: no-op.
+
+        Returns True when the state changed. A refused move returns False (or raises StateError if strict),
+        so that racing writers (a job finishing while `sync` runs) settle on the first terminal state.
+        """
+        to = State(to)
+
+        def fn(s: Session) -> bool:
+            q = select(Job).where(Job.id == int(job_id))
+            if self._for_update:
+                q = q.with_for_update()
+            job = s.exec(q).first()
+            if job is None:
+                raise NotFound(f"job {job_id}: not in the ledger")
+            src = State(job.state)
+            if src == to:
+                return False
+            if not can_transition(src, to):
+                if strict:
+                    raise StateError(f"job {job_id} is {src}: cannot become {to}")
+                return False
+            now = utcnow()
+            job.state = to.value
+            job.state_reason = reason
+            job.updated_at = now
+            if to == State.running and job.started_at is None:
+                job.started_at = now
+            if is_terminal(to):
+                job.finished_at = now
+            if to == State.queued and is_terminal(src):
+                job.attempt += 1
+                job.started_at = job.finished_at = None
+            for k, v in fields.items():
+                setattr(job, k, v)
+            s.add(job)
+            msg = f"{src} -> {to}" + (f": {reason}" if reason else "")
+            s.add(Event(job_id=job.id, kind="state", message=msg, attempt=job.attempt,
+                        data={"from": src.value, "to": to.value, "reason": reason, "source": source}))
+            return True
+
+        return self.write(fn)
+
+    def delete(self, job_ids: Sequence[int]) -> int:
+        def fn(s: Session) -> int:
+            n = 0
+            for jid in job_ids:
+                for ev in s.exec(select(Event).where(Event.job_id == int(jid))).all():
+                    s.delete(ev)
+                job = s.get(Job, int(jid))
+                if job is not None:
+                    s.delete(job)
+                    n += 1
+            return n
+
+        return self.write(fn)

@@ -1,0 +1,143 @@
+"""Structured-config schemas: one dataclass per config group, registered in Hydra's ConfigStore.
+
+This module is the single source of truth for every option's name, type and default. The YAML files under
+`conf/` pick values; `hpcft.validate` checks the ranges that types cannot express.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+# Every training method hpcft knows, and the trainer module (under `trainers/`) that runs it.
+METHODS: Dict[str, str] = {
+    "pretrain": "trainers.causal_lm",
+    "full": "trainers.causal_lm",
+    "lora": "trainers.causal_lm",
+    "qlora": "trainers.causal_lm",
+}
+
+
+@dataclass
+class ModelConfig:
+    """What to train. `source=config` builds a random-init model from `arch` (tests, pretraining);
+    `source=pretrained` loads `path` (a local directory, a hub id on a cluster, or `job:ID` for a previous run)."""
+
+    name: str = MISSING
+    source: str = "pretrained"  # config | pretrained
+    path: Optional[str] = None
+    tokenizer: Optional[str] = None  # "bytes" = built-in byte-level tokenizer; else a path or hub id (default: path)
+    arch: Dict[str, Any] = field(default_factory=dict)  # transformers config kwargs, incl. model_type
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class QuantizationConfig:
+    bits: int = 4
+    quant_type: str = "nf4"  # nf4 | fp4
+    double_quant: bool = True
+    compute_dtype: str = "float32"  # bfloat16 on GPUs that have it
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    lora: Optional[LoraConfig] = None
+    quantization: Optional[QuantizationConfig] = None
+
+
+@dataclass
+class ResourcesConfig:
+    """What the job asks the scheduler for. `time` is the usage duration (wall time): past it the job is
+    killed and recorded as expired."""
+
+    name: str = MISSING
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1  # processes per node (one per GPU on GPU nodes)
+    cpus_per_task: int = 1
+    mem: Optional[str] = None  # e.g. "32G" (per node)
+    time: str = "01:00:00"  # [D-]HH:MM:SS, MM:SS or minutes
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    priority: str = "normal"  # low | normal | high
+    nodelist: Optional[str] = None
+    reservation: Optional[str] = None
+    constraint: Optional[str] = None
+    exclusive: bool = False
+    gpu_directive: str = "gres"  # gres (--gres=gpu:N) | gpus-per-node (--gpus-per-node=N)
+    extra: Dict[str, str] = field(default_factory=dict)  # further sbatch options, validated against sbatch
+
+
+@dataclass
+class DataConfig:
+    """Training / validation / test files. JSONL: {"text"} for pretraining; {"prompt","response"},
+    alpaca {"instruction","input","output"} or chat {"messages"} for SFT."""
+
+    name: str = MISSING
+    train: str = MISSING
+    validation: Optional[str] = None
+    test: Optional[str] = None
+    format: str = "auto"  # auto | text | prompt_response | alpaca | messages
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 1
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (None: run all epochs)
+    learning_rate: float = 2e-4
+    batch_size: int = 4  # per device
+    gradient_accumulation: int = 1
+    sequence_length: int = 512  # longer samples are truncated (and counted in the log)
+    warmup_ratio: float = 0.0  # fraction of total steps with linear warmup
+    lr_decay_ratio: float = 0.1  # cosine decay to learning_rate * ratio; 1.0 = constant
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    save_strategy: str = "epoch"  # steps | epoch
+    save_interval: int = 1  # every N steps or N epochs
+    keep_checkpoints: str = "all"  # off | all | N
+    resume_from: Optional[str] = None  # "latest" or a checkpoint directory
+    seed: int = 42
+    log_interval: int = 1
+    num_workers: int = 0
+    log_sample_ids: bool = False  # write the sample ids of every step into metrics.jsonl (resume checks)
+
+
+@dataclass
+class JobConfig:
+    name: str = "${model.name}-${method.name}"
+    description: str = ""
+    project: str = "default"
+    executor: str = "auto"  # auto | local | slurm
+    output_dir: Optional[str] = None  # default: <HPCFT_HOME>/runs/<job id>-<name>
+    model: ModelConfig = MISSING
+    method: MethodConfig = MISSING
+    resources: ResourcesConfig = MISSING
+    data: DataConfig = MISSING
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+def register() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="hpcft_schema", node=JobConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="method", name="method_schema", node=MethodConfig)
+    cs.store(group="resources", name="resources_schema", node=ResourcesConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)

@@ -1,0 +1,44 @@
+"""Slurm time strings <-> seconds. Slurm accepts: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+
+from __future__ import annotations
+
+import re
+
+_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def parse_duration(value: object) -> int:
+    """Seconds in a Slurm time limit (an int counts as minutes, like sbatch --time). ValueError if malformed."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"duration must be positive: {value!r}")
+        return int(value * 60)
+    s = str(value).strip()
+    m = _RE.match(s)
+    if not m:
+        raise ValueError(f"not a Slurm time (use HH:MM:SS, D-HH:MM:SS or minutes): {value!r}")
+    days, a, b, c = m.groups()
+    a, b, c = int(a), (int(b) if b else None), (int(c) if c else None)
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        total = int(days) * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    elif c is not None:  # H:M:S
+        total = a * 3600 + b * 60 + c
+    elif b is not None:  # M:S
+        total = a * 60 + b
+    else:  # M
+        total = a * 60
+    if total <= 0:
+        raise ValueError(f"duration must be positive: {value!r}")
+    return total
+
+
+def format_duration(seconds: int) -> str:
+    """Seconds -> Slurm's [D-]HH:MM:SS."""
+    seconds = int(seconds)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    hms = f"{h:02d}:{m:02d}:{s:02d}"
+    return f"{d}-{hms}" if d else hms

@@ -1,0 +1,1 @@
+"""Trainers run inside a job: one readable file per model family."""
