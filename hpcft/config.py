@@ -55,18 +55,21 @@ def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictC
     return cfg
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else type(e).__name__
-    for line in text[1:]:
-        if line.strip().startswith("full_key:"):
-            msg += f" ({line.strip()})"
-    return msg
+def _first_line(e: BaseException) -> str:
+    """One line for a Hydra/OmegaConf error: the deepest cause, with the key it concerns."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    msg = lines[0] if lines else type(e).__name__
+    key = next((x.split(":", 1)[1].strip() for x in lines[1:] if x.startswith("full_key:")), None)
+    if "Could not override" in msg or "not in struct" in msg or "Key '" in msg and "not" in msg:
+        msg += " (no such key: check the spelling, see all keys with `hpcft submit --dry-run`)"
+    return f"{key}: {msg}" if key and key not in msg else msg
 
 
 def _missing_option_message(e: Exception, overrides: List[str]) -> str:
     text = str(e)
-    for group in ("model", "method", "resources", "data", "experiment"):
+    for group in ("model", "method", "resources", "data", "deepspeed", "experiment"):
         if f"'{group}/" in text or f"{group}/" in text.split("\n")[0]:
             chosen = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group), "?")
             opts = ", ".join(group_options(group))
@@ -161,8 +164,8 @@ def validate(cfg: DictConfig) -> DictConfig:
                "checkpoint directory not found", "use training.resume_from=latest or an existing checkpoint dir")
 
     # data
-    _check(d.format in ("auto", "text", "prompt_response", "alpaca", "messages"), "data.format", d.format,
-           "unknown format", "use auto|text|prompt_response|alpaca|messages")
+    formats = ("auto", "text", "prompt_response", "alpaca", "messages", "preference", "prompt", "image_caption")
+    _check(d.format in formats, "data.format", d.format, "unknown format", "use " + "|".join(formats))
     _file("data.train", d.train, required=True)
     _file("data.validation", d.validation, required=False)
     _file("data.test", d.test, required=False)

@@ -17,6 +17,10 @@ METHODS: Dict[str, str] = {
     "full": "trainers.causal_lm",
     "lora": "trainers.causal_lm",
     "qlora": "trainers.causal_lm",
+    "reward": "trainers.reward",
+    "dpo": "trainers.dpo",
+    "grpo": "trainers.grpo",
+    "t2i_lora": "trainers.text_to_image",
 }
 
 
@@ -59,6 +63,59 @@ class MethodConfig:
 
 
 @dataclass
+class RewardMethodConfig(MethodConfig):
+    """Reward model (trl RewardTrainer) on {"prompt","chosen","rejected"} pairs. Owner: trainers/reward.py."""
+
+    center_rewards_coefficient: Optional[float] = None
+
+
+@dataclass
+class DPOMethodConfig(MethodConfig):
+    """Direct preference optimisation (trl DPOTrainer). Owner: trainers/dpo.py."""
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    max_prompt_length: int = 256
+
+
+@dataclass
+class GRPOMethodConfig(MethodConfig):
+    """Group relative policy optimisation (trl GRPOTrainer) on {"prompt"} data. Owner: trainers/grpo.py."""
+
+    beta: float = 0.0
+    num_generations: int = 4
+    max_completion_length: int = 32
+    temperature: float = 1.0
+    reward_functions: List[str] = field(default_factory=lambda: ["length"])
+    reward_model: Optional[str] = None  # path or job:ID of a model trained by method=reward
+
+
+@dataclass
+class T2ILoraMethodConfig(MethodConfig):
+    """LoRA on a text-to-image diffusion UNet (diffusers). Owner: trainers/text_to_image.py."""
+
+    resolution: int = 32
+    num_sample_images: int = 2
+    sample_prompts: List[str] = field(default_factory=list)
+    noise_offset: float = 0.0
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO settings; `stage: null` runs without DeepSpeed. The JSON config is generated from these
+    and the training section (batch size, accumulation, precision) so the two can never disagree."""
+
+    name: str = "none"
+    stage: Optional[int] = None  # 0 | 1 | 2 | 3
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    gather_16bit_weights_on_model_save: bool = True
+    extra: Dict[str, Any] = field(default_factory=dict)  # merged last into the generated JSON
+
+
+@dataclass
 class ResourcesConfig:
     """What the job asks the scheduler for. `time` is the usage duration (wall time): past it the job is
     killed and recorded as expired."""
@@ -91,7 +148,7 @@ class DataConfig:
     train: str = MISSING
     validation: Optional[str] = None
     test: Optional[str] = None
-    format: str = "auto"  # auto | text | prompt_response | alpaca | messages
+    format: str = "auto"  # auto | text | prompt_response | alpaca | messages | preference | prompt | image_caption
 
 
 @dataclass
@@ -128,6 +185,7 @@ class JobConfig:
     method: MethodConfig = MISSING
     resources: ResourcesConfig = MISSING
     data: DataConfig = MISSING
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
@@ -139,5 +197,10 @@ def register() -> None:
     cs.store(name="hpcft_schema", node=JobConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="method", name="method_schema", node=MethodConfig)
+    cs.store(group="method", name="reward_schema", node=RewardMethodConfig)
+    cs.store(group="method", name="dpo_schema", node=DPOMethodConfig)
+    cs.store(group="method", name="grpo_schema", node=GRPOMethodConfig)
+    cs.store(group="method", name="t2i_lora_schema", node=T2ILoraMethodConfig)
+    cs.store(group="deepspeed", name="deepspeed_schema", node=DeepSpeedConfig)
     cs.store(group="resources", name="resources_schema", node=ResourcesConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
