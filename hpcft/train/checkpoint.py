@@ -1,0 +1,237 @@
+"""Atomic training checkpoints under `<output_dir>/checkpoints/`.
+
+Layout: `step-00000040/` (one per save) and `latest`, a text file naming the newest complete one. A save writes
+into `step-X.tmp/`, fsyncs it, renames it to `step-X/`, then replaces `latest` through a temp file + os.replace,
+so a crash at any point leaves `latest` naming a complete checkpoint (or absent). Stale `*.tmp` dirs from a crash
+are removed by the next save and never read.
+
+What goes into a checkpoint is up to the trainer (the `write` callback); `save_rng`/`load_rng` and
+`save_trainable`/`load_trainable` are the usual pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+STATE_FILE = "state.json"  # written last by the trainer; its presence marks a complete checkpoint
+LATEST = "latest"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under path (so a rename after it publishes durable data)."""
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def write_json(path: Path, data: Dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _is_complete(d: Path) -> bool:
+    return d.is_dir() and not d.name.endswith(".tmp") and (d / STATE_FILE).is_file()
+
+
+def list_checkpoints(root: Path) -> List[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((d for d in root.glob("step-*") if _is_complete(d)), key=lambda d: d.name)
+
+
+def latest_checkpoint(root: Path) -> Optional[Path]:
+    """The checkpoint `latest` names; if that file is missing or points nowhere, the newest complete one."""
+    root = Path(root)
+    f = root / LATEST
+    if f.is_file():
+        d = root / f.read_text().strip()
+        if _is_complete(d):
+            return d
+    ckpts = list_checkpoints(root)
+    return ckpts[-1] if ckpts else None
+
+
+def resolve_resume(resume_from: Optional[str], output_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume from: None (fresh), `latest` (None if the run has none yet) or a directory."""
+    if not resume_from:
+        return None
+    if str(resume_from) == "latest":
+        return latest_checkpoint(Path(output_dir) / "checkpoints")
+    d = Path(os.path.expanduser(str(resume_from)))
+    if (d / LATEST).is_file() or d.name == "checkpoints":  # a checkpoints root was given
+        found = latest_checkpoint(d)
+        if found is not None:
+            return found
+    if not _is_complete(d):
+        from hpcft.errors import ConfigError
+
+        raise ConfigError(f"training.resume_from={resume_from}: not a complete checkpoint (no {STATE_FILE}); "
+                          "use training.resume_from=latest or a checkpoints/step-XXXXXXXX directory")
+    return d
+
+
+def parse_keep(keep: Any) -> Optional[int]:
+    """keep_checkpoints -> 0 (off), None (all) or N."""
+    k = str(keep).strip().lower()
+    if k == "off":
+        return 0
+    if k == "all":
+        return None
+    return int(k)
+
+
+class CheckpointManager:
+    """Saves checkpoints atomically and applies the retention policy (`off` | `all` | `N`)."""
+
+    def __init__(self, root: Path, keep: Any = "all", is_main: bool = True,
+                 barrier: Optional[Callable[[], None]] = None):
+        self.root = Path(root)
+        self.keep = parse_keep(keep)
+        self.is_main = is_main
+        self.barrier = barrier or (lambda: None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep != 0
+
+    def clean_stale(self) -> None:
+        if self.root.is_dir():
+            for d in self.root.glob("*.tmp"):
+                if d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+                else:
+                    d.unlink(missing_ok=True)
+
+    def save(self, step: int, write: Callable[[Path], None]) -> Optional[Path]:
+        """Run write(tmp_dir) (on every rank: each writes its own files; the trainer must write STATE_FILE on the
+        main rank, last) and publish the result as step-XXXXXXXX + latest. Returns the final path (None if off)."""
+        if not self.enabled:
+            return None
+        final = self.root / step_dir_name(step)
+        tmp = self.root / (final.name + ".tmp")
+        if self.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.clean_stale()
+            tmp.mkdir()
+        self.barrier()
+        write(tmp)
+        self.barrier()
+        if self.is_main:
+            if not (tmp / STATE_FILE).is_file():
+                raise RuntimeError(f"checkpoint writer did not write {STATE_FILE} into {tmp}")
+            fsync_tree(tmp)
+            if final.exists():  # the same step saved again (e.g. after a resume): replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+            pointer = self.root / (LATEST + ".tmp")
+            with open(pointer, "w", encoding="utf-8") as f:
+                f.write(final.name + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(pointer, self.root / LATEST)
+            _fsync_dir(self.root)
+            self.apply_retention()
+        self.barrier()
+        return final
+
+    def apply_retention(self) -> List[Path]:
+        """Delete all but the newest N checkpoints; returns the deleted ones."""
+        if self.keep is None or not self.root.is_dir():
+            return []
+        ckpts = list_checkpoints(self.root)
+        doomed = ckpts[: max(len(ckpts) - self.keep, 0)]
+        for d in doomed:
+            shutil.rmtree(d, ignore_errors=True)
+        return doomed
+
+
+# ----------------------------------------------------------------------------------------------------- pieces
+
+def rng_state() -> Dict[str, Any]:
+    import numpy as np
+    import torch
+
+    st: Dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                          "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: Dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_rng(path: Path) -> None:
+    import torch
+
+    torch.save(rng_state(), path)
+
+
+def load_rng(path: Path) -> None:
+    import torch
+
+    set_rng_state(torch.load(path, weights_only=False))
+
+
+def trainable_state(model) -> Dict[str, Any]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model, path: Path) -> None:
+    """The parameters that train (LoRA adapters, or all weights for full fine-tuning) as safetensors."""
+    from safetensors.torch import save_file
+
+    save_file(trainable_state(model), str(path))
+
+
+def load_trainable(model, path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    unknown = [n for n in state if n not in params]
+    if missing or unknown:
+        raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:3]}, "
+                           f"unexpected {unknown[:3]}")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))

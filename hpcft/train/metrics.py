@@ -1,0 +1,83 @@
+"""`metrics.jsonl` writer and the numbers the loop logs (tokens/s, peak memory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to `<output_dir>/metrics.jsonl` (main rank only; no-op elsewhere).
+    Lines are flushed at once so `hpcft logs` / plots can follow a running job."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self._f = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if self._f is None:
+            return
+        rec = dict(record)
+        rec.setdefault("time", time.time())
+        self._f.write(json.dumps(rec, sort_keys=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def read_metrics(path: Path, type: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The records of a metrics.jsonl (optionally only those of one type); a torn last line is skipped."""
+    out = []
+    p = Path(path)
+    if not p.is_file():
+        return out
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if type is None or rec.get("type") == type:
+            out.append(rec)
+    return out
+
+
+def peak_mem_mb() -> float:
+    """Peak accelerator memory if there is one, else this process's peak resident set size."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20
+    except ImportError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def progress_line(step: int, total: int, loss: float, lr: float, tokens_per_s: float, epoch: float) -> str:
+    return (f"step {step}/{total} epoch {epoch:.2f} loss {loss:.4f} lr {lr:.3e} "
+            f"tok/s {tokens_per_s:,.0f}")
+
+
+def flush_std() -> None:
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except Exception:
+            pass
+    try:
+        os.fsync(sys.stdout.fileno())
+    except Exception:
+        pass
