@@ -24,7 +24,7 @@ from hpcft.states import State, can_transition, is_terminal
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(timezone.utc)
 
 
 def current_user() -> str:

@@ -1,0 +1,3 @@
+from hpcft.cli import main
+
+main()

@@ -1,0 +1,31 @@
+"""The `hpcft` command line. Commands import what they need inside their bodies, so that `hpcft --help` and
+`hpcft list` never import torch (a test proves it)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from hpcft.errors import HpcftError
+
+app = typer.Typer(
+    name="hpcft",
+    help="LLM fine-tuning as a first-class Slurm citizen: submit, track and manage training jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+from hpcft.cli import jobs as _jobs  # noqa: E402,F401  (registers the commands)
+
+
+def main() -> None:
+    try:
+        app()
+    except HpcftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,33 @@
+"""Reading a run's metrics.jsonl (written by the trainers) without importing anything heavy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+
+def read_metrics(run_dir: str | Path) -> List[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+    return out
+
+
+def loss_series(records: List[dict]) -> Dict[str, Tuple[List[float], List[float]]]:
+    """{"train": (steps, losses), "validation": ..., "test": ...} from metrics records."""
+    series: Dict[str, Tuple[List[float], List[float]]] = {}
+    for r in records:
+        if r.get("loss") is None or r.get("step") is None:
+            continue
+        name = "train" if r.get("type") == "train" else r.get("split", r.get("type", "?"))
+        xs, ys = series.setdefault(name, ([], []))
+        xs.append(float(r["step"]))
+        ys.append(float(r["loss"]))
+    return series

@@ -1,0 +1,131 @@
+"""From overrides to queued ledger jobs handed to an executor.
+
+Everything is composed and validated first; only then are rows created and run directories written, so a bad
+value anywhere in a sweep creates nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hpcft import config as hconfig
+from hpcft import paths
+from hpcft.errors import HpcftError
+from hpcft.states import State
+
+
+@dataclass
+class Plan:
+    """What `submit` will do: the validated config of every point and the executor that runs them."""
+
+    configs: List[DictConfig]
+    overrides: List[List[str]]
+    executor: str
+
+
+def plan(overrides: Sequence[str], multirun: bool = False) -> Plan:
+    from hpcft.executors import resolve_name
+    from hpcft.sweep import expand
+
+    points = expand(overrides) if multirun else [list(overrides)]
+    if not multirun and len(expand(overrides)) > 1:
+        raise HpcftError("these overrides describe a sweep (a=1,2); add -m/--multirun to submit a job array")
+    cfgs = [resolve_lineage(hconfig.load(p)) for p in points]
+    executors = {resolve_name(c.executor) for c in cfgs}
+    if len(executors) > 1:
+        raise HpcftError("a sweep must run on one executor; do not sweep over `executor`")
+    return Plan(cfgs, points, executors.pop())
+
+
+def resolve_lineage(cfg: DictConfig) -> DictConfig:
+    """`model.path=job:ID` -> that job's final model (recorded as the new job's parent)."""
+    path = cfg.model.get("path")
+    if isinstance(path, str) and path.startswith("job:"):
+        from hpcft.ledger import Ledger
+
+        ref = path[4:]
+        src = Ledger().get(int(ref))
+        final = Path(src.output_dir) / "final"
+        if src.state != State.success.value or not final.is_dir():
+            raise hconfig.ConfigError(f"model.path={path}: job {ref} has no final model (state {src.state}); "
+                                      "use a job that ended in success")
+        with open_dict(cfg):
+            cfg.model.path = str(final)
+            cfg.model.source = "pretrained"
+            if cfg.model.get("tokenizer") in (None, "bytes"):
+                cfg.model.tokenizer = str(final)
+            cfg.model.parent_job = int(ref)
+    return cfg
+
+
+def resource_spec(r: Any) -> str:
+    """A one-line, searchable summary of a resources section."""
+    parts = [f"nodes={r.nodes}", f"gpus={r.gpus_per_node}", f"tasks={r.tasks_per_node}", f"cpus={r.cpus_per_task}",
+             f"mem={r.mem or '-'}", f"time={r.time}", f"partition={r.partition or '-'}", f"qos={r.qos or '-'}",
+             f"priority={r.priority}"]
+    for k in ("account", "nodelist", "reservation", "constraint"):
+        if r.get(k):
+            parts.append(f"{k}={r[k]}")
+    return " ".join(parts)
+
+
+def ledger_fields(cfg: DictConfig) -> Dict[str, Any]:
+    return dict(
+        name=str(cfg.name),
+        description=str(cfg.description or ""),
+        project=str(cfg.project),
+        method=str(cfg.method.name),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        resources=OmegaConf.to_container(cfg.resources, resolve=True),
+        resource_spec=resource_spec(cfg.resources),
+        parent_id=cfg.model.get("parent_job"),
+    )
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:60] or "job"
+
+
+def create_jobs(ledger, p: Plan) -> List[Any]:
+    """Queued ledger rows + run directories (config.yaml) for every point of a plan."""
+    jobs = []
+    for cfg in p.configs:
+        job = ledger.create_job(**ledger_fields(cfg), executor=p.executor, state=State.queued.value)
+        out = Path(cfg.output_dir) if cfg.output_dir else paths.runs_root() / f"{job.id}-{slug(cfg.name)}"
+        out = out.expanduser().resolve()
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        with open_dict(cfg):
+            cfg.output_dir = str(out)
+        write_config(cfg, out)
+        job = ledger.update(job.id, output_dir=str(out), config=OmegaConf.to_container(cfg, resolve=True))
+        ledger.add_event(job.id, "submitted", f"to the {p.executor} executor", executor=p.executor)
+        jobs.append(job)
+    return jobs
+
+
+def write_config(cfg: DictConfig, out: Path) -> Path:
+    tmp = out / "config.yaml.tmp"
+    tmp.write_text(hconfig.to_yaml(cfg))
+    tmp.replace(out / "config.yaml")
+    return out / "config.yaml"
+
+
+def submit(p: Plan, ledger=None) -> List[Any]:
+    """Create the jobs and hand them to the executor. A failed hand-over marks the jobs `error` with why."""
+    from hpcft.executors import get_executor
+    from hpcft.ledger import Ledger
+
+    ledger = ledger or Ledger()
+    executor = get_executor(p.executor)
+    jobs = create_jobs(ledger, p)
+    try:
+        return executor.submit(ledger, jobs)
+    except Exception as e:
+        for j in jobs:
+            ledger.transition(j.id, State.error, f"submission failed: {str(e).splitlines()[0] if str(e) else e!r}")
+        raise

@@ -1,0 +1,31 @@
+"""Expand Hydra multirun overrides (`a=1,2 b=x,y`, `range()`, `choice()`) into one override list per point."""
+
+from __future__ import annotations
+
+import itertools
+from typing import List, Sequence
+
+from hpcft.errors import ConfigError
+
+
+def expand(overrides: Sequence[str]) -> List[List[str]]:
+    """The cartesian product of all sweeps, in Hydra's order; a list without sweeps gives one point."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+    axes: List[List[str]] = []
+    for ov in parsed:
+        key = ov.get_key_element()
+        if ov.is_sweep_override():
+            axes.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            axes.append([f"{key}={ov.get_value_element_as_str()}"])
+    return [list(point) for point in itertools.product(*axes)] if axes else [[]]
+
+
+def is_sweep(overrides: Sequence[str]) -> bool:
+    return len(expand(overrides)) > 1

@@ -1,0 +1,91 @@
+import multiprocessing as mp
+
+import pytest
+
+from hpcft.errors import NotFound, StateError
+from hpcft.ledger import Ledger
+from hpcft.states import State
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    return Ledger(f"sqlite:///{tmp_path}/ledger.db")
+
+
+def _job(ledger, **kw):
+    base = dict(name="t", method="lora", executor="local", resource_spec="nodes=1 gpus=0", output_dir="/tmp/x")
+    base.update(kw)
+    return ledger.create_job(**base)
+
+
+def test_create_get_search(ledger):
+    a = _job(ledger, name="alpha-run", owner="ann", resource_spec="nodes=2 gpus=8", output_dir="/data/a")
+    b = _job(ledger, name="beta", owner="bob", project="p2")
+    assert ledger.get(a.id).name == "alpha-run"
+    assert [j.id for j in ledger.search(name="ALPHA")] == [a.id]
+    assert [j.id for j in ledger.search(owner="bob")] == [b.id]
+    assert [j.id for j in ledger.search(project="p2")] == [b.id]
+    assert [j.id for j in ledger.search(resources="gpus=8")] == [a.id]
+    assert [j.id for j in ledger.search(output="/data/")] == [a.id]
+    assert [j.id for j in ledger.search(state=["queued"])] == [b.id, a.id]
+    with pytest.raises(NotFound):
+        ledger.get(999)
+
+
+def test_transition_records_event_and_times(ledger):
+    j = _job(ledger)
+    assert ledger.transition(j.id, State.running, "go")
+    assert not ledger.transition(j.id, State.running)  # same state: no-op, no event
+    assert ledger.transition(j.id, State.success, "done")
+    j = ledger.get(j.id)
+    assert j.state == "success" and j.started_at and j.finished_at and j.state_reason == "done"
+    kinds = [(e.kind, e.data.get("to")) for e in ledger.events(j.id)]
+    assert kinds == [("created", None), ("state", "running"), ("state", "success")]
+
+
+def test_first_terminal_state_wins(ledger):
+    j = _job(ledger)
+    ledger.transition(j.id, State.running)
+    assert ledger.transition(j.id, State.stopped, "stopped by user")
+    assert not ledger.transition(j.id, State.error, "killed")
+    assert ledger.get(j.id).state == "stopped"
+    with pytest.raises(StateError):
+        ledger.transition(j.id, State.success, strict=True)
+
+
+def test_retry_is_a_new_attempt(ledger):
+    j = _job(ledger)
+    ledger.transition(j.id, State.error, "boom")
+    assert ledger.transition(j.id, State.queued, "retry")
+    j = ledger.get(j.id)
+    assert j.attempt == 2 and j.finished_at is None
+
+
+def test_delete_many(ledger):
+    ids = [_job(ledger).id for _ in range(3)]
+    ledger.add_event(ids[0], "x", "y")
+    assert ledger.delete(ids[:2]) == 2
+    assert [j.id for j in ledger.search()] == [ids[2]]
+
+
+def _hammer(url, job_ids, n):
+    led = Ledger(url)
+    for i in range(n):
+        for jid in job_ids:
+            led.add_event(jid, "tick", str(i))
+        led.transition(job_ids[i % len(job_ids)], State.running)
+
+
+def test_concurrent_processes(ledger):
+    ids = [_job(ledger).id for _ in range(4)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(ledger.url, ids, 25)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    for jid in ids:
+        evs = ledger.events(jid)
+        assert sum(e.kind == "tick" for e in evs) == 100  # nothing lost
+        assert sum(e.kind == "state" for e in evs) == 1  # exactly one process won the transition
