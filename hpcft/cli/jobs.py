@@ -81,9 +81,11 @@ def submit(
         typer.echo(f"# would submit {what} to the {plan.executor} executor; each runs {trainer} "
                    f"(method {plan.configs[0].method.name}) via `python -m hpcft.train.entry`")
         if plan.executor == "slurm":
-            from hpcft.slurm.sbatch import sbatch_lines
+            from hpcft.slurm.sbatch import sbatch_options, to_lines
 
-            typer.echo("\n".join(sbatch_lines(plan.configs[0])))
+            cfg0 = plan.configs[0]
+            array = f"0-{n - 1}" if n > 1 else None
+            typer.echo("\n".join(to_lines(sbatch_options(cfg0.resources, job_name=cfg0.name, array=array))))
         return
     jobs = hsubmit.submit(plan)
     for j in jobs:

@@ -1,0 +1,85 @@
+"""The CLI as users run it (subprocesses of the installed `hpcft` command)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, hpcft_cli
+
+
+def run(args, env=None, **kw):
+    return subprocess.run(hpcft_cli() + args, capture_output=True, text=True, env=env, timeout=120, **kw)
+
+
+def _modules_imported(argv, env):
+    code = ("import sys, runpy; sys.argv = %r\n"
+            "try:\n    from hpcft.cli import main; main()\nexcept SystemExit: pass\n"
+            "print('MODS=' + ','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch','transformers','deepspeed','peft','trl','diffusers','bitsandbytes'))))" % (argv,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    line = [x for x in out.stdout.splitlines() if x.startswith("MODS=")]
+    assert line, out.stderr
+    return line[-1][5:]
+
+
+@pytest.mark.parametrize("argv", [["hpcft", "--help"], ["hpcft", "list"], ["hpcft", "submit", "--help"]])
+def test_light_commands_never_import_torch(argv, hpcft_home, monkeypatch):
+    import os
+
+    assert _modules_imported(argv, dict(os.environ)) == ""
+
+
+def test_the_check_would_catch_torch(hpcft_home):
+    # the probe itself must be able to fail: importing the trainer stack is seen
+    import os
+
+    code = "import hpcft.train.modeling as m; m.torch_dtype('float32')"
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert out.stdout.strip().endswith("True")
+
+
+@pytest.mark.parametrize("override,key", [
+    ("training.learning_rate=-0.001", "training.learning_rate"),
+    ("training.sequence_length=0", "training.sequence_length"),
+    ("method=unknownmethod", "method=unknownmethod"),
+    ("data.train=/does/not/exist.jsonl", "data.train"),
+    ("training.lr_decay_ratio=1.5", "training.lr_decay_ratio"),
+    ("training.keep_checkpoints=-2", "training.keep_checkpoints"),
+    ("resources.time=soon", "resources.time"),
+    ("training.epochs=abc", "training.epochs"),
+    ("training.nosuchkey=1", "training.nosuchkey"),
+])
+def test_bad_values_one_line_nonzero_and_nothing_created(override, key, hpcft_home):
+    r = run(["submit", override])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], r.stderr
+    assert not (hpcft_home / "runs").exists()
+    listed = run(["list", "--json"])
+    assert json.loads(listed.stdout) == []
+
+
+def test_dry_run_prints_config_and_creates_nothing(hpcft_home):
+    r = run(["submit", "method=qlora", "method.lora.rank=4", "executor=local", "--dry-run"])
+    assert r.returncode == 0, r.stderr
+    assert "rank: 4" in r.stdout and "quant_type: nf4" in r.stdout
+    assert "would submit one job" in r.stdout and "trainers.causal_lm" in r.stdout
+    assert json.loads(run(["list", "--json"]).stdout) == []
+
+
+def test_unknown_job(hpcft_home):
+    r = run(["show", "42"])
+    assert r.returncode == 3 and "job 42" in r.stderr
+
+
+def test_sweep_needs_multirun_flag(hpcft_home):
+    r = run(["submit", "method.lora.rank=4,8"])
+    assert r.returncode != 0 and "--multirun" in r.stderr
+
+
+def test_module_entry_point(hpcft_home):
+    r = subprocess.run([sys.executable, "-m", "hpcft", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "submit" in r.stdout
