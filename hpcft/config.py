@@ -79,6 +79,9 @@ def _missing_option_message(e: Exception, overrides: List[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------------- validation
 
+_SFT = ("auto", "text", "prompt_response", "alpaca", "messages")
+CAUSAL_FORMATS = {"pretrain": ("auto", "text"), "full": _SFT, "lora": _SFT, "qlora": _SFT}
+
 def _check(ok: bool, key: str, value: object, problem: str, fix: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value}: {problem}; {fix}")
@@ -166,6 +169,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     # data
     formats = ("auto", "text", "prompt_response", "alpaca", "messages", "preference", "prompt", "image_caption")
     _check(d.format in formats, "data.format", d.format, "unknown format", "use " + "|".join(formats))
+    if m.name in CAUSAL_FORMATS:
+        _check(d.format in CAUSAL_FORMATS[m.name], "data.format", d.format, f"method={m.name} cannot train on it",
+               "use data.format=" + "|".join(CAUSAL_FORMATS[m.name]))
     _file("data.train", d.train, required=True)
     _file("data.validation", d.validation, required=False)
     _file("data.test", d.test, required=False)
