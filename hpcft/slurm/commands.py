@@ -1,0 +1,337 @@
+"""Slurm commands as pure argv builders and pure output parsers, plus one small runner.
+
+Nothing here formats a shell string: every builder returns an argv list; `run(argv)` executes it without a
+shell, with a timeout, and turns a refusal into a SchedulerError carrying Slurm's first stderr line.
+Job state is read with ONE batched `sacct` call for any number of jobs (`sacct_argv(ids)`).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from hpcft.errors import SchedulerError
+from hpcft.states import State
+
+# ------------------------------------------------------------------------------------------------ runner
+
+DEFAULT_TIMEOUT_S = 60
+
+
+def run(argv: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> str:
+    """Run a Slurm command (no shell); return its stdout. SchedulerError with Slurm's message on failure."""
+    argv = [str(a) for a in argv]
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise SchedulerError(f"{argv[0]}: not found on PATH; is this a Slurm login node?") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"{argv[0]}: no answer from Slurm within {timeout:g} s; try again") from None
+    if p.returncode != 0:
+        raise SchedulerError(error_message(argv, p.stderr or p.stdout, p.returncode))
+    return p.stdout
+
+
+def run_both(argv: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> Tuple[str, str]:
+    """Like run, but returns (stdout, stderr): `sbatch --test-only` answers on stderr."""
+    argv = [str(a) for a in argv]
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise SchedulerError(f"{argv[0]}: not found on PATH; is this a Slurm login node?") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"{argv[0]}: no answer from Slurm within {timeout:g} s; try again") from None
+    if p.returncode != 0:
+        raise SchedulerError(error_message(argv, p.stderr or p.stdout, p.returncode))
+    return p.stdout, p.stderr
+
+
+def error_message(argv: Sequence[str], stderr: str, returncode: int) -> str:
+    """One line: the command, Slurm's first stderr line, and what to do where we know it."""
+    lines = [x.strip() for x in (stderr or "").splitlines() if x.strip()]
+    first = lines[0] if lines else f"exit status {returncode}"
+    msg = first if first.startswith(argv[0]) else f"{argv[0]}: {first}"
+    denied = re.search(r"access/permission denied|permission denied|not authorized|only .* (root|admin)",
+                       first, re.IGNORECASE)
+    if denied and any(a.startswith("TimeLimit=") for a in argv):
+        msg += " (only a Slurm operator/admin can raise a job's time limit; you may only lower it)"
+    elif denied and any(a.startswith(("QOS=", "Nice=")) for a in argv):
+        msg += " (this QoS/nice value needs a Slurm operator/admin, or is not allowed for your association)"
+    return msg
+
+
+# ------------------------------------------------------------------------------------------------ sacct
+
+SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "Elapsed", "Start", "End", "NodeList")
+
+# Slurm job states -> ledger states
+SLURM_TO_LEDGER: Dict[str, State] = {
+    "PENDING": State.queued,
+    "REQUEUED": State.queued,
+    "REQUEUE_HOLD": State.queued,
+    "REQUEUE_FED": State.queued,
+    "PREEMPTED": State.queued,
+    "RESIZING": State.queued,
+    "RUNNING": State.running,
+    "COMPLETING": State.running,
+    "CONFIGURING": State.running,
+    "SUSPENDED": State.running,
+    "STAGE_OUT": State.running,
+    "SIGNALING": State.running,
+    "STOPPED": State.running,
+    "COMPLETED": State.success,
+    "CANCELLED": State.stopped,
+    "TIMEOUT": State.expired,
+    "DEADLINE": State.expired,
+    "FAILED": State.error,
+    "NODE_FAIL": State.error,
+    "OUT_OF_MEMORY": State.error,
+    "BOOT_FAIL": State.error,
+    "SPECIAL_EXIT": State.error,
+    "REVOKED": State.error,
+}
+
+
+@dataclass
+class SacctRecord:
+    job_id: str  # "123" or "123_4"
+    raw_id: str
+    slurm_state: str  # first word: CANCELLED for "CANCELLED by 0"
+    state_text: str  # as sacct printed it
+    exit_code: str  # "code:signal"
+    reason: str
+    elapsed: str = ""
+    start: str = ""
+    end: str = ""
+    nodelist: str = ""
+
+    @property
+    def ledger_state(self) -> Optional[State]:
+        return SLURM_TO_LEDGER.get(self.slurm_state)
+
+    @property
+    def ledger_reason(self) -> str:
+        return ledger_reason(self)
+
+
+def sacct_argv(job_ids: Iterable[str]) -> List[str]:
+    """ONE sacct call for all these jobs ("123", array tasks "123_4", whole arrays "123")."""
+    ids = sorted({str(j) for j in job_ids if j})
+    if not ids:
+        raise ValueError("sacct_argv needs at least one job id")
+    return ["sacct", "--parsable2", "--noheader", "-X", "--format=" + ",".join(SACCT_FIELDS), "-j", ",".join(ids)]
+
+
+def expand_array_id(job_id: str) -> List[str]:
+    """'6_[0-2,5%4]' -> ['6_0','6_1','6_2','6_5']; other ids unchanged."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not m:
+        return [job_id]
+    base, spec = m.group(1), m.group(2).split("%")[0]
+    out: List[str] = []
+    for part in spec.split(","):
+        step = 1
+        if ":" in part:
+            part, s = part.split(":", 1)
+            step = int(s)
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out += [f"{base}_{i}" for i in range(int(a), int(b) + 1, step)]
+        elif part:
+            out.append(f"{base}_{int(part)}")
+    return out
+
+
+def parse_sacct(text: str) -> Dict[str, SacctRecord]:
+    """`sacct --parsable2 --noheader -X --format=SACCT_FIELDS` output -> {job id: record}. A pending array's
+    row ('6_[0-2]') gives one record per task. Later rows (a requeued job's newest) win."""
+    out: Dict[str, SacctRecord] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        parts += [""] * (len(SACCT_FIELDS) - len(parts))
+        jid, raw, state, exit_code, reason, elapsed, start, end, nodes = parts[: len(SACCT_FIELDS)]
+        words = state.split()
+        slurm_state = words[0].rstrip("+") if words else ""
+        for one in expand_array_id(jid.strip()):
+            out[one] = SacctRecord(one, raw, slurm_state, state, exit_code, reason, elapsed, start, end, nodes)
+    return out
+
+
+def ledger_reason(rec: SacctRecord) -> str:
+    """A short human reason for the ledger, keeping Slurm's words (state, exit code, reason)."""
+    s, code = rec.slurm_state, rec.exit_code
+    reason = "" if rec.reason in ("", "None") else f", reason {rec.reason}"
+    if s == "COMPLETED":
+        return "Slurm COMPLETED (exit code 0)"
+    if s == "CANCELLED":
+        return f"Slurm {rec.state_text}"
+    if s in ("TIMEOUT", "DEADLINE"):
+        return f"ran past its time limit (Slurm {s})"
+    if SLURM_TO_LEDGER.get(s) == State.error:
+        return f"Slurm {s}, exit code {code}{reason}"
+    if s == "PENDING":
+        return f"Slurm PENDING{reason}"
+    return f"Slurm {rec.state_text}{reason}"
+
+
+# ------------------------------------------------------------------------------------------------ sbatch --test-only
+
+_TEST_ONLY_RE = re.compile(
+    r"Job (\d+) to start at (\S+) using (\d+) processors on nodes (\S+) in partition (\S+)")
+
+
+@dataclass
+class TestOnly:
+    start_time: Optional[datetime]  # None when Slurm names no usable time (e.g. behind unlimited jobs)
+    processors: int
+    nodes: str
+    partition: str
+    raw: str
+
+
+def test_only_argv(opts_argv: Sequence[str]) -> List[str]:
+    return ["sbatch", "--test-only", *opts_argv, "--wrap", "true"]
+
+
+def parse_test_only(text: str) -> TestOnly:
+    """The line `sbatch: Job N to start at T using K processors on nodes X in partition P`."""
+    m = _TEST_ONLY_RE.search(text)
+    if not m:
+        first = next((x.strip() for x in text.splitlines() if x.strip()), "no output")
+        raise SchedulerError(f"sbatch --test-only: unexpected answer: {first}")
+    _, t, procs, nodes, part = m.groups()
+    try:
+        start: Optional[datetime] = datetime.fromisoformat(t)
+    except ValueError:  # e.g. year 10194: behind jobs without a time limit
+        start = None
+    return TestOnly(start, int(procs), nodes, part, m.group(0))
+
+
+def starts_now(start: Optional[datetime], now: datetime, slack_s: float = 5.0) -> bool:
+    return start is not None and (start - now).total_seconds() <= slack_s
+
+
+# ------------------------------------------------------------------------------------------------ squeue / sacctmgr
+
+def squeue_pending_argv(partition: Optional[str] = None) -> List[str]:
+    argv = ["squeue", "--noheader", "--states=PENDING", "--format=%i|%P|%Q|%q|%r"]
+    if partition:
+        argv += ["--partition", partition]
+    return argv
+
+
+@dataclass
+class QueueRow:
+    job_id: str
+    partition: str
+    priority: int
+    qos: str
+    reason: str
+
+
+def parse_squeue(text: str) -> List[QueueRow]:
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = (line.split("|") + [""] * 5)[:5]
+        try:
+            prio = int(parts[2])
+        except ValueError:
+            prio = 0
+        rows.append(QueueRow(parts[0].strip(), parts[1].strip(), prio, parts[3].strip(), parts[4].strip()))
+    return rows
+
+
+def qos_priority_argv() -> List[str]:
+    return ["sacctmgr", "--noheader", "--parsable2", "show", "qos", "format=Name,Priority"]
+
+
+def parse_qos_priority(text: str) -> Dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        if "|" in line:
+            name, prio = line.split("|")[:2]
+            try:
+                out[name.strip()] = int(prio or 0)
+            except ValueError:
+                continue
+    return out
+
+
+def count_jobs_ahead(rows: Sequence[QueueRow], partition: str, my_qos: str, qos_priority: Mapping[str, int]) -> int:
+    """Pending jobs in `partition` whose QoS priority is higher than or equal to ours (equal: they came first)."""
+    mine = qos_priority.get(my_qos, 0)
+    n = 0
+    for r in rows:
+        parts = r.partition.split(",")
+        if partition not in parts:
+            continue
+        if qos_priority.get(r.qos, 0) >= mine:
+            n += sum(1 for _ in expand_array_id(r.job_id))
+    return n
+
+
+# ------------------------------------------------------------------------------------------------ scancel / scontrol
+
+def scancel_argv(job_ids: Iterable[str]) -> List[str]:
+    ids = [str(j) for j in job_ids if j]
+    if not ids:
+        raise ValueError("scancel_argv needs at least one job id")
+    return ["scancel", *ids]
+
+
+def update_time_argv(job_id: str, time_limit: str) -> List[str]:
+    return ["scontrol", "update", f"JobId={job_id}", f"TimeLimit={time_limit}"]
+
+
+def update_qos_argv(job_id: str, qos: str) -> List[str]:
+    return ["scontrol", "update", f"JobId={job_id}", f"QOS={qos}"]
+
+
+def update_nice_argv(job_id: str, nice: int) -> List[str]:
+    return ["scontrol", "update", f"JobId={job_id}", f"Nice={int(nice)}"]
+
+
+def show_job_argv(job_id: str) -> List[str]:
+    return ["scontrol", "show", "job", str(job_id)]
+
+
+_KV_RE = re.compile(r"([A-Za-z][\w/:.]*)=(.*?)(?=\s+[A-Za-z][\w/:.]*=|\s*$)")
+
+
+def parse_show_job(text: str) -> List[Dict[str, str]]:
+    """`scontrol show job` output -> one dict per job (an array gives several), keys as Slurm prints them."""
+    jobs: List[Dict[str, str]] = []
+    cur: Dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if cur:
+                jobs.append(cur)
+                cur = {}
+            continue
+        for m in _KV_RE.finditer(line.strip()):
+            cur[m.group(1)] = m.group(2).strip()
+    if cur:
+        jobs.append(cur)
+    return jobs
+
+
+@dataclass
+class SubmitResult:
+    job_id: str
+    cluster: Optional[str] = None
+
+
+def parse_sbatch_parsable(text: str) -> SubmitResult:
+    """`sbatch --parsable` prints `id` or `id;cluster`."""
+    line = text.strip().splitlines()[-1] if text.strip() else ""
+    jid, _, cluster = line.partition(";")
+    if not jid.isdigit():
+        raise SchedulerError(f"sbatch: unexpected answer: {line or 'nothing'}")
+    return SubmitResult(jid, cluster or None)

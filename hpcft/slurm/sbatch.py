@@ -1,0 +1,219 @@
+"""The ONE mapping from a resolved resources config to sbatch options.
+
+`sbatch_options(resources, ...)` returns an ordered dict `{option: value}` (value None = a flag such as
+`--exclusive`); `to_lines` renders it as `#SBATCH --key=value` lines (sbatch scripts, `hpcft render`) and
+`to_argv` as an argv list (`sbatch --test-only`, the sbatch command line). The Slurm executor hands the same dict to
+submitit. Every value is checked so that it can never leave its line or its argument: newlines, quotes,
+backticks, `$(`/`${` and other shell metacharacters are refused with a ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional
+
+from hpcft.errors import ConfigError
+from hpcft.timefmt import format_duration, parse_duration
+
+Options = Dict[str, Optional[str]]
+
+PRIORITIES = ("low", "normal", "high")
+# policy "qos": the priority level names a QoS (scripts/slurm-local creates low/normal/high). "normal" adds no
+# option: the association's default QoS applies, so jobs of equal priority stay FIFO.
+PRIORITY_QOS = {"low": "low", "normal": None, "high": "high"}
+# policy "nice": a nice value (only an operator may set a negative one).
+PRIORITY_NICE = {"low": 1000, "normal": None, "high": -1000}
+POLICIES = ("qos", "nice", "none")
+POLICY_ENV = "HPCFT_SLURM_PRIORITY_POLICY"
+
+# Options that resources owns: `resources.extra` may not set them (one source of truth per option).
+MANAGED = {
+    "job-name": "name", "J": "name", "array": "sweep", "a": "sweep", "output": "output_dir", "o": "output_dir",
+    "error": "output_dir", "e": "output_dir", "partition": "resources.partition", "p": "resources.partition",
+    "account": "resources.account", "A": "resources.account", "qos": "resources.qos / resources.priority",
+    "q": "resources.qos", "nice": "resources.priority", "priority": "resources.priority",
+    "nodes": "resources.nodes", "N": "resources.nodes", "ntasks-per-node": "resources.tasks_per_node",
+    "ntasks": "resources.nodes x resources.tasks_per_node", "n": "resources.tasks_per_node",
+    "cpus-per-task": "resources.cpus_per_task", "c": "resources.cpus_per_task",
+    "gres": "resources.gpus_per_node", "gpus-per-node": "resources.gpus_per_node", "gpus": "resources.gpus_per_node",
+    "G": "resources.gpus_per_node", "mem": "resources.mem", "time": "resources.time", "t": "resources.time",
+    "nodelist": "resources.nodelist", "w": "resources.nodelist", "reservation": "resources.reservation",
+    "constraint": "resources.constraint", "C": "resources.constraint", "exclusive": "resources.exclusive",
+}
+
+# Further sbatch long options accepted in `resources.extra` (sbatch 22.05 `--help`, minus the managed ones and
+# those that would change what hpcft runs: --wrap, --chdir, --export, --parsable, --test-only, --wait, ...).
+EXTRA_ALLOWED = frozenset("""
+acctg-freq batch bb bbf begin cluster-constraint clusters comment container contiguous core-spec cores-per-socket
+cpu-freq cpus-per-gpu deadline delay-boot dependency distribution exclude extra-node-info get-user-env gid
+gpu-bind gpu-freq gpus-per-socket gpus-per-task gres-flags hint hold ignore-pbs kill-on-invalid-dep licenses
+mail-type mail-user mcs-label mem-bind mem-per-cpu mem-per-gpu mincpus network no-kill no-requeue open-mode
+overcommit oversubscribe power prefer profile propagate reboot requeue signal sockets-per-node spread-job
+switches thread-spec threads-per-core tmp uid use-min-nodes wckey
+""".split())
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+_MEM_RE = re.compile(r"^[0-9]+[KMGT]?$", re.IGNORECASE)
+# Characters no value may hold: they could end the line or mean something to a shell.
+_FORBIDDEN = re.compile(r"[\n\r\x00-\x1f\x7f'\"`\\;<>]|\$[({]|\$[A-Za-z_]")  # & | stay: constraint syntax
+_JOB_NAME_KEEP = re.compile(r"[^A-Za-z0-9._+@:,=-]")
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(key, default)
+    try:
+        value = obj.get(key, default)  # DictConfig
+    except (AttributeError, TypeError):
+        value = getattr(obj, key, default)
+    return default if value is None else value
+
+
+def check_value(key: str, value: Any) -> str:
+    """`value` as a string that cannot break out of an `#SBATCH` line or an argv entry; ConfigError otherwise."""
+    s = str(value)
+    m = _FORBIDDEN.search(s)
+    if m:
+        bad = m.group(0)
+        shown = {"\n": "a newline", "\r": "a carriage return"}.get(bad, repr(bad))
+        raise ConfigError(f"{key}={s!r}: contains {shown}, which sbatch options may not hold; "
+                          f"remove quotes, newlines, backticks, $, ;, <, > and backslashes from {key}")
+    if not s.strip():
+        raise ConfigError(f"{key}: empty value; set {key} or leave it out")
+    return s
+
+
+def safe_job_name(name: Any) -> str:
+    """A job name reduced to characters that are safe everywhere (others become `_`), at most 100 long."""
+    s = _JOB_NAME_KEEP.sub("_", str(name or "hpcft")).strip("_") or "hpcft"
+    return s[:100]
+
+
+def default_policy() -> str:
+    return os.environ.get(POLICY_ENV, "qos")
+
+
+def priority_options(level: str, policy: Optional[str] = None, qos: Optional[str] = None) -> Options:
+    """The options that express a priority level under `policy` (an explicit QoS wins)."""
+    policy = policy or default_policy()
+    if policy not in POLICIES:
+        raise ConfigError(f"{POLICY_ENV}={policy}: unknown priority policy; use qos|nice|none")
+    if level not in PRIORITIES:
+        raise ConfigError(f"resources.priority={level}: unknown priority; use low|normal|high")
+    if qos:
+        return {"qos": check_value("resources.qos", qos)}
+    if policy == "qos" and PRIORITY_QOS[level]:
+        return {"qos": PRIORITY_QOS[level]}
+    if policy == "nice" and PRIORITY_NICE[level] is not None:
+        return {"nice": str(PRIORITY_NICE[level])}
+    return {}
+
+
+def sbatch_options(
+    resources: Any,
+    *,
+    job_name: Optional[str] = None,
+    output: Optional[str] = None,
+    error: Optional[str] = None,
+    array: Optional[str] = None,
+    priority_policy: Optional[str] = None,
+) -> Options:
+    """sbatch options (long names without dashes, in a fixed order) for a resolved `resources` config.
+
+    `resources` is a ResourcesConfig, a DictConfig of one, or a plain dict; missing keys take the schema defaults.
+    `array` is an sbatch array spec such as "0-3%4". Raises ConfigError naming the key on a bad value.
+    """
+    r = resources
+    opts: Options = {}
+    if job_name is not None:
+        opts["job-name"] = safe_job_name(job_name)
+    if array is not None:
+        if not re.fullmatch(r"[0-9]+(-[0-9]+)?(:[0-9]+)?(,[0-9]+(-[0-9]+)?(:[0-9]+)?)*(%[0-9]+)?", str(array)):
+            raise ConfigError(f"array={array!r}: not an sbatch array spec (e.g. 0-7%4)")
+        opts["array"] = str(array)
+    if output is not None:
+        opts["output"] = check_value("output", output)
+    if error is not None:
+        opts["error"] = check_value("error", error)
+
+    for key in ("partition", "account"):
+        v = _get(r, key)
+        if v is not None:
+            opts[key] = check_value(f"resources.{key}", v)
+    opts.update(priority_options(str(_get(r, "priority", "normal")), priority_policy, _get(r, "qos")))
+
+    def positive(key: str, default: int, minimum: int = 1) -> int:
+        v = _get(r, key, default)
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            n = int(str(v).strip())
+        except ValueError:
+            raise ConfigError(f"resources.{key}={v!r}: not a whole number") from None
+        if n < minimum:
+            raise ConfigError(f"resources.{key}={n}: must be >= {minimum}")
+        return n
+
+    opts["nodes"] = str(positive("nodes", 1))
+    opts["ntasks-per-node"] = str(positive("tasks_per_node", 1))
+    opts["cpus-per-task"] = str(positive("cpus_per_task", 1))
+    gpus = positive("gpus_per_node", 0, minimum=0)
+    if gpus:
+        directive = _get(r, "gpu_directive", "gres")
+        if directive == "gres":
+            opts["gres"] = f"gpu:{gpus}"
+        elif directive == "gpus-per-node":
+            opts["gpus-per-node"] = str(gpus)
+        else:
+            raise ConfigError(f"resources.gpu_directive={directive}: unknown GPU directive; use gres|gpus-per-node")
+    mem = _get(r, "mem")
+    if mem is not None:
+        mem = check_value("resources.mem", mem)
+        if not _MEM_RE.match(mem):
+            raise ConfigError(f"resources.mem={mem}: not a memory size; use e.g. 32G, 4000M or 4000")
+        opts["mem"] = mem
+    t = _get(r, "time", "01:00:00")
+    try:
+        opts["time"] = format_duration(parse_duration(t))
+    except ValueError:
+        raise ConfigError(f"resources.time={t}: not a Slurm time limit; use HH:MM:SS, D-HH:MM:SS or minutes") from None
+    for key in ("nodelist", "reservation", "constraint"):
+        v = _get(r, key)
+        if v is not None:
+            opts[key] = check_value(f"resources.{key}", v)
+    if _get(r, "exclusive", False):
+        opts["exclusive"] = None
+
+    extra = _get(r, "extra", None) or {}
+    for k in sorted(extra):
+        name = str(k).lstrip("-")
+        where = f"resources.extra.{k}"
+        if name in MANAGED:
+            raise ConfigError(f"{where}: --{name} is set by {MANAGED[name]}; set it there instead")
+        if not _NAME_RE.match(name) or name not in EXTRA_ALLOWED:
+            raise ConfigError(f"{where}: not an sbatch option hpcft passes through; "
+                              f"use one of: {', '.join(sorted(EXTRA_ALLOWED))}")
+        v = extra[k]
+        opts[name] = None if v is None or v is True or v == "" else check_value(where, v)
+    return opts
+
+
+def _fmt(key: str, value: Optional[str]) -> str:
+    if value is None:
+        return f"--{key}"
+    if any(c.isspace() for c in value):  # values hold no quotes (check_value), so quoting is safe
+        return f'--{key}="{value}"'
+    return f"--{key}={value}"
+
+
+def to_lines(opts: Options) -> List[str]:
+    """`#SBATCH --key=value` lines, in the dict's order."""
+    return [f"#SBATCH {_fmt(k, v)}" for k, v in opts.items()]
+
+
+def to_argv(opts: Options) -> List[str]:
+    """`["--key=value", ...]` for an sbatch/srun command line (no shell involved: no quoting)."""
+    return [f"--{k}" if v is None else f"--{k}={v}" for k, v in opts.items()]
