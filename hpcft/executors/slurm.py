@@ -1,0 +1,228 @@
+"""The Slurm executor: submitit submits `hpcft.worker.run_in_allocation(job_id, db_url)` into every task.
+
+- Resources go through `hpcft.slurm.sbatch.sbatch_options` (the one mapping) and are handed to submitit: options
+  submitit knows become its parameters, the rest `additional_parameters`.
+- A sweep (several jobs with the same sbatch options) is ONE Slurm job array (`executor.batch()`); each point
+  keeps its ledger row with `slurm_job_id="123_0"`, `array_job_id`, `array_task_id`. Nothing waits for results.
+- `sync` reads every given job with ONE `sacct` call and moves the ledger through `Ledger.transition`.
+- `extend`, `set_priority`, `predict` talk to scontrol / sbatch --test-only / squeue and record events.
+"""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from hpcft.errors import ConfigError, SchedulerError
+from hpcft.executors.base import Executor
+from hpcft.ledger import current_user
+from hpcft.slurm import commands as C
+from hpcft.slurm.sbatch import (PRIORITIES, PRIORITY_NICE, PRIORITY_QOS, Options, default_policy, safe_job_name,
+                                sbatch_options, to_argv)
+from hpcft.states import LIVE, State
+from hpcft.timefmt import format_duration, parse_duration
+
+# submitit sends USR2 this long before the time limit and, for a function that cannot checkpoint, turns it into a
+# failure. We let Slurm's own TIMEOUT end the job (so it is recorded `expired`): the warning signal goes to the batch
+# shell only (B:), as SIGURG, which it ignores.
+WARNING_SIGNAL = "B:URG@1"
+
+
+def _submitit_parameters(opts: Options) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Split sbatch options into submitit's own parameters and `additional_parameters` (no mapping of values)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    native_names = set(inspect.signature(_make_sbatch_string).parameters)
+    native: Dict[str, Any] = {}
+    extra: Dict[str, Any] = {}
+    for key, value in opts.items():
+        v = True if value is None else value
+        name = key.replace("-", "_")
+        if name in native_names and name not in ("command", "folder", "additional_parameters"):
+            native[name] = int(v) if isinstance(v, str) and v.isdigit() else v  # submitit computes with counts
+        else:
+            extra[key] = v
+    extra["signal"] = WARNING_SIGNAL
+    return native, extra
+
+
+def job_options(job, policy: Optional[str] = None) -> Options:
+    """sbatch options of a ledger job (its resources and name; submitit adds output, error and array)."""
+    return sbatch_options(job.resources or {}, job_name=job.name, priority_policy=policy)
+
+
+def _submitit_id(sj) -> str:
+    return str(sj.job_id)
+
+
+class SlurmExecutor(Executor):
+    name = "slurm"
+
+    def __init__(self, priority_policy: Optional[str] = None):
+        self.priority_policy = priority_policy
+
+    # ------------------------------------------------------------------------------------------ submit
+    def submit(self, ledger, jobs: Sequence) -> List:
+        import submitit
+
+        from hpcft.worker import run_in_allocation
+
+        groups: Dict[Tuple, List] = {}
+        for job in jobs:
+            opts = job_options(job, self.priority_policy)
+            opts.pop("job-name", None)  # an array takes its first point's name: group by resources only
+            groups.setdefault(tuple(opts.items()), []).append(job)
+
+        out = []
+        for group in groups.values():
+            first = group[0]
+            opts = job_options(first, self.priority_policy)
+            if len(group) == 1:
+                folder = Path(first.output_dir) / "slurm"
+            else:
+                folder = Path(first.output_dir).parent / f"slurm-array-{first.id}"
+                opts["job-name"] = safe_job_name(f"{first.name}-sweep")
+            folder.mkdir(parents=True, exist_ok=True)
+            native, extra = _submitit_parameters(opts)
+            ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
+            ex.update_parameters(**native, additional_parameters=extra, array_parallelism=len(group))
+            try:
+                if len(group) == 1:
+                    submitted = [ex.submit(run_in_allocation, first.id, ledger.url)]
+                else:  # ONE sbatch --array; the Job objects get their ids ("123_0", ...) when the block ends
+                    with ex.batch():
+                        submitted = [ex.submit(run_in_allocation, job.id, ledger.url) for job in group]
+            except (submitit.core.utils.FailedSubmissionError, subprocess.CalledProcessError, OSError) as e:
+                msg = str(e).strip().splitlines()
+                raise SchedulerError(f"sbatch refused the job: {_sbatch_reason(msg)}") from None
+            out += self._record(ledger, group, submitted, folder)
+        return out
+
+    def _record(self, ledger, group, submitted, folder) -> List:
+        recorded = []
+        for job, sj in zip(group, submitted):
+            sid = _submitit_id(sj)
+            fields: Dict[str, Any] = {"slurm_job_id": sid}
+            if "_" in sid:
+                base, task = sid.split("_", 1)
+                fields.update(array_job_id=base, array_task_id=int(task))
+            recorded.append(ledger.update(job.id, **fields))
+            ledger.add_event(job.id, "slurm", f"submitted as Slurm job {sid}", folder=str(folder), **fields)
+        return recorded
+
+    # ------------------------------------------------------------------------------------------ stop
+    def stop(self, ledger, job) -> None:
+        user = current_user()
+        ledger.add_event(job.id, "stop", f"stop requested by {user}", user=user, slurm_job_id=job.slurm_job_id)
+        if not job.slurm_job_id:
+            ledger.transition(job.id, State.stopped, f"stopped by {user} before it reached Slurm")
+            return
+        C.run(C.scancel_argv([job.slurm_job_id]))
+        if job.state == State.queued.value:
+            ledger.transition(job.id, State.stopped, f"cancelled by {user} while pending", source="slurm")
+
+    # ------------------------------------------------------------------------------------------ sync
+    def sync(self, ledger, jobs: Sequence) -> int:
+        live = [j for j in jobs if j.slurm_job_id and State(j.state) in LIVE]
+        if not live:
+            return 0
+        records = C.parse_sacct(C.run(C.sacct_argv(j.slurm_job_id for j in live)))
+        changed = 0
+        for job in live:
+            rec = records.get(job.slurm_job_id)
+            if rec is None or rec.ledger_state is None or rec.ledger_state == State(job.state):
+                continue
+            changed += bool(ledger.transition(job.id, rec.ledger_state, rec.ledger_reason, source="slurm-sync"))
+        return changed
+
+
+def _sbatch_reason(lines: List[str]) -> str:
+    for line in lines:
+        if "error" in line.lower():
+            return line.strip()
+    return lines[-1].strip() if lines else "unknown error"
+
+
+# ---------------------------------------------------------------------------------------------- operations
+
+def _slurm_id(job) -> str:
+    if not job.slurm_job_id:
+        raise SchedulerError(f"job {job.id} has no Slurm job id (executor {job.executor}); nothing to change")
+    if State(job.state) not in LIVE:
+        raise SchedulerError(f"job {job.id} is {job.state}: only a queued or running job can be changed")
+    return job.slurm_job_id
+
+
+def show_job(slurm_job_id: str) -> Dict[str, str]:
+    jobs = C.parse_show_job(C.run(C.show_job_argv(slurm_job_id)))
+    if not jobs:
+        raise SchedulerError(f"scontrol show job {slurm_job_id}: no such job")
+    return jobs[0]
+
+
+def extend(ledger, job, time: str) -> str:
+    """Set the time limit (`time`, e.g. 02:00:00), or change it by `+30`/`-10` minutes style values. Returns the
+    new limit as Slurm reports it. Raising a limit needs a Slurm operator/admin (SchedulerError says so)."""
+    sid = _slurm_id(job)
+    t = str(time).strip()
+    sign = t[0] if t[:1] in "+-" else ""
+    try:
+        value = sign + format_duration(parse_duration(t[len(sign):]))
+    except ValueError:
+        raise ConfigError(f"time={time}: not a Slurm time; use HH:MM:SS, minutes, or +MINUTES to add") from None
+    C.run(C.update_time_argv(sid, value))
+    new = show_job(sid).get("TimeLimit", value)
+    resources = dict(job.resources or {}, time=new)
+    ledger.update(job.id, resources=resources)
+    ledger.add_event(job.id, "extend", f"time limit set to {new} (asked {value})", requested=value, time=new,
+                     user=current_user())
+    return new
+
+
+def set_priority(ledger, job, level: str, policy: Optional[str] = None) -> None:
+    """Change a live job's priority level (low/normal/high) via its QoS, or its nice value under policy nice."""
+    if level not in PRIORITIES:
+        raise ConfigError(f"priority={level}: unknown priority; use low|normal|high")
+    sid = _slurm_id(job)
+    policy = policy or default_policy()
+    if policy == "nice":
+        argv = C.update_nice_argv(sid, PRIORITY_NICE[level] or 0)
+    elif policy == "qos":
+        argv = C.update_qos_argv(sid, PRIORITY_QOS[level] or "normal")
+    else:
+        raise ConfigError(f"priority policy {policy}: priorities are not managed; use qos or nice")
+    C.run(argv)
+    ledger.update(job.id, resources=dict(job.resources or {}, priority=level))
+    ledger.add_event(job.id, "priority", f"priority set to {level} ({argv[-1]})", level=level, slurm=argv[-1],
+                     user=current_user())
+
+
+@dataclass
+class Prediction:
+    start_now: bool
+    start_time: Optional[datetime]
+    jobs_ahead: int
+    raw: str
+    partition: str = ""
+
+
+def predict(cfg, policy: Optional[str] = None, now: Optional[datetime] = None) -> Prediction:
+    """Would a job with this config start now? (`sbatch --test-only`), and how many pending jobs in its partition
+    have a higher or equal priority (`squeue`; QoS priorities from `sacctmgr`)."""
+    resources = cfg.resources if hasattr(cfg, "resources") else cfg["resources"]
+    name = cfg.get("name", "hpcft") if hasattr(cfg, "get") else "hpcft"
+    opts = sbatch_options(resources, job_name=name, priority_policy=policy)
+    _, err = C.run_both(C.test_only_argv(to_argv(opts)))
+    t = C.parse_test_only(err)
+    rows = C.parse_squeue(C.run(C.squeue_pending_argv(t.partition)))
+    try:
+        qos_prio = C.parse_qos_priority(C.run(C.qos_priority_argv()))
+    except SchedulerError:
+        qos_prio = {}
+    ahead = C.count_jobs_ahead(rows, t.partition, opts.get("qos") or "normal", qos_prio)
+    now = now or datetime.now()
+    return Prediction(C.starts_now(t.start_time, now) and ahead == 0, t.start_time, ahead, t.raw, t.partition)
