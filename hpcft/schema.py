@@ -74,8 +74,7 @@ class DPOMethodConfig(MethodConfig):
     """Direct preference optimisation (trl DPOTrainer). Owner: trainers/dpo.py."""
 
     beta: float = 0.1
-    loss_type: str = "sigmoid"
-    max_prompt_length: int = 256
+    loss_type: str = "sigmoid"  # any trl DPO loss_type; several comma-separated are summed
 
 
 @dataclass
@@ -98,6 +97,8 @@ class T2ILoraMethodConfig(MethodConfig):
     num_sample_images: int = 2
     sample_prompts: List[str] = field(default_factory=list)
     noise_offset: float = 0.0
+    num_inference_steps: int = 20  # denoising steps of the sample images
+    guidance_scale: float = 5.0
 
 
 @dataclass

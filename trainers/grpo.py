@@ -1,0 +1,76 @@
+"""method=grpo: group relative policy optimisation with trl's GRPOTrainer on {"prompt"} data.
+
+For every prompt the policy samples method.num_generations completions; each is scored by the reward functions
+named in method.reward_functions (hpcft/train/rewards.py: length, contains:<w>, format_regex:<re>,
+char_fraction:<chars>, reward_model with method.reward_model = the final/ directory of a method=reward run), and
+the policy moves toward the completions that score above their group's mean. method.beta > 0 adds a KL penalty to
+the reference (the base model, reloaded from its path; with LoRA the adapter-disabled model).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from hpcft.train.context import RunContext
+
+
+def _prompt_records(path: str, fmt: str):
+    from hpcft.train.preference_data import load_preference, load_prompts
+
+    if fmt == "preference":
+        return [{"prompt": r["prompt"]} for r in load_preference(path)]
+    return load_prompts(path)
+
+
+def train(cfg: DictConfig, ctx: RunContext) -> dict:
+    started = time.time()
+    import torch
+    from trl import GRPOConfig, GRPOTrainer
+
+    from hpcft.train.method_checks import check_method
+    from hpcft.train.modeling import base_model_path, load_tokenizer, torch_dtype
+    from hpcft.train.rewards import build_rewards
+    from trainers import _trl_common as C
+
+    check_method(cfg)
+    m, t = cfg.method, cfg.training
+    out = Path(cfg.output_dir)
+    torch.manual_seed(t.seed)
+    base = base_model_path(cfg.model, out, seed=t.seed, is_main=ctx.is_main)
+    tok = load_tokenizer(cfg.model, base)
+    tok.padding_side = "left"  # generation
+    fmt = cfg.data.format
+    train_ds = C.to_dataset(_prompt_records(cfg.data.train, fmt))
+    evals = C.eval_datasets(cfg, lambda p: _prompt_records(p, fmt))
+    dtype = torch_dtype(cfg.model.dtype)
+    funcs, procs = build_rewards(list(m.reward_functions), m.get("reward_model"), dtype)
+    args = C.trl_args(
+        GRPOConfig, cfg, ctx, has_eval=bool(evals),
+        beta=m.beta,
+        num_generations=m.num_generations,
+        max_completion_length=m.max_completion_length,
+        temperature=m.temperature,
+        model_init_kwargs={"dtype": dtype, "trust_remote_code": bool(cfg.model.get("trust_remote_code"))},
+        log_completions=False,
+    )
+    log = C.MetricsLog(out, ctx.is_main)
+    cb = C.make_callback(ctx, log, list(evals), "grpo")
+    trainer = GRPOTrainer(
+        model=base,  # a path (pitfall 6: with beta > 0 trl reloads the reference from it)
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=evals or None,
+        processing_class=tok,
+        reward_processing_classes=procs,
+        callbacks=[cb],
+        peft_config=C.peft_lora(m, "CAUSAL_LM"),
+    )
+    C.quiet(trainer)
+    trainer.train(resume_from_checkpoint=C.resume_checkpoint(cfg))
+    final = C.save_final(trainer, tok, out, ctx)
+    return C.finish(cfg, ctx, trainer, cb, final, started,
+                    {"lora": m.get("lora") is not None, "reward_functions": list(m.reward_functions)})
