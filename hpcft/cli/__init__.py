@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 
 from hpcft.cli import jobs as _jobs  # noqa: E402,F401  (registers the commands)
+from hpcft.cli import slurm_cmds as _slurm_cmds  # noqa: E402,F401
 
 
 def main() -> None:

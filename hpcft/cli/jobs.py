@@ -17,9 +17,12 @@ JOB = typer.Argument(..., help="job id")
 
 
 def _console():
+    import shutil
+
     from rich.console import Console
 
-    return Console(highlight=False)
+    width = None if sys.stdout.isatty() else shutil.get_terminal_size((160, 24)).columns
+    return Console(highlight=False, width=width)
 
 
 def _ledger():
@@ -56,6 +59,7 @@ def submit(
     wait: bool = typer.Option(False, "--wait", "-w", help="follow the log until the job ends"),
     name: Optional[str] = typer.Option(None, "--name", help="job name (same as name=...)"),
     description: Optional[str] = typer.Option(None, "--description", help="free text stored with the job"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Slurm: do not ask after the queue-wait prediction"),
 ) -> None:
     """Validate a job config and submit it (local machine or Slurm)."""
     from hpcft import config as hconfig
@@ -87,6 +91,16 @@ def submit(
             array = f"0-{n - 1}" if n > 1 else None
             typer.echo("\n".join(to_lines(sbatch_options(cfg0.resources, job_name=cfg0.name, array=array))))
         return
+    if plan.executor == "slurm":
+        from hpcft.cli.slurm_cmds import prediction_line
+        from hpcft.executors.slurm import predict
+
+        try:
+            con.print(prediction_line(predict(plan.configs[0])))
+        except HpcftError as e:  # a prediction is advice: never block a submission on it
+            con.print(f"(no queue-wait prediction: {e})")
+        if not yes and sys.stdin.isatty() and not typer.confirm("submit?", default=True):
+            raise typer.Exit(1)
     jobs = hsubmit.submit(plan)
     for j in jobs:
         extra = f" (Slurm {j.slurm_job_id})" if j.slurm_job_id else ""
@@ -167,7 +181,7 @@ def list_(
 
     t = Table(box=None, pad_edge=False)
     for col in ("ID", "NAME", "STATE", "USER", "METHOD", "EXEC", "SLURM", "CREATED", "ELAPSED"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=True)
     colors = {"success": "green", "error": "red", "running": "cyan", "expired": "yellow", "stopped": "magenta"}
     for j in jobs:
         st = f"[{colors.get(j.state, 'white')}]{j.state}[/]"
