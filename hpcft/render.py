@@ -46,14 +46,18 @@ def _delimiter(text: str) -> str:
             return d
 
 
-def render(cfg: DictConfig, priority_policy: Optional[str] = None, script_hint: str = "job.sbatch") -> str:
-    """The sbatch script text for this resolved job config."""
+def render(cfg: DictConfig, priority_policy: Optional[str] = None, script_hint: str = "job.sbatch",
+           create_dirs: bool = True) -> str:
+    """The sbatch script text for this resolved job config. Creates `<run_dir>/logs` (unless create_dirs is
+    False): Slurm opens the #SBATCH --output file before the script runs, so its directory must exist."""
     cfg = cfg.copy()
     run_dir = run_dir_for(cfg)
     with open_dict(cfg):
         cfg.output_dir = str(run_dir)
     opts = sbatch_options(cfg.resources, job_name=str(cfg.name), output=str(run_dir / "logs" / "slurm-%j.out"),
                           priority_policy=priority_policy)
+    if create_dirs:
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if not config_yaml.endswith("\n"):
         config_yaml += "\n"

@@ -273,10 +273,10 @@ class T2ITrainer:
 
     def save_lora(self, directory: Path) -> None:
         from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
 
+        # peft key format (lora_A/lora_B), which load_lora_weights reads for linear and conv layers alike
         StableDiffusionPipeline.save_lora_weights(save_directory=str(directory),
-                                                  unet_lora_layers=convert_state_dict_to_diffusers(self.lora_state()),
+                                                  unet_lora_layers=self.lora_state(),
                                                   weight_name=LORA_FILE, safe_serialization=True)
 
     def save_checkpoint(self, epoch_done: int) -> None:

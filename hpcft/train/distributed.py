@@ -54,10 +54,13 @@ def prepare_deepspeed_import() -> None:
 def _skip_cpu_shm_op() -> None:
     """DeepSpeed's CPU backend compiles a shared-memory all-reduce op (~30 s, needs g++/ninja) that only serves
     inference all-reduce; training never uses it, so on CPU it is not built."""
-    try:
-        import deepspeed.comm.torch as ds_torch
+    import importlib
+    import sys
 
-        ds_torch.build_shm_op = lambda: None
+    try:
+        importlib.import_module("deepspeed.comm.torch")
+        # sys.modules, not `import ... as`: deepspeed.comm re-exports the name `torch` (the torch package)
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     except Exception:
         pass
 
