@@ -1,0 +1,129 @@
+"""method=dpo (trl DPOTrainer, LoRA and full weights) on the shipped preference pairs, and the preference reader."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ctx_for(out):
+    from hpcft.train.context import RunContext
+
+    class Ctx(RunContext):
+        def event(self, kind, message="", **data):
+            self.events.append((kind, message, data))
+
+    c = Ctx(output_dir=Path(out))
+    c.events = []
+    return c
+
+
+def cfg_for(tmp_path, *overrides):
+    from omegaconf import open_dict
+
+    import hpcft.config
+
+    cfg = hpcft.config.load(["method=dpo", "data=tiny_pref", "training.batch_size=8", "training.learning_rate=5e-3",
+                             "training.sequence_length=64", *overrides])
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path)
+    return cfg
+
+
+def rows(out, kind):
+    return [r for r in (json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines())
+            if r["type"] == kind]
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+@pytest.mark.train
+def test_dpo_lora_learns_saves_and_reloads(tmp_path):
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    import trainers.dpo
+
+    ctx = ctx_for(tmp_path)
+    summary = trainers.dpo.train(cfg_for(tmp_path, "training.max_steps=30"), ctx)
+    assert summary["steps"] == 30 and summary["lora"] is True
+    train = rows(tmp_path, "train")
+    loss = [r["loss"] for r in train]
+    margin = [r["rewards/margins"] for r in train]
+    assert abs(loss[0] - 0.6931) < 1e-3  # policy == reference at step 1: loss is log 2
+    assert mean(loss[-5:]) < 0.5 * loss[0], loss
+    assert mean(margin[-5:]) > 0.5 > margin[0], margin
+    evals = {r["split"]: r for r in rows(tmp_path, "eval")}
+    assert evals["validation"]["rewards/accuracies"] >= 0.9 and evals["test"]["rewards/margins"] > 0.5
+    assert {"epoch", "checkpoint"} <= {k for k, _, _ in ctx.events}
+
+    final = tmp_path / "final"
+    assert (final / "adapter_model.safetensors").exists() and (final / "tokenizer.json").exists()
+    tuned = AutoPeftModelForCausalLM.from_pretrained(final).eval()
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert not torch.allclose(tuned(ids).logits, base(ids).logits)
+
+
+@pytest.mark.train
+def test_dpo_full_weights_uses_base_as_reference(tmp_path):
+    import trainers.dpo
+
+    summary = trainers.dpo.train(cfg_for(tmp_path, "method.lora=null", "training.max_steps=8",
+                                         "training.learning_rate=2e-4"), ctx_for(tmp_path))
+    train = rows(tmp_path, "train")
+    assert summary["lora"] is False
+    assert train[-1]["rewards/margins"] > train[0]["rewards/margins"]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+def test_preference_reader_names_file_line_and_field(tmp_path):
+    from hpcft.train.jsonl import DataError
+    from hpcft.train.preference_data import load_preference
+
+    p = tmp_path / "pref.jsonl"
+    p.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": "a", "chosen": "b"}\n')
+    with pytest.raises(DataError) as e:
+        load_preference(p)
+    msg = str(e.value)
+    assert f"{p}:3:" in msg and "'rejected'" in msg and "preference" in msg
+    p.write_text('{"prompt": "a", "chosen": 3, "rejected": "c"}\n')
+    with pytest.raises(DataError, match=r":1: field 'chosen' must be a string"):
+        load_preference(p)
+    p.write_text("")
+    with pytest.raises(DataError, match="no records"):
+        load_preference(p)
+    recs = load_preference(Path(__file__).resolve().parents[1] / "hpcft/assets/data/tiny_pref/train.jsonl")
+    assert len(recs) == 256 and set(recs[0]) == {"prompt", "chosen", "rejected"}
+
+
+def test_method_checks_reject_wrong_data_format():
+    import hpcft.config
+    from hpcft.errors import ConfigError
+    from hpcft.train.method_checks import check_method
+
+    with pytest.raises(ConfigError, match="data.format=prompt_response: method=dpo"):
+        check_method(hpcft.config.load(["method=dpo", "data=tiny_sft"]))
+    with pytest.raises(ConfigError, match="method.beta"):
+        check_method(hpcft.config.load(["method=dpo", "data=tiny_pref", "method.beta=0"]))
+    with pytest.raises(ConfigError, match="method.loss_type"):
+        check_method(hpcft.config.load(["method=dpo", "data=tiny_pref", "method.loss_type=nope"]))
+    check_method(hpcft.config.load(["method=dpo", "data=tiny_pref"]))

@@ -1,0 +1,109 @@
+"""method=reward: trl RewardTrainer on the shipped preference pairs with the tiny Llama (CPU, a few dozen steps)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ctx_for(out):
+    from hpcft.train.context import RunContext
+
+    class Ctx(RunContext):
+        def event(self, kind, message="", **data):
+            self.events.append((kind, message, data))
+
+    c = Ctx(output_dir=Path(out))
+    c.events = []
+    return c
+
+
+def cfg_for(tmp_path, *overrides):
+    from omegaconf import open_dict
+
+    import hpcft.config
+
+    cfg = hpcft.config.load(["method=reward", "data=tiny_pref", "training.batch_size=8",
+                             "training.learning_rate=1e-3", "training.sequence_length=64", *overrides])
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path)
+    return cfg
+
+
+def read_metrics(out):
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_reward_model_learns_saves_and_reloads(tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import trainers.reward
+    from hpcft.train.preference_data import load_preference
+
+    cfg = cfg_for(tmp_path, "training.max_steps=30")
+    ctx = ctx_for(tmp_path)
+    summary = trainers.reward.train(cfg, ctx)
+
+    assert summary["steps"] == 30
+    rows = read_metrics(tmp_path)
+    train = [r for r in rows if r["type"] == "train"]
+    evals = {r["split"]: r for r in rows if r["type"] == "eval"}
+    assert set(evals) == {"validation", "test"}
+    first, last = train[0], train[-1]
+    assert last["loss"] < 0.5 * first["loss"], (first["loss"], last["loss"])
+    assert first["accuracy"] <= 0.75  # a random head is near chance on the first batch
+    assert evals["validation"]["accuracy"] >= 0.9 and evals["test"]["accuracy"] >= 0.9, evals
+    assert all("lr" in r and "step" in r for r in train)
+    kinds = [k for k, _, _ in ctx.events]
+    assert "epoch" in kinds and "checkpoint" in kinds
+    epoch_data = next(d for k, _, d in ctx.events if k == "epoch")
+    assert "validation_accuracy" in epoch_data and "test_accuracy" in epoch_data
+    assert json.loads((tmp_path / "summary.json").read_text())["final_model"] == str(tmp_path / "final")
+
+    # reload final/ and score the test pairs: the chosen answer must win
+    final = tmp_path / "final"
+    model = AutoModelForSequenceClassification.from_pretrained(final).eval()
+    tok = AutoTokenizer.from_pretrained(final)
+    pairs = load_preference(cfg.data.test)[:16]
+    with torch.no_grad():
+        def score(texts):
+            b = tok(texts, return_tensors="pt", padding=True)
+            return model(**b).logits[:, 0]
+
+        chosen = score([p["prompt"] + p["chosen"] for p in pairs])
+        rejected = score([p["prompt"] + p["rejected"] for p in pairs])
+    assert (chosen > rejected).float().mean().item() >= 0.9
+
+
+def test_reward_lora_saves_adapter_and_loads_as_reward_model(tmp_path):
+    import torch
+
+    import trainers.reward
+    from hpcft.train.rewards import load_reward_model
+
+    cfg = cfg_for(tmp_path, "method=reward_lora", "training.max_steps=12")
+    assert cfg.method.lora is not None
+    trainers.reward.train(cfg, ctx_for(tmp_path))
+    final = tmp_path / "final"
+    assert (final / "adapter_model.safetensors").exists() and (final / "adapter_config.json").exists()
+    model, tok = load_reward_model(str(final))
+    with torch.no_grad():
+        b = tok(["What is 1 plus 2?1 plus 2 is 3.", "What is 1 plus 2?NO IDEA!!! MAYBE 5???"], return_tensors="pt",
+                padding=True)
+        s = model(**b).logits[:, 0]
+    assert s[0] > s[1]
