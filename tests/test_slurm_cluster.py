@@ -250,3 +250,33 @@ def test_executor_submits_a_sweep_as_one_array(cluster, tmp_path):
         ex.stop(ledger, j)
     assert all(ledger.get(j.id).state == "stopped" for j in got)
     subprocess.run(["scancel", arr], capture_output=True)
+
+
+# ------------------------------------------------------------------------------------------------ rendered script
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_rendered_script_submitted_with_plain_sbatch_registers_and_succeeds(cluster, tmp_path, monkeypatch):
+    from hpcft import config
+    from hpcft.render import render
+
+    monkeypatch.setenv("HPCFT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HPCFT_DB_URL", raising=False)
+    cfg = config.compose(["+experiment=quickstart", "resources=cpu_small", "training.max_steps=2",
+                          "training.epochs=1"])
+    cfg.name = "rendered 'job' $(touch pwned)"
+    cfg.output_dir = str(tmp_path / "run")
+    script = tmp_path / "job.sbatch"
+    script.write_text(render(cfg))
+    out = C.run(["sbatch", "--parsable", str(script)])
+    jid = C.parse_sbatch_parsable(out).job_id
+    ledger = Ledger()
+
+    def done():
+        found = [j for j in ledger.search() if j.slurm_job_id == jid]
+        return found and found[0].state in ("success", "error", "expired", "stopped") and found[0]
+
+    job = wait_until(done, 300, "the rendered job to finish")
+    assert job.state == "success", job.state_reason
+    assert job.name == cfg.name and job.output_dir == str((tmp_path / "run").resolve())
+    assert not (tmp_path / "pwned").exists()
