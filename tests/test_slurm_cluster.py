@@ -280,3 +280,13 @@ def test_rendered_script_submitted_with_plain_sbatch_registers_and_succeeds(clus
     assert job.state == "success", job.state_reason
     assert job.name == cfg.name and job.output_dir == str((tmp_path / "run").resolve())
     assert not (tmp_path / "pwned").exists()
+
+
+def test_stop_of_a_job_that_already_ended_records_how_it_ended(cluster, tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    jid = cluster.submit({"time": 1}, command="true")
+    wait_until(lambda: C.parse_sacct(C.run(C.sacct_argv([jid]))).get(jid) and
+               C.parse_sacct(C.run(C.sacct_argv([jid])))[jid].slurm_state == "COMPLETED", 60, "the job to end")
+    job = ledger_job(ledger, jid, state=State.running)
+    S.SlurmExecutor().stop(ledger, job)
+    assert ledger.get(job.id).state == "success"

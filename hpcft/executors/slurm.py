@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime
@@ -121,8 +122,17 @@ class SlurmExecutor(Executor):
         if not job.slurm_job_id:
             ledger.transition(job.id, State.stopped, f"stopped by {user} before it reached Slurm")
             return
-        C.run(C.scancel_argv([job.slurm_job_id]))
-        if job.state == State.queued.value:
+        try:
+            C.run(C.scancel_argv([job.slurm_job_id]))
+        except SchedulerError as e:
+            if not re.search(r"already completing or completed|invalid job id", str(e), re.IGNORECASE):
+                raise
+            self.sync(ledger, [job])  # it ended before the stop arrived: record how it ended
+            return
+        # scancel answers 0 even for a job that had already ended: record what Slurm knows now, and a job that
+        # was still pending is stopped at once (Slurm's accounting may not show the cancel yet)
+        self.sync(ledger, [ledger.get(job.id)])
+        if ledger.get(job.id).state == State.queued.value:
             ledger.transition(job.id, State.stopped, f"cancelled by {user} while pending", source="slurm")
 
     # ------------------------------------------------------------------------------------------ sync
