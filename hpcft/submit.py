@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpcft import config as hconfig
 from hpcft import paths
-from hpcft.errors import HpcftError
+from hpcft.errors import HpcftError, SchedulerError
 from hpcft.states import State
 
 
@@ -126,6 +126,10 @@ def submit(p: Plan, ledger=None) -> List[Any]:
     try:
         return executor.submit(ledger, jobs)
     except Exception as e:
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        why = next((x for x in lines if "error" in x.lower()), lines[0] if lines else repr(e))
         for j in jobs:
-            ledger.transition(j.id, State.error, f"submission failed: {str(e).splitlines()[0] if str(e) else e!r}")
-        raise
+            ledger.transition(j.id, State.error, f"submission failed: {why}")
+        if isinstance(e, HpcftError):
+            raise
+        raise SchedulerError(f"submission to {p.executor} failed: {why}") from e
