@@ -105,7 +105,7 @@ class SlurmExecutor(Executor):
 
     def _record(self, ledger, group, submitted, folder) -> List:
         recorded = []
-        for job, sj in zip(group, submitted):
+        for job, sj in zip(group, submitted, strict=True):
             sid = _submitit_id(sj)
             fields: Dict[str, Any] = {"slurm_job_id": sid}
             if "_" in sid:
