@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from hpcft.errors import SchedulerError
 from hpcft.executors import slurm as S
 from hpcft.ledger import Ledger
 from hpcft.slurm import commands as C
@@ -290,3 +291,20 @@ def test_stop_of_a_job_that_already_ended_records_how_it_ended(cluster, tmp_path
     job = ledger_job(ledger, jid, state=State.running)
     S.SlurmExecutor().stop(ledger, job)
     assert ledger.get(job.id).state == "success"
+
+
+def test_non_operator_cannot_raise_a_running_jobs_time_limit(cluster):
+    if subprocess.run(["id", "slurmtest"], capture_output=True).returncode != 0:
+        pytest.skip("no unprivileged user `slurmtest` (scripts/slurm-local up creates it)")
+    as_user = ["runuser", "-u", "slurmtest", "--"]
+    out = C.run([*as_user, "sbatch", "--parsable", "--time=2", "--output=/dev/null", "--chdir=/tmp",
+                 "--wrap", "sleep 60"])
+    jid = C.parse_sbatch_parsable(out).job_id
+    try:
+        wait_until(lambda: state(jid) == "RUNNING", 60, "the user's job to run")
+        with pytest.raises(SchedulerError) as e:
+            C.run([*as_user, *C.update_time_argv(jid, "00:10:00")])
+        assert "permission denied" in str(e.value).lower() and "operator/admin" in str(e.value)
+        assert show(jid)["TimeLimit"] == "00:02:00"
+    finally:
+        subprocess.run(["scancel", jid], capture_output=True)
