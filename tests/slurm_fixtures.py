@@ -5,6 +5,7 @@ Import from test modules: `from slurm_fixtures import slurm_cluster, SACCT_MIXED
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -45,6 +46,8 @@ def cluster_up() -> bool:
 def slurm_cluster():
     """Skip unless a Slurm cluster answers (scripts/slurm-local up); yields the default partition name."""
     if not cluster_up():
+        if os.environ.get("HPCFT_REQUIRE_SLURM") == "1":  # scripts/test as root: the cluster must be there
+            pytest.fail("HPCFT_REQUIRE_SLURM=1 but no Slurm cluster answers (scripts/slurm-local up failed?)")
         pytest.skip("no Slurm cluster here: start one with `scripts/slurm-local up`")
     out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=10).stdout.split()
     default = next((p.rstrip("*") for p in out if p.endswith("*")), out[0].rstrip("*") if out else "debug")
