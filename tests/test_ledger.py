@@ -7,9 +7,38 @@ from hpcft.ledger import Ledger
 from hpcft.states import State
 
 
-@pytest.fixture
-def ledger(tmp_path):
-    return Ledger(f"sqlite:///{tmp_path}/ledger.db")
+MARIADB_SOCKET = "/run/mysqld/mysqld.sock"  # started by scripts/slurm-local up (slurmdbd's database)
+
+
+def _mariadb_url(tmp_path) -> str:
+    """A fresh database on the local MariaDB (as root over its socket), or skip."""
+    import os
+    import subprocess
+
+    if not os.path.exists(MARIADB_SOCKET):
+        pytest.skip("no local MariaDB (scripts/slurm-local up starts one)")
+    pytest.importorskip("pymysql")
+    db = f"hpcft_test_{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
+    r = subprocess.run(["mysql", "-e", f"DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot create a MariaDB database: {r.stderr.decode()[:200]}")
+    return f"mysql+pymysql://root@localhost/{db}?unix_socket={MARIADB_SOCKET}"
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def ledger(request, tmp_path):
+    """The same ledger tests on the embedded default (SQLite) and on a server database (MariaDB)."""
+    if request.param == "sqlite":
+        yield Ledger(f"sqlite:///{tmp_path}/ledger.db")
+        return
+    import subprocess
+
+    url = _mariadb_url(tmp_path)
+    led = Ledger(url)
+    yield led
+    led._writer.dispose()
+    db = url.split("/")[-1].split("?")[0]
+    subprocess.run(["mysql", "-e", f"DROP DATABASE IF EXISTS {db}"], capture_output=True)
 
 
 def _job(ledger, **kw):
