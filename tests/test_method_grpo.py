@@ -79,7 +79,7 @@ def test_grpo_with_reward_model_from_reward_trainer(tmp_path):
                                "training.sequence_length=64"), ctx_for(rm_dir))
     out = tmp_path / "grpo"
     cfg = load(out, "method=grpo", "data=tiny_prompts", "training.max_steps=3", "training.batch_size=8",
-               "method.max_completion_length=8", "method.beta=0.04", "method=grpo",
+               "method.max_completion_length=8", "method.beta=0.04",
                "method.reward_functions=[reward_model,length:8]", f"method.reward_model={rm_dir / 'final'}")
     summary = trainers.grpo.train(cfg, ctx_for(out))
     assert summary["steps"] == 3
