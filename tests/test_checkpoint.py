@@ -2,8 +2,19 @@ import json
 
 import pytest
 
-from hpcft.train.checkpoint import (LATEST, STATE_FILE, CheckpointManager, latest_checkpoint, list_checkpoints,
-                                    load_rng, load_trainable, resolve_resume, save_rng, save_trainable, write_json)
+from hpcft.train.checkpoint import (
+    LATEST,
+    STATE_FILE,
+    CheckpointManager,
+    latest_checkpoint,
+    list_checkpoints,
+    load_rng,
+    load_trainable,
+    resolve_resume,
+    save_rng,
+    save_trainable,
+    write_json,
+)
 
 
 def writer(step, payload="w"):

@@ -2,8 +2,16 @@ import json
 
 import pytest
 
-from hpcft.train.data import (IGNORE, collate, detect_format, epoch_batches, epoch_order, load_split, shard,
-                              steps_per_epoch)
+from hpcft.train.data import (
+    IGNORE,
+    collate,
+    detect_format,
+    epoch_batches,
+    epoch_order,
+    load_split,
+    shard,
+    steps_per_epoch,
+)
 from hpcft.train.jsonl import DataError
 from hpcft.train.tokenizer import byte_tokenizer
 

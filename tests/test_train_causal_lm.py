@@ -66,7 +66,7 @@ def mean(xs):
 
 def test_lora_learns_and_adapter_reloads_with_same_logits(tmp_path):
     import torch
-    from peft import PeftModel, get_peft_model, LoraConfig
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from hpcft.train.checkpoint import latest_checkpoint, load_trainable

@@ -17,7 +17,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hpcft.train import checkpoint as ckpt
 from hpcft.train import data as D
@@ -52,7 +52,6 @@ def disable_bnb_cpu_repack(model) -> int:
 
 def build_model(cfg, ctx):
     """(model, tokenizer) with only the weights that train requiring grad."""
-    import torch
     from hpcft.train.modeling import base_model_path, load_causal_lm, load_tokenizer
 
     method = cfg.method.name
@@ -85,7 +84,7 @@ def build_model(cfg, ctx):
     return model, tok, path
 
 
-def param_groups(model, weight_decay: float) -> List[Dict[str, Any]]:
+def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases and norm weights (1-d tensors)."""
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -125,7 +124,7 @@ def params_hash(model, zero3: bool) -> str:
 
 # ----------------------------------------------------------------------------------------------------- train
 
-def train(cfg, ctx) -> Dict[str, Any]:
+def train(cfg, ctx) -> dict[str, Any]:
     import torch
 
     t = cfg.training
@@ -151,7 +150,7 @@ def train(cfg, ctx) -> Dict[str, Any]:
              f"world={ctx.world_size} deepspeed={'zero' + str(stage or 0) if use_ds else 'off'}")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     loss_on_all = method == "pretrain"
-    splits: Dict[str, D.Split] = {}
+    splits: dict[str, D.Split] = {}
     for name in ("train", "validation", "test"):
         path = cfg.data.get(name)
         if path:
@@ -236,7 +235,7 @@ def train(cfg, ctx) -> Dict[str, Any]:
             log(ctx, f"[hpcft] checkpoint step {step} -> {p}")
             ctx.event("checkpoint", f"checkpoint at step {step}", step=step, path=str(p))
 
-    def evaluate(split: D.Split) -> Dict[str, float]:
+    def evaluate(split: D.Split) -> dict[str, float]:
         (engine or model).eval()
         order = D.shard(range(len(split)), ctx.rank, world)
         real = [i < len(split) for i in range(len(order) * world)][ctx.rank::world]  # padding repeats samples
@@ -259,7 +258,7 @@ def train(cfg, ctx) -> Dict[str, Any]:
         loss = loss_sum / max(n_tok, 1.0)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
-    def run_evals(epoch_label: float) -> Dict[str, Dict[str, float]]:
+    def run_evals(epoch_label: float) -> dict[str, dict[str, float]]:
         res = {}
         for name in ("validation", "test"):
             if name in splits:
@@ -276,8 +275,8 @@ def train(cfg, ctx) -> Dict[str, Any]:
     # --- the loop
     crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
     (engine or model).train()
-    last_loss: Optional[float] = None
-    evals: Dict[str, Dict[str, float]] = {}
+    last_loss: float | None = None
+    evals: dict[str, dict[str, float]] = {}
     evals_step = -1
     t_start = time.time()
     steps_this_run = 0

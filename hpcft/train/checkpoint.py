@@ -15,8 +15,9 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 STATE_FILE = "state.json"  # written last by the trainer; its presence marks a complete checkpoint
 LATEST = "latest"
@@ -48,7 +49,7 @@ def fsync_tree(path: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
-def write_json(path: Path, data: Dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()
@@ -59,7 +60,7 @@ def _is_complete(d: Path) -> bool:
     return d.is_dir() and not d.name.endswith(".tmp") and (d / STATE_FILE).is_file()
 
 
-def list_checkpoints(root: Path) -> List[Path]:
+def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = Path(root)
     if not root.is_dir():
@@ -67,7 +68,7 @@ def list_checkpoints(root: Path) -> List[Path]:
     return sorted((d for d in root.glob("step-*") if _is_complete(d)), key=lambda d: d.name)
 
 
-def latest_checkpoint(root: Path) -> Optional[Path]:
+def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint `latest` names; if that file is missing or points nowhere, the newest complete one."""
     root = Path(root)
     f = root / LATEST
@@ -79,7 +80,7 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
-def resolve_resume(resume_from: Optional[str], output_dir: Path) -> Optional[Path]:
+def resolve_resume(resume_from: str | None, output_dir: Path) -> Path | None:
     """The checkpoint to resume from: None (fresh), `latest` (None if the run has none yet) or a directory."""
     if not resume_from:
         return None
@@ -98,7 +99,7 @@ def resolve_resume(resume_from: Optional[str], output_dir: Path) -> Optional[Pat
     return d
 
 
-def parse_keep(keep: Any) -> Optional[int]:
+def parse_keep(keep: Any) -> int | None:
     """keep_checkpoints -> 0 (off), None (all) or N."""
     k = str(keep).strip().lower()
     if k == "off":
@@ -112,7 +113,7 @@ class CheckpointManager:
     """Saves checkpoints atomically and applies the retention policy (`off` | `all` | `N`)."""
 
     def __init__(self, root: Path, keep: Any = "all", is_main: bool = True,
-                 barrier: Optional[Callable[[], None]] = None):
+                 barrier: Callable[[], None] | None = None):
         self.root = Path(root)
         self.keep = parse_keep(keep)
         self.is_main = is_main
@@ -130,7 +131,7 @@ class CheckpointManager:
                 else:
                     d.unlink(missing_ok=True)
 
-    def save(self, step: int, write: Callable[[Path], None]) -> Optional[Path]:
+    def save(self, step: int, write: Callable[[Path], None]) -> Path | None:
         """Run write(tmp_dir) (on every rank: each writes its own files; the trainer must write STATE_FILE on the
         main rank, last) and publish the result as step-XXXXXXXX + latest. Returns the final path (None if off)."""
         if not self.enabled:
@@ -163,7 +164,7 @@ class CheckpointManager:
         self.barrier()
         return final
 
-    def apply_retention(self) -> List[Path]:
+    def apply_retention(self) -> list[Path]:
         """Delete all but the newest N checkpoints; returns the deleted ones."""
         if self.keep is None or not self.root.is_dir():
             return []
@@ -176,18 +177,18 @@ class CheckpointManager:
 
 # ----------------------------------------------------------------------------------------------------- pieces
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    st: Dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+    st: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
                           "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
 
 
-def set_rng_state(st: Dict[str, Any]) -> None:
+def set_rng_state(st: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
@@ -210,7 +211,7 @@ def load_rng(path: Path) -> None:
     set_rng_state(torch.load(path, weights_only=False))
 
 
-def trainable_state(model) -> Dict[str, Any]:
+def trainable_state(model) -> dict[str, Any]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 

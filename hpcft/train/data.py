@@ -14,9 +14,10 @@ is a pure function of (seed, epoch), so a resumed run can skip exactly the batch
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from hpcft.train.jsonl import DataError, read_jsonl, require
 
@@ -31,8 +32,8 @@ ALPACA_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
 @dataclass
 class Sample:
     index: int  # position in the split (0-based record number, blank lines skipped)
-    input_ids: List[int]
-    labels: List[int]
+    input_ids: list[int]
+    labels: list[int]
 
 
 @dataclass
@@ -40,14 +41,14 @@ class Split:
     name: str
     path: str
     format: str
-    samples: List[Sample] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
     truncated: int = 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
 
-def detect_format(rec: Dict[str, Any]) -> Optional[str]:
+def detect_format(rec: dict[str, Any]) -> str | None:
     if "messages" in rec:
         return "messages"
     if "instruction" in rec and "output" in rec:
@@ -59,15 +60,15 @@ def detect_format(rec: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _ids(tok, text: str) -> List[int]:
+def _ids(tok, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def _bos(tok) -> List[int]:
+def _bos(tok) -> list[int]:
     return [tok.bos_token_id] if tok.bos_token_id is not None else []
 
 
-def _eos(tok) -> List[int]:
+def _eos(tok) -> list[int]:
     return [tok.eos_token_id] if tok.eos_token_id is not None else []
 
 
@@ -75,9 +76,9 @@ def _render(tok, messages, add_generation_prompt: bool) -> str:
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def _message_pieces(tok, messages: List[Dict[str, str]]) -> List[Tuple[str, bool]]:
+def _message_pieces(tok, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
     """The rendered conversation as (text, is_assistant_answer) pieces, by rendering growing prefixes."""
-    pieces: List[Tuple[str, bool]] = []
+    pieces: list[tuple[str, bool]] = []
     prev = ""
     for i, m in enumerate(messages):
         full = _render(tok, messages[: i + 1], False)
@@ -98,7 +99,7 @@ def _message_pieces(tok, messages: List[Dict[str, str]]) -> List[Tuple[str, bool
     return pieces
 
 
-def encode_record(rec: Dict[str, Any], fmt: str, tok, loss_on_all: bool = False) -> Tuple[List[int], List[int]]:
+def encode_record(rec: dict[str, Any], fmt: str, tok, loss_on_all: bool = False) -> tuple[list[int], list[int]]:
     """(input_ids, labels) for one validated record, before truncation."""
     if fmt == "text":
         ids = _bos(tok) + _ids(tok, rec["text"]) + _eos(tok)
@@ -114,8 +115,8 @@ def encode_record(rec: Dict[str, Any], fmt: str, tok, loss_on_all: bool = False)
         ids = p + a
         return ids, (list(ids) if loss_on_all else [IGNORE] * len(p) + a)
     if fmt == "messages":
-        ids: List[int] = []
-        labels: List[int] = []
+        ids: list[int] = []
+        labels: list[int] = []
         for text, train in _message_pieces(tok, rec["messages"]):
             t = _ids(tok, text)
             ids += t
@@ -128,7 +129,7 @@ def encode_record(rec: Dict[str, Any], fmt: str, tok, loss_on_all: bool = False)
     raise DataError(f"unknown data format {fmt!r}; use one of: {', '.join(FORMATS)}")
 
 
-def _validate(path: str, lineno: int, rec: Dict[str, Any], fmt: str) -> None:
+def _validate(path: str, lineno: int, rec: dict[str, Any], fmt: str) -> None:
     if fmt == "text":
         require(path, lineno, rec, ["text"], fmt)
     elif fmt == "prompt_response":
@@ -180,14 +181,14 @@ def load_split(path: str | Path, fmt: str, tokenizer, sequence_length: int, name
 
 # ------------------------------------------------------------------------------------------ order and sharding
 
-def epoch_order(n: int, seed: int, epoch: int) -> List[int]:
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """A permutation of range(n) that depends only on (seed, epoch)."""
     order = list(range(n))
     random.Random(f"hpcft-{seed}-{epoch}").shuffle(order)
     return order
 
 
-def shard(indices: Sequence[int], rank: int, world: int) -> List[int]:
+def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
     """This rank's share (DistributedSampler-like): padded by wrapping around so every rank gets the same count."""
     idx = list(indices)
     if world > 1:
@@ -196,7 +197,7 @@ def shard(indices: Sequence[int], rank: int, world: int) -> List[int]:
     return idx[rank::world]
 
 
-def micro_batches(indices: Sequence[int], batch_size: int) -> List[List[int]]:
+def micro_batches(indices: Sequence[int], batch_size: int) -> list[list[int]]:
     return [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
 
 
@@ -208,7 +209,7 @@ def steps_per_epoch(n: int, batch_size: int, accumulation: int, world: int) -> i
 
 
 def epoch_batches(n: int, seed: int, epoch: int, batch_size: int, accumulation: int, rank: int = 0,
-                  world: int = 1) -> List[List[List[int]]]:
+                  world: int = 1) -> list[list[list[int]]]:
     """The epoch's optimizer steps for this rank: a list of steps, each a list of `accumulation` micro-batches
     of dataset indices."""
     mbs = micro_batches(shard(epoch_order(n, seed, epoch), rank, world), batch_size)
@@ -216,7 +217,7 @@ def epoch_batches(n: int, seed: int, epoch: int, batch_size: int, accumulation: 
     return [mbs[i * accumulation:(i + 1) * accumulation] for i in range(k)]
 
 
-def collate(samples: Sequence[Sample], pad_id: int) -> Dict[str, Any]:
+def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, Any]:
     """Right-padded tensors: input_ids, attention_mask, labels (-100 on padding)."""
     import torch
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict
+from typing import Any
 
 
-def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -27,7 +27,7 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def build_ds_config(ds: Any, training: Any, world_size: int) -> Dict[str, Any]:
+def build_ds_config(ds: Any, training: Any, world_size: int) -> dict[str, Any]:
     """DeepSpeed config for `deepspeed.initialize(config=...)`.
 
     ds: cfg.deepspeed (stage null means ZeRO stage 0: plain data parallel). training: cfg.training.
@@ -36,7 +36,7 @@ def build_ds_config(ds: Any, training: Any, world_size: int) -> Dict[str, Any]:
     stage = 0 if ds.get("stage") is None else int(ds.stage)
     micro, accum = int(training.batch_size), int(training.gradient_accumulation)
     precision = str(training.precision)
-    zero: Dict[str, Any] = {
+    zero: dict[str, Any] = {
         "stage": stage,
         "overlap_comm": bool(ds.get("overlap_comm", False)),
         "contiguous_gradients": bool(ds.get("contiguous_gradients", True)),
@@ -47,7 +47,7 @@ def build_ds_config(ds: Any, training: Any, world_size: int) -> Dict[str, Any]:
         zero["stage3_gather_16bit_weights_on_model_save"] = bool(ds.get("gather_16bit_weights_on_model_save", True))
         if ds.get("offload_params"):
             zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    conf: Dict[str, Any] = {
+    conf: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
         "train_batch_size": micro * accum * int(world_size),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, List, Optional
+from typing import Any
 
 
 def has_cuda() -> bool:
@@ -110,7 +110,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(values: List[float]) -> List[float]:
+def all_reduce_sum(values: list[float]) -> list[float]:
     """Element-wise sum over ranks (identity in one process)."""
     import torch
     import torch.distributed as dist
@@ -124,12 +124,12 @@ def all_reduce_sum(values: List[float]) -> List[float]:
     return t.cpu().tolist()
 
 
-def all_gather_object(obj: Any) -> List[Any]:
+def all_gather_object(obj: Any) -> list[Any]:
     import torch.distributed as dist
 
     if not is_dist():
         return [obj]
-    out: List[Any] = [None] * dist.get_world_size()
+    out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
 

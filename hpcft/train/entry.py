@@ -12,10 +12,10 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 
-def run(cfg, ctx) -> Dict[str, Any]:
+def run(cfg, ctx) -> dict[str, Any]:
     """Run the trainer for cfg.method.name and return its summary."""
     from hpcft.schema import METHODS
 
@@ -26,7 +26,7 @@ def run(cfg, ctx) -> Dict[str, Any]:
     return module.train(cfg, ctx)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hpcft.train.entry", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="the run's config.yaml")
     ap.add_argument("--job-id", type=int, default=None, help="ledger job id (events are recorded when given)")

@@ -8,7 +8,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 
 class MetricsWriter:
@@ -23,7 +23,7 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "a", encoding="utf-8")
 
-    def write(self, record: Dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         if self._f is None:
             return
         rec = dict(record)
@@ -37,7 +37,7 @@ class MetricsWriter:
             self._f = None
 
 
-def read_metrics(path: Path, type: Optional[str] = None) -> List[Dict[str, Any]]:
+def read_metrics(path: Path, type: str | None = None) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl (optionally only those of one type); a torn last line is skipped."""
     out = []
     p = Path(path)
