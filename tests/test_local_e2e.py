@@ -117,3 +117,20 @@ def test_resume_after_stop_reaches_the_same_final_step(hpcft_home):
     assert j["state"] == "success" and j["attempt"] == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary.get("step", summary.get("final_step")) == 40
+
+
+def test_cron_retry_resumes_failed_jobs_up_to_max_attempts(hpcft_home, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')  # fails every attempt
+    r = run(["submit", *FAST, "data=custom", f"data.train={data}", "data.format=prompt_response", "--wait"])
+    assert r.returncode == 1
+    (job,) = jobs()
+    for expected_attempt in (2, 3):
+        out = run(["retry", "--max-attempts", "3"])
+        assert out.returncode == 0 and f"retried 1 job(s): {job['id']}" in out.stdout, out.stdout + out.stderr
+        j = wait_state(job["id"], {"error"}, timeout=120)
+        while j["attempt"] != expected_attempt or j["state"] != "error":
+            time.sleep(0.5)
+            j = next(x for x in jobs() if x["id"] == job["id"])
+    assert "retried 0 job(s)" in run(["retry", "--max-attempts", "3"]).stdout  # budget spent
+    assert "retry 3/3 after error" in run(["events", str(job["id"])]).stdout

@@ -1,4 +1,4 @@
-"""Job commands: submit, list, show, logs, events, curve, stop, resume, delete, sync."""
+"""Job commands: submit, list, show, logs, events, curve, stop, resume, retry, delete, sync."""
 
 from __future__ import annotations
 
@@ -309,27 +309,25 @@ def stop(job_ids: List[int] = typer.Argument(..., help="job ids")) -> None:
 def resume(job_id: int = JOB, checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="checkpoint dir (default: latest)"),
            wait: bool = typer.Option(False, "--wait", "-w")) -> None:
     """Run an ended job again (new attempt, same run dir) from its latest or a chosen checkpoint."""
-    from omegaconf import OmegaConf
+    from hpcft.jobctl import resume as resume_job
 
-    from hpcft.executors import get_executor
-    from hpcft.states import State, is_terminal
-    from hpcft.submit import write_config
-
-    ledger = _ledger()
-    j = ledger.get(job_id)
-    if not is_terminal(j.state):
-        raise HpcftError(f"job {job_id} is {j.state}; only an ended job can be resumed (stop it first)")
-    if checkpoint and not Path(checkpoint).is_dir():
-        raise HpcftError(f"--checkpoint {checkpoint}: not a directory; see {j.output_dir}/checkpoints")
-    cfg = OmegaConf.create(j.config)
-    cfg.training.resume_from = str(Path(checkpoint).resolve()) if checkpoint else "latest"
-    write_config(cfg, Path(j.output_dir))
-    ledger.transition(job_id, State.queued, f"resumed from {cfg.training.resume_from}", strict=True,
-                      config=OmegaConf.to_container(cfg))
-    j = get_executor(j.executor).submit(ledger, [ledger.get(job_id)])[0]
-    typer.echo(f"job {job_id}: attempt {j.attempt} queued (resume from {cfg.training.resume_from})")
+    j = resume_job(_ledger(), job_id, checkpoint)
+    typer.echo(f"job {job_id}: attempt {j.attempt} queued (resume from {j.config['training']['resume_from']})")
     if wait:
         raise typer.Exit(_wait([job_id], follow=True))
+
+
+@app.command()
+def retry(max_attempts: int = typer.Option(3, "--max-attempts", help="total attempts per job, the first included"),
+          state: List[str] = typer.Option(["error"], "--state", "-s", help="which ended states to retry (error, expired)")) -> None:
+    """Resume failed jobs from their latest checkpoint, up to --max-attempts (for cron, after `hpcft sync`)."""
+    from hpcft.jobctl import retry_failed
+
+    bad = [s for s in state if s not in ("error", "expired", "stopped")]
+    if bad:
+        raise HpcftError(f"--state {bad[0]}: only ended states can be retried (error, expired, stopped)")
+    ids = retry_failed(_ledger(), max_attempts, list(state))
+    typer.echo(f"retried {len(ids)} job(s)" + (": " + " ".join(map(str, ids)) if ids else ""))
 
 
 @app.command()
