@@ -37,6 +37,7 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False
     attn_implementation: Optional[str] = None
+    parent_job: Optional[int] = None  # set by hpcft when model.path=job:ID (lineage); not for users
 
 
 @dataclass

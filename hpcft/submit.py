@@ -42,24 +42,37 @@ def plan(overrides: Sequence[str], multirun: bool = False) -> Plan:
     return Plan(cfgs, points, executors.pop())
 
 
+def _job_final(ref: str, key: str) -> tuple:
+    """(job id, its final model dir) for `job:ID`; ConfigError unless that job succeeded with a final model."""
+    from hpcft.ledger import Ledger
+
+    try:
+        job_id = int(ref[4:])
+    except ValueError:
+        raise hconfig.ConfigError(f"{key}={ref}: expected job:ID with a numeric id, e.g. {key}=job:12") from None
+    src = Ledger().get(job_id)
+    final = Path(src.output_dir) / "final"
+    if src.state != State.success.value or not final.is_dir():
+        raise hconfig.ConfigError(f"{key}={ref}: job {job_id} has no final model (state {src.state}); "
+                                  "use a job that ended in success")
+    return job_id, final
+
+
 def resolve_lineage(cfg: DictConfig) -> DictConfig:
-    """`model.path=job:ID` -> that job's final model (recorded as the new job's parent)."""
+    """`model.path=job:ID` -> that job's final model, recorded as the new job's parent (lineage); a LoRA adapter is
+    merged into its base when the job starts. `method.reward_model=job:ID` likewise."""
     path = cfg.model.get("path")
     if isinstance(path, str) and path.startswith("job:"):
-        from hpcft.ledger import Ledger
-
-        ref = path[4:]
-        src = Ledger().get(int(ref))
-        final = Path(src.output_dir) / "final"
-        if src.state != State.success.value or not final.is_dir():
-            raise hconfig.ConfigError(f"model.path={path}: job {ref} has no final model (state {src.state}); "
-                                      "use a job that ended in success")
+        job_id, final = _job_final(path, "model.path")
         with open_dict(cfg):
             cfg.model.path = str(final)
             cfg.model.source = "pretrained"
-            if cfg.model.get("tokenizer") in (None, "bytes"):
-                cfg.model.tokenizer = str(final)
-            cfg.model.parent_job = int(ref)
+            cfg.model.tokenizer = str(final)
+            cfg.model.parent_job = job_id
+    rm = cfg.method.get("reward_model")
+    if isinstance(rm, str) and rm.startswith("job:"):
+        with open_dict(cfg):
+            cfg.method.reward_model = str(_job_final(rm, "method.reward_model")[1])
     return cfg
 
 

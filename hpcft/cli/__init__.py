@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -30,3 +31,9 @@ def main() -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:  # a bug or an unexpected failure: one line, the traceback on request
+        if os.environ.get("HPCFT_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+              "(set HPCFT_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)

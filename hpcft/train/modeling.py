@@ -40,10 +40,16 @@ def load_tokenizer(model_cfg: Any, path: Optional[str] = None):
 
 
 def base_model_path(model_cfg: Any, output_dir: Path, seed: int = 42, is_main: bool = True) -> str:
-    """A path to load the base weights from. Config-built models are materialized under output_dir/base."""
-    if model_cfg.source == "pretrained":
-        return str(model_cfg.path)
+    """A path to load the base weights from. Config-built models are materialized under output_dir/base, and so
+    is the merged model when the path is a causal-LM LoRA adapter (a previous run's `final/`, `model.path=job:ID`)."""
     base = Path(output_dir) / "base"
+    if model_cfg.source == "pretrained":
+        adapter = Path(str(model_cfg.path))
+        if _causal_lm_adapter(adapter):
+            if is_main and not (base / "config.json").exists():
+                merge_adapter(model_cfg, adapter, base)
+            return str(base)
+        return str(model_cfg.path)
     if (base / "config.json").exists() or not is_main:
         return str(base)
     import torch
@@ -66,6 +72,32 @@ def base_model_path(model_cfg: Any, output_dir: Path, seed: int = 42, is_main: b
     tok.save_pretrained(tmp)
     tmp.rename(base)
     return str(base)
+
+
+def _causal_lm_adapter(path: Path) -> bool:
+    import json
+
+    cfg = path / "adapter_config.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("task_type") in (None, "CAUSAL_LM")
+
+
+def merge_adapter(model_cfg: Any, adapter: Path, dest: Path) -> Path:
+    """Base model + LoRA adapter, merged into plain weights at `dest` (HF format, with the adapter's tokenizer)."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(model_cfg.dtype),
+                                                 trust_remote_code=bool(model_cfg.trust_remote_code))
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    tmp = dest.with_name(dest.name + ".tmp")
+    merged.save_pretrained(tmp)
+    load_tokenizer(model_cfg, str(adapter)).save_pretrained(tmp)
+    (tmp / "hpcft_lineage.json").write_text(json.dumps({"adapter": str(adapter), "base": base_path}))
+    tmp.rename(dest)
+    return dest
 
 
 def load_causal_lm(model_cfg: Any, path: str, quantization: Any = None, device_map: Any = None):
