@@ -17,7 +17,7 @@ from hpcft.slurm import commands as C
 
 
 def main(n: int = 50, repeats: int = 5) -> None:
-    out = subprocess.run(["sbatch", "--parsable", f"--array=0-{n - 1}", "--time=1", "--wrap", "true"],
+    out = subprocess.run(["sbatch", "--parsable", f"--array=0-{n - 1}", "--time=1", "--output=/dev/null", "--wrap", "true"],
                          capture_output=True, text=True, check=True).stdout.strip()
     array = out.split(";")[0]
     ids = [f"{array}_{i}" for i in range(n)]
