@@ -21,13 +21,12 @@ def read_metrics(run_dir: str | Path) -> List[dict]:
 
 
 def loss_series(records: List[dict]) -> Dict[str, Tuple[List[float], List[float]]]:
-    """{"train": (steps, losses), "validation": ..., "test": ...} from metrics records."""
-    series: Dict[str, Tuple[List[float], List[float]]] = {}
+    """{"train": (steps, losses), "validation": ..., "test": ...} from metrics records, sorted by step. A resumed run
+    appends again the steps it redoes after its checkpoint: the last record of a step wins."""
+    points: Dict[str, Dict[float, float]] = {}
     for r in records:
         if r.get("loss") is None or r.get("step") is None:
             continue
         name = "train" if r.get("type") == "train" else r.get("split", r.get("type", "?"))
-        xs, ys = series.setdefault(name, ([], []))
-        xs.append(float(r["step"]))
-        ys.append(float(r["loss"]))
-    return series
+        points.setdefault(name, {})[float(r["step"])] = float(r["loss"])
+    return {name: ([x for x in sorted(p)], [p[x] for x in sorted(p)]) for name, p in points.items()}

@@ -1,0 +1,18 @@
+from hpcft.cli.plot import ascii_plot
+from hpcft.metrics_io import loss_series
+
+
+def test_resumed_steps_count_once_last_wins():
+    recs = [{"type": "train", "step": s, "loss": 5.0 - s / 10} for s in (1, 2, 3, 4)]
+    recs += [{"type": "train", "step": 4, "loss": 4.5}, {"type": "train", "step": 5, "loss": 4.4}]  # resumed at 3
+    recs += [{"type": "eval", "split": "validation", "step": 5, "epoch": 1, "loss": 4.6}, {"type": "data"}]
+    s = loss_series(recs)
+    assert s["train"] == ([1.0, 2.0, 3.0, 4.0, 5.0], [4.9, 4.8, 4.7, 4.5, 4.4])
+    assert s["validation"] == ([5.0], [4.6])
+
+
+def test_ascii_plot_places_first_high_and_last_low():
+    text = ascii_plot([1, 2, 3], [3.0, 2.0, 1.0], width=10, height=3)
+    rows = text.splitlines()
+    assert rows[0].endswith("|*" + " " * 9) and rows[2].rstrip().endswith("*")
+    assert ascii_plot([], []) == "(no loss points yet)"
