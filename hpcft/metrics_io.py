@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 
-def read_metrics(run_dir: str | Path) -> List[dict]:
+def read_metrics(run_dir: str | Path, type: Optional[str] = None) -> List[dict]:
+    """The records of `<run_dir>/metrics.jsonl` (only those of one `type` if given); a torn last line is skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line being written right now
+        if type is None or rec.get("type") == type:
+            out.append(rec)
     return out
 
 

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["slurm_fixtures"]  # the `slurm_cluster` fixture, for every test module
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -27,3 +29,4 @@ def hpcft_cli():
     """argv prefix for the installed `hpcft` command of this venv."""
     exe = VENV_BIN / "hpcft"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "hpcft"]
+

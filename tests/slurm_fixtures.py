@@ -1,6 +1,7 @@
 """Captured outputs of the local Slurm 22.05 cluster (scripts/slurm-local) and fixtures for Slurm tests.
 
-Import from test modules: `from slurm_fixtures import slurm_cluster, SACCT_MIXED, ...`.
+The `slurm_cluster` fixture is registered for every test by conftest.py (pytest_plugins); import the captured
+outputs from test modules: `from slurm_fixtures import SACCT_MIXED, ...`.
 """
 
 from __future__ import annotations

@@ -61,9 +61,9 @@ def _torchrun(run_dir, overrides, env_extra=None, port=29600):
 
 
 def _read(run_dir, type):
-    from hpcft.train.metrics import read_metrics
+    from hpcft.metrics_io import read_metrics
 
-    return read_metrics(run_dir / "metrics.jsonl", type)
+    return read_metrics(run_dir, type)
 
 
 COMMON = ["method=full", "training.max_steps=6", "training.batch_size=4", "training.sequence_length=48",

@@ -2,50 +2,23 @@
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+from train_helpers import ctx_for, torch_threads, metrics_rows as read_metrics, job_config  # noqa: E402
 pytestmark = pytest.mark.train
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def ctx_for(out):
-    from hpcft.train.context import RunContext
-
-    class Ctx(RunContext):
-        def event(self, kind, message="", **data):
-            self.events.append((kind, message, data))
-
-    c = Ctx(output_dir=Path(out))
-    c.events = []
-    return c
+    with torch_threads(1):
+        yield
 
 
 def cfg_for(tmp_path, *overrides):
-    from omegaconf import open_dict
-
-    import hpcft.config
-
-    cfg = hpcft.config.load(["method=reward", "data=tiny_pref", "training.batch_size=8",
-                             "training.learning_rate=1e-3", "training.sequence_length=64", *overrides])
-    with open_dict(cfg):
-        cfg.output_dir = str(tmp_path)
-    return cfg
-
-
-def read_metrics(out):
-    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return job_config(tmp_path, "method=reward", "data=tiny_pref", "training.batch_size=8",
+                             "training.learning_rate=1e-3", "training.sequence_length=64", *overrides)
 
 
 def test_reward_model_learns_saves_and_reloads(tmp_path):

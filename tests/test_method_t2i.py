@@ -2,44 +2,17 @@
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+from train_helpers import ctx_for, torch_threads, job_config as load  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def ctx_for(out):
-    from hpcft.train.context import RunContext
-
-    class Ctx(RunContext):
-        def event(self, kind, message="", **data):
-            self.events.append((kind, message, data))
-
-    c = Ctx(output_dir=Path(out))
-    c.events = []
-    return c
-
-
-def load(tmp_path, *overrides):
-    from omegaconf import open_dict
-
-    import hpcft.config
-
-    cfg = hpcft.config.load(list(overrides))
-    with open_dict(cfg):
-        cfg.output_dir = str(tmp_path)
-    return cfg
+    with torch_threads(1):
+        yield
 
 
 @pytest.mark.train

@@ -15,7 +15,6 @@ from hpcft.ledger import Ledger
 from hpcft.slurm import commands as C
 from hpcft.slurm.sbatch import sbatch_options, to_argv
 from hpcft.states import State
-from slurm_fixtures import slurm_cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slurm
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from conftest import hpcft_cli
-from slurm_fixtures import slurm_cluster  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.train]
 

@@ -13,38 +13,17 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 pytestmark = pytest.mark.train
 REPO = Path(__file__).resolve().parents[1]
 
+from train_helpers import ctx_for as Ctx, job_config, torch_threads  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def few_threads():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
-class Ctx:
-    """A RunContext that records events instead of writing to the ledger."""
-
-    def __new__(cls, out):
-        from hpcft.train.context import RunContext
-
-        class _C(RunContext):
-            def event(self, kind, message="", **data):
-                self.events.append((kind, message, data))
-
-        c = _C(output_dir=Path(out))
-        c.events = []
-        return c
+    with torch_threads(2):
+        yield
 
 
 def make_cfg(out, *overrides):
-    from hpcft.config import load
-
-    cfg = load(["training.sequence_length=64", "training.batch_size=8", *overrides])
-    cfg.output_dir = str(out)
-    return cfg
+    return job_config(out, "training.sequence_length=64", "training.batch_size=8", *overrides)
 
 
 def train(cfg):
@@ -55,9 +34,9 @@ def train(cfg):
 
 
 def metrics(out, type=None):
-    from hpcft.train.metrics import read_metrics
+    from hpcft.metrics_io import read_metrics
 
-    return read_metrics(Path(out) / "metrics.jsonl", type)
+    return read_metrics(out, type)
 
 
 def mean(xs):

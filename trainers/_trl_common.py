@@ -85,6 +85,29 @@ def resume_checkpoint(cfg: DictConfig) -> Optional[str]:
     return str(r)
 
 
+def prepare(cfg: DictConfig, ctx: RunContext, loader) -> tuple:
+    """The shared start of a trl trainer: method checks, seed, base model path, tokenizer, train and eval datasets
+    (`loader(path)` reads one split). Returns (output_dir, base_path, tokenizer, train_dataset, eval_datasets)."""
+    import torch
+
+    from hpcft.train.method_checks import check_method
+    from hpcft.train.modeling import base_model_path, load_tokenizer
+
+    check_method(cfg)
+    out = Path(cfg.output_dir)
+    torch.manual_seed(cfg.training.seed)
+    base = base_model_path(cfg.model, out, seed=cfg.training.seed, is_main=ctx.is_main)
+    tok = load_tokenizer(cfg.model, base)
+    return out, base, tok, to_dataset(loader(cfg.data.train)), eval_datasets(cfg, loader)
+
+
+def model_init_kwargs(cfg: DictConfig) -> Dict[str, Any]:
+    """How trl loads the model from the base path."""
+    from hpcft.train.modeling import torch_dtype
+
+    return {"dtype": torch_dtype(cfg.model.dtype), "trust_remote_code": bool(cfg.model.get("trust_remote_code"))}
+
+
 def to_dataset(records: List[Dict[str, Any]]):
     from datasets import Dataset
 

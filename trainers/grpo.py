@@ -10,7 +10,6 @@ the reference (the base model, reloaded from its path; with LoRA the adapter-dis
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -27,33 +26,24 @@ def _prompt_records(path: str, fmt: str):
 
 def train(cfg: DictConfig, ctx: RunContext) -> dict:
     started = time.time()
-    import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    from hpcft.train.method_checks import check_method
-    from hpcft.train.modeling import base_model_path, load_tokenizer, torch_dtype
+    from hpcft.train.modeling import torch_dtype
     from hpcft.train.rewards import build_rewards
     from trainers import _trl_common as C
 
-    check_method(cfg)
-    m, t = cfg.method, cfg.training
-    out = Path(cfg.output_dir)
-    torch.manual_seed(t.seed)
-    base = base_model_path(cfg.model, out, seed=t.seed, is_main=ctx.is_main)
-    tok = load_tokenizer(cfg.model, base)
-    tok.padding_side = "left"  # generation
+    m = cfg.method
     fmt = cfg.data.format
-    train_ds = C.to_dataset(_prompt_records(cfg.data.train, fmt))
-    evals = C.eval_datasets(cfg, lambda p: _prompt_records(p, fmt))
-    dtype = torch_dtype(cfg.model.dtype)
-    funcs, procs = build_rewards(list(m.reward_functions), m.get("reward_model"), dtype)
+    out, base, tok, train_ds, evals = C.prepare(cfg, ctx, lambda p: _prompt_records(p, fmt))
+    tok.padding_side = "left"  # generation
+    funcs, procs = build_rewards(list(m.reward_functions), m.get("reward_model"), torch_dtype(cfg.model.dtype))
     args = C.trl_args(
         GRPOConfig, cfg, ctx, has_eval=bool(evals),
         beta=m.beta,
         num_generations=m.num_generations,
         max_completion_length=m.max_completion_length,
         temperature=m.temperature,
-        model_init_kwargs={"dtype": dtype, "trust_remote_code": bool(cfg.model.get("trust_remote_code"))},
+        model_init_kwargs=C.model_init_kwargs(cfg),
         log_completions=False,
     )
     log = C.MetricsLog(out, ctx.is_main)

@@ -37,22 +37,6 @@ class MetricsWriter:
             self._f = None
 
 
-def read_metrics(path: Path, type: str | None = None) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl (optionally only those of one type); a torn last line is skipped."""
-    out = []
-    p = Path(path)
-    if not p.is_file():
-        return out
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if type is None or rec.get("type") == type:
-            out.append(rec)
-    return out
-
-
 def peak_mem_mb() -> float:
     """Peak accelerator memory if there is one, else this process's peak resident set size."""
     try:
