@@ -191,7 +191,14 @@ def _run_slurm_task(ledger, job_id: int, config_path: Path) -> None:
     with open(log, "a") as f:
         rc = subprocess.run(trainer_argv(config_path, job_id), env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     if rank == 0:
-        _finish(ledger, job_id, rc, log)
+        if rc < 0:
+            # Killed by a signal: Slurm's time limit (TIMEOUT), scancel (CANCELLED) or preemption. Slurm knows which
+            # and submitit keeps this process alive through SIGTERM, so do not guess `error` here: `hpcft sync`
+            # maps the accounting state (TIMEOUT -> expired, CANCELLED -> stopped, ...).
+            ledger.add_event(job_id, "finished", f"trainer ended by signal {-rc}; state from Slurm accounting",
+                             exit_code=rc)
+        else:
+            _finish(ledger, job_id, rc, log)
     if rc != 0:
         raise SystemExit(rc)
 

@@ -95,3 +95,27 @@ def test_rendered_script_runs_with_plain_sbatch(slurm_cluster, hpcft_home, tmp_p
     assert js[0]["name"] == "rendered-by-admin"
     ev = run(["events", str(js[0]["id"])]).stdout
     assert "registered by a rendered sbatch script" in ev
+
+
+@pytest.mark.slow
+def test_time_limit_and_user_stop_through_hpcft(slurm_cluster, hpcft_home):
+    """Through the whole path (submitit keeps the worker alive through SIGTERM): a job past its one-minute limit
+    ends expired, a job the user stops ends stopped, never error."""
+    long = ["executor=slurm", "training.sequence_length=64", "training.batch_size=8", "training.epochs=1000"]
+    a = run(["submit", *long, "resources.time=1", "name=past-its-limit"])
+    b = run(["submit", *long, "resources.time=10", "name=stopped-by-user"])
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    by_name = {j["name"]: j for j in jobs()}
+    ida, idb = by_name["past-its-limit"]["id"], by_name["stopped-by-user"]["id"]
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        run(["sync"])
+        if {j["id"]: j["state"] for j in jobs()}[idb] == "running":
+            break
+        time.sleep(2)
+    time.sleep(5)  # let the trainer get going
+    assert run(["stop", str(idb)]).returncode == 0
+    ended = {j["id"]: j for j in wait_all_ended({ida, idb}, timeout=300)}
+    assert ended[idb]["state"] == "stopped", ended[idb]
+    assert ended[ida]["state"] == "expired", ended[ida]
+    assert "time limit" in ended[ida]["state_reason"]
