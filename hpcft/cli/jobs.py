@@ -300,8 +300,7 @@ def stop(job_ids: List[int] = typer.Argument(..., help="job ids")) -> None:
         if is_terminal(j.state):
             typer.echo(f"job {jid} already ended: {j.state}")
             continue
-        ledger.add_event(jid, "stop", "stop requested by user")
-        get_executor(j.executor).stop(ledger, j)
+        get_executor(j.executor).stop(ledger, j)  # records the request as a `stop` event
         typer.echo(f"job {jid}: stop requested")
 
 

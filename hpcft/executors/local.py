@@ -46,6 +46,10 @@ class LocalExecutor(Executor):
         return started
 
     def stop(self, ledger, job) -> None:
+        from hpcft.ledger import current_user
+
+        user = current_user()
+        ledger.add_event(job.id, "stop", f"stop requested by {user}", user=user, pid=job.pid)
         ledger.transition(job.id, State.stopped, "stopped by user")
         if job.pid:
             try:
