@@ -35,7 +35,7 @@ def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **met
     elif t.lr_decay_ratio == 0:
         sched, sched_kwargs = "cosine", None
     else:
-        sched, sched_kwargs = "cosine_with_min_lr", {"min_lr": t.learning_rate * t.lr_decay_ratio}
+        sched, sched_kwargs = "cosine_with_min_lr", {"min_lr_rate": float(t.lr_decay_ratio)}  # a rate: DeepSpeed's optimizer has no .defaults
     kwargs: Dict[str, Any] = dict(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=t.epochs,
@@ -67,8 +67,31 @@ def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **met
         dataloader_num_workers=t.num_workers,
         remove_unused_columns=False if config_cls.__name__ == "GRPOConfig" else True,
     )
+    ds = deepspeed_dict(cfg, ctx)
+    if ds is not None:
+        kwargs["deepspeed"] = ds
+    if ctx.world_size > 1:
+        # LoRA / frozen reference weights get no gradients: DDP must not wait for them
+        kwargs["ddp_find_unused_parameters"] = False
     kwargs.update(method_kwargs)
     return config_cls(**kwargs)
+
+
+def deepspeed_dict(cfg: DictConfig, ctx: RunContext) -> Optional[Dict[str, Any]]:
+    """The DeepSpeed config for transformers' Trainer (None without a ZeRO stage): the same generated config
+    causal_lm uses (hpcft.train.deepspeed_config), without an optimizer section, so the Trainer hands DeepSpeed a
+    torch AdamW (no C++ optimizer build, pitfall 4). On CPU the accelerator is selected before deepspeed is
+    imported and the shm comm op is not built; with use_cpu=True (set above) the Trainer really runs DeepSpeed
+    on CPU (pitfall 2)."""
+    if cfg.deepspeed.get("stage") is None:
+        return None
+    from hpcft.train import distributed as dist
+    from hpcft.train.deepspeed_config import build_ds_config
+
+    dist.prepare_deepspeed_import()
+    if not device_has_gpu():
+        dist._skip_cpu_shm_op()
+    return build_ds_config(cfg.deepspeed, cfg.training, ctx.world_size)
 
 
 def resume_checkpoint(cfg: DictConfig) -> Optional[str]:
@@ -90,13 +113,21 @@ def prepare(cfg: DictConfig, ctx: RunContext, loader) -> tuple:
     (`loader(path)` reads one split). Returns (output_dir, base_path, tokenizer, train_dataset, eval_datasets)."""
     import torch
 
+    from hpcft.train import distributed as dist
     from hpcft.train.method_checks import check_method
     from hpcft.train.modeling import base_model_path, load_tokenizer
 
     check_method(cfg)
     out = Path(cfg.output_dir)
+    # the process group exists before the Trainer (and ZeRO-3's zero.Init while loading) needs it: gloo on CPU,
+    # nccl on GPU, through DeepSpeed when a ZeRO stage is configured
+    dist.init_distributed(ctx, deepspeed=cfg.deepspeed.get("stage") is not None)
     torch.manual_seed(cfg.training.seed)
-    base = base_model_path(cfg.model, out, seed=cfg.training.seed, is_main=ctx.is_main)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        base_model_path(cfg.model, out, seed=cfg.training.seed, is_main=True)
+    dist.barrier()  # other ranks load base/ only once the main rank has written it
+    base = base_model_path(cfg.model, out, seed=cfg.training.seed, is_main=False)
     tok = load_tokenizer(cfg.model, base)
     return out, base, tok, to_dataset(loader(cfg.data.train)), eval_datasets(cfg, loader)
 
@@ -251,13 +282,30 @@ def save_final(trainer, tokenizer, output_dir: Path, ctx: RunContext, merged_cop
     return str(final)
 
 
+def parallelism(trainer) -> Dict[str, Any]:
+    """How the Trainer really ran (not what was asked): world size, DeepSpeed stage (None: off) and the sha256 of
+    the trainable weights on every rank (equal in a healthy data-parallel run). Called on every rank (collective).
+    """
+    from hpcft.train import distributed as dist
+    from trainers.causal_lm import params_hash
+
+    stage = None
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        stage = int(trainer.accelerator.state.deepspeed_plugin.zero_stage)
+    h = params_hash(trainer.model, stage == 3)
+    return {"world_size": int(trainer.args.world_size), "deepspeed_stage": stage,
+            "param_hashes": dist.all_gather_object(h)}
+
+
 def finish(cfg: DictConfig, ctx: RunContext, trainer, callback, final_path: str, started: float,
            extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """summary.json + the returned summary dict."""
     first = callback.train_history[0] if callback.train_history else {}
+    par = parallelism(trainer)
     summary: Dict[str, Any] = {
         "method": cfg.method.name,
         "steps": trainer.state.global_step,
+        "final_step": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "first_train": first,
         "final_train": callback.last_train,
@@ -265,6 +313,7 @@ def finish(cfg: DictConfig, ctx: RunContext, trainer, callback, final_path: str,
                           if k not in ("type", "split", "epoch", "step")},  # the latest of each split
         "final_model": final_path,
         "seconds": round(time.time() - started, 2),
+        **par,
     }
     if extra:
         summary.update(extra)
