@@ -5,11 +5,18 @@ conditioning from the frozen CLIP text encoder. Only the UNet's LoRA adapters tr
 After each epoch: noise-prediction MSE on validation/test at fixed timesteps and noise, and sample images under
 <output_dir>/samples/epoch-N/. final/ holds pytorch_lora_weights.safetensors in the format
 `StableDiffusionPipeline.load_lora_weights` reads. model.source=config builds the tiny model once into base/.
-Single process (rank 0 trains; other ranks wait idle).
+
+Several processes (torchrun, or a Slurm job with tasks_per_node * nodes > 1): torch DDP over the UNet, whose only
+trainable parameters are the LoRA adapters (gloo on CPU, nccl on GPU). Every optimizer step takes
+batch_size * gradient_accumulation images per rank from one shuffled order shared by all ranks (rank r takes the
+r-th slice of each micro-batch; the order is padded by wrapping so every rank gets full batches). Evaluation is
+sharded and summed over ranks; samples, checkpoints, final/, metrics and summary are written by rank 0. DeepSpeed
+is not used here (hpcft.train.method_checks refuses deepspeed.stage for t2i_lora).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -157,6 +164,8 @@ class T2ITrainer:
         self.out = Path(cfg.output_dir)
         self.device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
         self.metrics_path = self.out / "metrics.jsonl"
+        self.world, self.rank = int(ctx.world_size), int(ctx.rank)
+        self.ddp = None  # the DDP-wrapped UNet when world > 1 (training forwards go through it)
 
     # -- helpers
     def log(self, rec: Dict[str, Any]) -> None:
@@ -188,8 +197,9 @@ class T2ITrainer:
             z = dist.sample(generator=generator) if generator is not None else dist.sample()
         return z.float() * vae.config.scaling_factor
 
-    def loss_on(self, pixels, captions, timesteps=None, noise_gen=None):
-        """Noise-prediction MSE of a batch (random timesteps/noise unless given)."""
+    def loss_on(self, pixels, captions, timesteps=None, noise_gen=None, unet=None):
+        """Noise-prediction MSE of a batch (random timesteps/noise unless given); `unet` overrides the plain
+        UNet (training passes the DDP wrapper)."""
         import torch
         import torch.nn.functional as F
 
@@ -205,9 +215,10 @@ class T2ITrainer:
         noisy = sch.add_noise(z, noise, timesteps)
         target = sch.get_velocity(z, noise, timesteps) if sch.config.prediction_type == "v_prediction" else noise
         cond = self.encode_text(captions)
-        unet = self.c["unet"]
+        dtype = self.c["unet"].dtype
+        unet = unet if unet is not None else self.c["unet"]
         with self.autocast():
-            pred = unet(noisy.to(unet.dtype), timesteps, cond.to(unet.dtype)).sample
+            pred = unet(noisy.to(dtype), timesteps, cond.to(dtype)).sample
         return F.mse_loss(pred.float(), target.float())
 
     # -- setup
@@ -217,9 +228,14 @@ class T2ITrainer:
 
         from hpcft.train.modeling import torch_dtype
 
+        from hpcft.train import distributed as dist
+
         t, m = self.t, self.m
         torch.manual_seed(t.seed)
-        self.base = build_base(self.cfg.model, self.out, t.seed, self.ctx.is_main)
+        if self.ctx.is_main:
+            build_base(self.cfg.model, self.out, t.seed, True)
+        dist.barrier()  # other ranks load base/ once the main rank has written it
+        self.base = build_base(self.cfg.model, self.out, t.seed, False)
         dtype = torch_dtype(self.cfg.model.dtype)
         self.c = load_components(self.base, dtype if dtype != torch.float32 else None)
         for k in ("text_encoder", "vae", "unet"):
@@ -240,7 +256,7 @@ class T2ITrainer:
         self.evals = {s: load_images(self.cfg.data[s], m.resolution) for s in ("validation", "test")
                       if self.cfg.data.get(s)}
         n = len(self.train_caps)
-        self.micro_per_epoch = math.ceil(n / t.batch_size)
+        self.micro_per_epoch = math.ceil(n / (t.batch_size * self.world))
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / t.gradient_accumulation)
         total = self.steps_per_epoch * t.epochs
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
@@ -258,8 +274,31 @@ class T2ITrainer:
         self.step = 0
         self.start_epoch = 0
         n_lora = sum(p.numel() for p in self.params)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # DDP syncs only parameters that require grad: the LoRA adapters (broadcast from rank 0 here)
+            self.ddp = DDP(self.c["unet"], device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None,
+                           find_unused_parameters=False)
+            self.reseed_rank(0)
         self.say(f"base {self.base}; {n} train images; {self.total_steps} steps ({self.steps_per_epoch}/epoch); "
-                 f"{n_lora} LoRA parameters; device {self.device}")
+                 f"{n_lora} LoRA parameters; device {self.device}; world {self.world}")
+
+    def reseed_rank(self, step: int) -> None:
+        """Different noise/timesteps on each rank (the LoRA init before this was the same everywhere)."""
+        import torch
+
+        if self.world > 1:
+            torch.manual_seed(int(self.t.seed) + 100003 * self.rank + 7919 * int(step) + 1)
+
+    def micro_indices(self, order, mi: int) -> List[int]:
+        """This rank's image indices of micro-batch mi in the epoch's order (padded by wrapping when world > 1)."""
+        bs, w = int(self.t.batch_size), self.world
+        lo = (mi * w + self.rank) * bs
+        if w == 1:
+            return order[lo:lo + bs].tolist()
+        n = len(order)
+        return [int(order[i % n]) for i in range(lo, lo + bs)]
 
     def say(self, msg: str) -> None:
         if self.ctx.is_main:
@@ -291,7 +330,8 @@ class T2ITrainer:
         save_file(self.lora_state(), str(d / "adapter.safetensors"))
         torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                     "rng": torch.get_rng_state()}, d / "optimizer.pt")
-        (d / "trainer_state.json").write_text(json.dumps({"step": self.step, "epoch": epoch_done}))
+        (d / "trainer_state.json").write_text(json.dumps({"step": self.step, "epoch": epoch_done,
+                                                          "world_size": self.world}))
         keep = str(self.t.keep_checkpoints)
         if keep.isdigit():
             cks = sorted(ckroot.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -321,28 +361,40 @@ class T2ITrainer:
         self.sched.load_state_dict(st["scheduler"])
         torch.set_rng_state(st["rng"])
         state = json.loads((d / "trainer_state.json").read_text())
+        if int(state.get("world_size", self.world)) != self.world:
+            raise ValueError(f"checkpoint {d} was written with world_size={state['world_size']}, this run has "
+                             f"{self.world}; resume with the same number of processes")
         self.step = int(state["step"])
         self.start_epoch = self.step // self.steps_per_epoch
+        self.reseed_rank(self.step)
         self.say(f"resumed from {d} at step {self.step}")
 
     # -- evaluation and samples
     def evaluate(self, split: str) -> Dict[str, float]:
+        """Mean noise-prediction MSE over batches at 4 fixed timesteps with fixed noise. With several ranks each
+        evaluates its shard (every world-th batch) and the sums are added up over ranks."""
         import torch
+
+        from hpcft.train import distributed as dist
 
         pix, caps = self.evals[split]
         unet = self.c["unet"]
         unet.eval()
-        g = torch.Generator().manual_seed(self.t.seed)
+        g = torch.Generator().manual_seed(self.t.seed + 100003 * self.rank)
         T = self.c["noise_scheduler"].config.num_train_timesteps
-        losses = []
+        bs = int(self.t.batch_size)
+        total, count = 0.0, 0
         with torch.no_grad():
             for k in range(4):  # 4 fixed timesteps spread over the schedule, fixed noise
                 ts = torch.full((len(caps),), int((k + 0.5) * T / 4))
-                for i in range(0, len(caps), self.t.batch_size):
-                    losses.append(self.loss_on(pix[i:i + self.t.batch_size], caps[i:i + self.t.batch_size],
-                                               ts[i:i + self.t.batch_size], g).item())
+                for b, i in enumerate(range(0, len(caps), bs)):
+                    if b % self.world != self.rank:
+                        continue
+                    total += self.loss_on(pix[i:i + bs], caps[i:i + bs], ts[i:i + bs], g).item()
+                    count += 1
+        total, count = dist.all_reduce_sum([total, float(count)])
         unet.train()
-        return {"loss": sum(losses) / len(losses)}
+        return {"loss": total / max(count, 1.0)}
 
     def samples(self, epoch: int) -> List[str]:
         import torch
@@ -375,6 +427,8 @@ class T2ITrainer:
     def run(self) -> Dict[str, Any]:
         import torch
 
+        from hpcft.train import distributed as dist
+
         started = time.time()
         self.setup()
         self.maybe_resume()
@@ -398,13 +452,19 @@ class T2ITrainer:
             for mi in range(self.micro_per_epoch):
                 if mi < skip:
                     continue
-                idx = order[mi * t.batch_size:(mi + 1) * t.batch_size]
-                loss = self.loss_on(self.train_pix[idx], [self.train_caps[i] for i in idx.tolist()])
-                (loss / t.gradient_accumulation).backward()
+                idx = self.micro_indices(order, mi)
+                last_micro = (micro + 1) % t.gradient_accumulation == 0 or mi == self.micro_per_epoch - 1
+                # DDP all-reduces the LoRA gradients on the last micro-batch of an optimizer step only
+                sync = self.ddp.no_sync() if self.ddp is not None and not last_micro else contextlib.nullcontext()
+                with sync:
+                    loss = self.loss_on(self.train_pix[idx], [self.train_caps[i] for i in idx], unet=self.ddp)
+                    (loss / t.gradient_accumulation).backward()
                 acc_loss += loss.item() / t.gradient_accumulation
                 micro += 1
-                if micro % t.gradient_accumulation and mi != self.micro_per_epoch - 1:
+                if not last_micro:
                     continue
+                if self.world > 1:
+                    acc_loss = dist.all_reduce_sum([acc_loss])[0] / self.world  # the mean over ranks
                 gn = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else 1e9)
                 lr = self.sched.get_last_lr()[0]
                 self.opt.step()
@@ -435,6 +495,9 @@ class T2ITrainer:
             if t.save_strategy == "epoch" and str(t.keep_checkpoints) != "off" and ep % t.save_interval == 0:
                 self.save_checkpoint(ep)
         final = self.out / "final"
+        from trainers.causal_lm import params_hash
+
+        hashes = dist.all_gather_object(params_hash(unet, False))
         if self.ctx.is_main:
             final.mkdir(parents=True, exist_ok=True)
             self.save_lora(final)
@@ -451,18 +514,24 @@ class T2ITrainer:
             "base_model": self.base,
             "samples": sample_paths,
             "seconds": round(time.time() - started, 2),
+            "final_step": self.step,
+            "world_size": self.world,
+            "deepspeed_stage": None,
+            "param_hashes": hashes,  # sha256 of the LoRA weights on each rank: equal in a healthy DDP run
         }
         if self.ctx.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
             self.say(f"done: {self.step} steps, LoRA weights in {final}")
+        dist.barrier()
         return summary
 
 
 def train(cfg: DictConfig, ctx: RunContext) -> dict:
     from hpcft.train.method_checks import check_method
 
-    check_method(cfg)
+    from hpcft.train import distributed as dist
+
+    check_method(cfg)  # refuses deepspeed.stage: this trainer is plain DDP
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    if not ctx.is_main:  # single-process trainer: other ranks have nothing to do
-        return {"method": "t2i_lora", "rank": ctx.rank, "skipped": True}
+    dist.init_distributed(ctx, deepspeed=False)  # a process group only when world_size > 1
     return T2ITrainer(cfg, ctx).run()

@@ -43,6 +43,11 @@ def check_method(cfg: Any) -> None:
         _check(m.num_inference_steps >= 1, "method.num_inference_steps", m.num_inference_steps, "must be >= 1",
                "e.g. method.num_inference_steps=20")
         _check(m.noise_offset >= 0, "method.noise_offset", m.noise_offset, "must be >= 0", "e.g. 0.05")
+        stage = (cfg.get("deepspeed") or {}).get("stage")
+        _check(stage is None, "deepspeed.stage", stage,
+               "t2i_lora trains only the UNet's LoRA adapters with torch DDP, not DeepSpeed",
+               "use deepspeed=none (several processes, resources.nodes * resources.tasks_per_node > 1, "
+               "still train data-parallel)")
         return
     _check(not is_diffusion, "model", mo.name, f"method={name} trains a language model",
            "use a language model, e.g. model=tiny")
