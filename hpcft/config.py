@@ -192,6 +192,10 @@ def validate(cfg: DictConfig) -> DictConfig:
            "use low|normal|high")
     _check(r.gpu_directive in ("gres", "gpus-per-node"), "resources.gpu_directive", r.gpu_directive,
            "unknown GPU directive", "use gres|gpus-per-node")
+
+    from hpcft.train.method_checks import check_method  # reward / dpo / grpo / t2i_lora specifics (no torch)
+
+    check_method(cfg)
     return cfg
 
 

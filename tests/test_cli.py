@@ -83,3 +83,16 @@ def test_sweep_needs_multirun_flag(hpcft_home):
 def test_module_entry_point(hpcft_home):
     r = subprocess.run([sys.executable, "-m", "hpcft", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and "submit" in r.stdout
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["model=tiny_sd", "method=t2i_lora", "data=tiny_images", "deepspeed=zero2"], "deepspeed.stage"),
+    (["method=dpo", "data=tiny_sft"], "data.format"),
+    (["method=pretrain", "data=tiny_pref"], "data.format"),
+    (["method=dpo", "data=tiny_pref", "method.beta=0"], "method.beta"),
+])
+def test_method_specific_checks_run_before_submit(overrides, key, hpcft_home):
+    r = run(["submit", "executor=local", *overrides])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith(f"error: {key}=") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert json.loads(run(["list", "--json"]).stdout) == []
