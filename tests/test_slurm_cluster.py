@@ -132,8 +132,12 @@ def test_sync_maps_success_error_stopped_expired_with_one_sacct_call(cluster, tm
 
     ex = S.SlurmExecutor()
     wait_until(lambda: state(long) == "RUNNING", 60, "the long job to run")
-    ex.sync(ledger, ledger.search(ids=[j.id for j in jobs.values()]))
-    assert ledger.get(jobs["long"].id).state == State.running.value
+
+    def long_running_in_accounting():  # slurmdbd may lag squeue by a moment under load: sync until it agrees
+        ex.sync(ledger, ledger.search(ids=[j.id for j in jobs.values()]))
+        return ledger.get(jobs["long"].id).state == State.running.value
+
+    wait_until(long_running_in_accounting, 60, "accounting to show the long job running")
     ex.stop(ledger, ledger.get(jobs["long"].id))
     assert any(e.kind == "stop" for e in ledger.events(jobs["long"].id))
 
