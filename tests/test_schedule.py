@@ -10,11 +10,11 @@ def test_warmup_then_cosine_to_floor():
     lrs = [lr_at(s, total, base, warmup_ratio=0.1, decay_ratio=0.1) for s in range(total)]
     # linear warmup over ceil(0.1*100)=10 steps, reaching base at step 9
     assert lrs[0] == pytest.approx(base / 10)
-    assert all(b > a for a, b in zip(lrs[:9], lrs[1:10]))
+    assert all(b > a for a, b in zip(lrs[:9], lrs[1:10], strict=True))
     assert lrs[9] == pytest.approx(base)
     # then monotone decay down to base*ratio at the last step, never below it
     decay = lrs[9:]
-    assert all(b <= a + 1e-15 for a, b in zip(decay, decay[1:]))
+    assert all(b <= a + 1e-15 for a, b in zip(decay, decay[1:], strict=False))
     assert lrs[-1] == pytest.approx(base * 0.1)
     assert min(lrs) >= base * 0.1 - 1e-15
     # decay is a cosine from step 10 (first after warmup, = base) to step 99 (= floor)

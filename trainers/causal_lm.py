@@ -207,7 +207,7 @@ def train(cfg, ctx) -> dict[str, Any]:
             ckpt.load_trainable(model, resume / "trainable.safetensors")
             opt.load_state_dict(torch.load(resume / "optimizer.pt", weights_only=False))
             sched.load_state_dict(torch.load(resume / "scheduler.pt", weights_only=False))
-            for g, lr in zip(opt.param_groups, sched.get_last_lr()):
+            for g, lr in zip(opt.param_groups, sched.get_last_lr(), strict=True):
                 g["lr"] = lr
         step, start_epoch, skip = int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"])
         rng = resume / f"rng-rank{ctx.rank}.pt"

@@ -73,7 +73,7 @@ def submit(
     plan = hsubmit.plan(ovs, multirun=multirun)
     con = _console()
     if dry_run:
-        for i, (cfg, pt) in enumerate(zip(plan.configs, plan.overrides)):
+        for i, (cfg, pt) in enumerate(zip(plan.configs, plan.overrides, strict=True)):
             if len(plan.configs) > 1:
                 con.print(f"[bold]# point {i}: {' '.join(pt)}[/bold]")
             typer.echo(hconfig.to_yaml(cfg))

@@ -15,7 +15,7 @@ def ascii_plot(xs: Sequence[float], ys: Sequence[float], width: int = 60, height
     x0, x1 = min(xs), max(xs)
     xspan = (x1 - x0) or 1.0
     grid = [[" "] * width for _ in range(height)]
-    for x, y in zip(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
         col = min(width - 1, int((x - x0) / xspan * (width - 1)))
         row = min(height - 1, int((hi - y) / span * (height - 1)))
         grid[row][col] = "*"
