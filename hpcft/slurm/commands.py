@@ -23,16 +23,7 @@ DEFAULT_TIMEOUT_S = 60
 
 def run(argv: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> str:
     """Run a Slurm command (no shell); return its stdout. SchedulerError with Slurm's message on failure."""
-    argv = [str(a) for a in argv]
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise SchedulerError(f"{argv[0]}: not found on PATH; is this a Slurm login node?") from None
-    except subprocess.TimeoutExpired:
-        raise SchedulerError(f"{argv[0]}: no answer from Slurm within {timeout:g} s; try again") from None
-    if p.returncode != 0:
-        raise SchedulerError(error_message(argv, p.stderr or p.stdout, p.returncode))
-    return p.stdout
+    return run_both(argv, timeout)[0]
 
 
 def run_both(argv: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> Tuple[str, str]:
