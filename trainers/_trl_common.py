@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from hpcft.train.context import RunContext
+from hpcft.train.metrics import MetricsWriter
 
 
 def device_has_gpu() -> bool:
@@ -171,21 +172,6 @@ def peft_lora(method_cfg: Any, task_type: str, modules_to_save: Optional[List[st
                           modules_to_save=modules_to_save)
 
 
-class MetricsLog:
-    """Appends JSON lines to <output_dir>/metrics.jsonl (main rank only)."""
-
-    def __init__(self, output_dir: Path, enabled: bool):
-        self.path = Path(output_dir) / "metrics.jsonl"
-        self.enabled = enabled
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, rec: Dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-
-
 def _num(v: Any) -> Any:
     try:
         f = float(v)
@@ -194,7 +180,7 @@ def _num(v: Any) -> Any:
     return f if math.isfinite(f) else None
 
 
-def make_callback(ctx: RunContext, log: MetricsLog, splits: List[str], method: str):
+def make_callback(ctx: RunContext, log: "MetricsWriter", splits: List[str], method: str):
     """A transformers TrainerCallback writing train/eval lines, printing progress and recording epoch and
     checkpoint events. Eval metrics of the last split close the epoch (one `epoch` event with all splits)."""
     from transformers import TrainerCallback

@@ -30,7 +30,7 @@ def train(cfg: DictConfig, ctx: RunContext) -> dict:
         max_length=cfg.training.sequence_length,
         model_init_kwargs=C.model_init_kwargs(cfg),
     )
-    log = C.MetricsLog(out, ctx.is_main)
+    log = C.MetricsWriter(out / "metrics.jsonl", enabled=ctx.is_main)
     cb = C.make_callback(ctx, log, list(evals), "dpo")
     trainer = DPOTrainer(
         model=base,  # a path: the policy, and (full weights) the reference, are loaded from it

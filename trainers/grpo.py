@@ -46,7 +46,7 @@ def train(cfg: DictConfig, ctx: RunContext) -> dict:
         model_init_kwargs=C.model_init_kwargs(cfg),
         log_completions=False,
     )
-    log = C.MetricsLog(out, ctx.is_main)
+    log = C.MetricsWriter(out / "metrics.jsonl", enabled=ctx.is_main)
     cb = C.make_callback(ctx, log, list(evals), "grpo")
     trainer = GRPOTrainer(
         model=base,  # a path (pitfall 6: with beta > 0 trl reloads the reference from it)

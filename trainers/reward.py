@@ -29,7 +29,7 @@ def train(cfg: DictConfig, ctx: RunContext) -> dict:
         model_init_kwargs=C.model_init_kwargs(cfg),
         disable_dropout=True,
     )
-    log = C.MetricsLog(out, ctx.is_main)
+    log = C.MetricsWriter(out / "metrics.jsonl", enabled=ctx.is_main)
     cb = C.make_callback(ctx, log, list(evals), "reward")
     trainer = RewardTrainer(
         model=base,  # a path: trl loads AutoModelForSequenceClassification(num_labels=1)

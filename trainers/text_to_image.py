@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from hpcft.train.context import RunContext
+from hpcft.train.metrics import MetricsWriter
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -163,15 +164,13 @@ class T2ITrainer:
         self.m, self.t = cfg.method, cfg.training
         self.out = Path(cfg.output_dir)
         self.device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        self.metrics_path = self.out / "metrics.jsonl"
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main)
         self.world, self.rank = int(ctx.world_size), int(ctx.rank)
         self.ddp = None  # the DDP-wrapped UNet when world > 1 (training forwards go through it)
 
     # -- helpers
     def log(self, rec: Dict[str, Any]) -> None:
-        if self.ctx.is_main:
-            with self.metrics_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+        self.metrics.write(rec)
 
     def autocast(self):
         import torch
