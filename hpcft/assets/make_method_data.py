@@ -7,9 +7,10 @@
 - tiny_images:  32x32 PNGs (solid colours and simple shapes) in images/ + {"image","caption"} JSONL per split.
 """
 
-import json
 import random
 from pathlib import Path
+
+from hpcft.assets.make_tiny_data import write
 
 HERE = Path(__file__).parent / "data"
 ANIMALS = ["cat", "dog", "owl", "fox", "bee", "cow", "ant", "elk", "yak", "emu", "bat", "eel"]
@@ -71,13 +72,6 @@ def caption(color: str, shape: str) -> str:
     if shape == "stripes":
         return f"{color} stripes on a white background"
     return f"a {color} {shape} on a white background"
-
-
-def write(path: Path, records) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
 
 
 def make_images() -> None:
