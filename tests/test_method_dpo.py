@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-from train_helpers import ctx_for, torch_threads, metrics_rows as rows, job_config  # noqa: E402
+from train_helpers import adapter_and_base_logits, ctx_for, torch_threads, metrics_rows as rows, job_config  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +27,6 @@ def mean(xs):
 @pytest.mark.train
 def test_dpo_lora_learns_saves_and_reloads(tmp_path):
     import torch
-    from peft import AutoPeftModelForCausalLM
-    from transformers import AutoModelForCausalLM
 
     import trainers.dpo
 
@@ -45,13 +43,8 @@ def test_dpo_lora_learns_saves_and_reloads(tmp_path):
     assert evals["validation"]["rewards/accuracies"] >= 0.9 and evals["test"]["rewards/margins"] > 0.5
     assert {"epoch", "checkpoint"} <= {k for k, _, _ in ctx.events}
 
-    final = tmp_path / "final"
-    assert (final / "adapter_model.safetensors").exists() and (final / "tokenizer.json").exists()
-    tuned = AutoPeftModelForCausalLM.from_pretrained(final).eval()
-    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
-    ids = torch.tensor([[5, 6, 7, 8, 9]])
-    with torch.no_grad():
-        assert not torch.allclose(tuned(ids).logits, base(ids).logits)
+    tuned, base = adapter_and_base_logits(tmp_path)
+    assert not torch.allclose(tuned, base)
 
 
 @pytest.mark.train

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from train_helpers import adapter_and_base_logits
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -58,8 +60,6 @@ PREF = ["data=tiny_pref", "training.batch_size=8", "training.sequence_length=64"
 @pytest.mark.train
 def test_dpo_lora_zero2_two_processes(tmp_path):
     import torch
-    from peft import AutoPeftModelForCausalLM
-    from transformers import AutoModelForCausalLM
 
     run = tmp_path / "run"
     s = _torchrun(run, ["method=dpo", *PREF, "training.learning_rate=5e-3", "deepspeed=zero2"], port=29811)
@@ -67,13 +67,7 @@ def test_dpo_lora_zero2_two_processes(tmp_path):
     rows = _check_parallel_run(run, s, 16, stage=2)
     assert s["lora"] is True
     assert rows[-1]["loss"] < rows[0]["loss"]
-    final = run / "final"
-    assert (final / "adapter_model.safetensors").exists() and (final / "tokenizer.json").exists()
-    tuned = AutoPeftModelForCausalLM.from_pretrained(final).eval()
-    base = AutoModelForCausalLM.from_pretrained(run / "base").eval()
-    ids = torch.tensor([[5, 6, 7, 8, 9]])
-    with torch.no_grad():
-        a, b = tuned(ids).logits, base(ids).logits
+    a, b = adapter_and_base_logits(run)
     assert torch.isfinite(a).all() and not torch.allclose(a, b)
 
 

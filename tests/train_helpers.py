@@ -53,3 +53,19 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def adapter_and_base_logits(run_dir, ids=((5, 6, 7, 8, 9),)):
+    """Logits of the run's final LoRA adapter (reloaded with peft) and of its base model on the same tokens;
+    asserts the adapter and its tokenizer were saved."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    final = Path(run_dir) / "final"
+    assert (final / "adapter_model.safetensors").exists() and (final / "tokenizer.json").exists()
+    tuned = AutoPeftModelForCausalLM.from_pretrained(final).eval()
+    base = AutoModelForCausalLM.from_pretrained(Path(run_dir) / "base").eval()
+    x = torch.tensor([list(row) for row in ids])
+    with torch.no_grad():
+        return tuned(x).logits, base(x).logits
