@@ -138,6 +138,11 @@ class ResourcesConfig:
     constraint: Optional[str] = None
     exclusive: bool = False
     gpu_directive: str = "gres"  # gres (--gres=gpu:N) | gpus-per-node (--gpus-per-node=N)
+    # the time-limit warning: SIGUSR1 this many seconds before `time` (Slurm --signal=USR1@N; the local executor
+    # likewise); the trainer saves a checkpoint at the next step boundary and stops. 0 = no warning.
+    signal_grace: int = 120
+    on_timeout: str = "expire"  # expire (end `expired`, checkpoint saved) | requeue (continue from it, same job)
+    max_requeues: int = 3  # on_timeout=requeue: how many times the job may be requeued at its time limit
     extra: Dict[str, str] = field(default_factory=dict)  # further sbatch options, validated against sbatch
 
 
@@ -169,7 +174,9 @@ class TrainingConfig:
     save_strategy: str = "epoch"  # steps | epoch
     save_interval: int = 1  # every N steps or N epochs
     keep_checkpoints: str = "all"  # off | all | N
-    resume_from: Optional[str] = None  # "latest" or a checkpoint directory
+    # latest (default): continue from this run directory's newest checkpoint when there is one (a requeued or
+    # resumed job), else start fresh; a checkpoint directory; null: always start from step 0
+    resume_from: Optional[str] = "latest"
     seed: int = 42
     log_interval: int = 1
     num_workers: int = 0

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from hpcft import config as hconfig
 from hpcft import paths
 from hpcft.errors import HpcftError, SchedulerError
+from hpcft.jobrecord import ledger_fields, resource_spec  # noqa: F401  (re-exported)
 from hpcft.states import State
 
 
@@ -74,30 +75,6 @@ def resolve_lineage(cfg: DictConfig) -> DictConfig:
         with open_dict(cfg):
             cfg.method.reward_model = str(_job_final(rm, "method.reward_model")[1])
     return cfg
-
-
-def resource_spec(r: Any) -> str:
-    """A one-line, searchable summary of a resources section."""
-    parts = [f"nodes={r.nodes}", f"gpus={r.gpus_per_node}", f"tasks={r.tasks_per_node}", f"cpus={r.cpus_per_task}",
-             f"mem={r.mem or '-'}", f"time={r.time}", f"partition={r.partition or '-'}", f"qos={r.qos or '-'}",
-             f"priority={r.priority}"]
-    for k in ("account", "nodelist", "reservation", "constraint"):
-        if r.get(k):
-            parts.append(f"{k}={r[k]}")
-    return " ".join(parts)
-
-
-def ledger_fields(cfg: DictConfig) -> Dict[str, Any]:
-    return dict(
-        name=str(cfg.name),
-        description=str(cfg.description or ""),
-        project=str(cfg.project),
-        method=str(cfg.method.name),
-        config=OmegaConf.to_container(cfg, resolve=True),
-        resources=OmegaConf.to_container(cfg.resources, resolve=True),
-        resource_spec=resource_spec(cfg.resources),
-        parent_id=cfg.model.get("parent_job"),
-    )
 
 
 def slug(name: str) -> str:

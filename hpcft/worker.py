@@ -207,7 +207,7 @@ def register_and_run(config_path: Path) -> int:
     """For a rendered sbatch script: register this Slurm job in the ledger (rank 0) and run it."""
     from hpcft import config as hconfig
     from hpcft.ledger import Ledger
-    from hpcft.submit import ledger_fields
+    from hpcft.jobrecord import ledger_fields
 
     cfg = hconfig.from_yaml_file(config_path)
     ledger = Ledger()

@@ -27,10 +27,10 @@ from hpcft.slurm.sbatch import (PRIORITIES, PRIORITY_NICE, PRIORITY_QOS, Options
 from hpcft.states import LIVE, State
 from hpcft.timefmt import format_duration, parse_duration
 
-# submitit sends USR2 this long before the time limit and, for a function that cannot checkpoint, turns it into a
-# failure. We let Slurm's own TIMEOUT end the job (so it is recorded `expired`): the warning signal goes to the batch
-# shell only (B:), as SIGURG, which it ignores.
-WARNING_SIGNAL = "B:URG@1"
+# submitit asks for USR2 90 s before the time limit and, for a function that cannot checkpoint, turns it into a
+# failure. hpcft's own warning (resources.signal_grace -> --signal=USR1@N, from sbatch_options) replaces it; with the
+# warning off, the option still replaces submitit's: SIGURG to the batch shell only (B:), which ignores it.
+NO_WARNING_SIGNAL = "B:URG@1"
 
 
 def _submitit_parameters(opts: Options) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -47,7 +47,7 @@ def _submitit_parameters(opts: Options) -> Tuple[Dict[str, Any], Dict[str, Any]]
             native[name] = int(v) if isinstance(v, str) and v.isdigit() else v  # submitit computes with counts
         else:
             extra[key] = v
-    extra["signal"] = WARNING_SIGNAL
+    extra.setdefault("signal", NO_WARNING_SIGNAL)
     return native, extra
 
 

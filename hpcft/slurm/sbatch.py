@@ -40,6 +40,7 @@ MANAGED = {
     "G": "resources.gpus_per_node", "mem": "resources.mem", "time": "resources.time", "t": "resources.time",
     "nodelist": "resources.nodelist", "w": "resources.nodelist", "reservation": "resources.reservation",
     "constraint": "resources.constraint", "C": "resources.constraint", "exclusive": "resources.exclusive",
+    "signal": "resources.signal_grace", "requeue": "resources.on_timeout",
 }
 
 # Further sbatch long options accepted in `resources.extra` (sbatch 22.05 `--help`, minus the managed ones and
@@ -49,9 +50,11 @@ acctg-freq batch bb bbf begin cluster-constraint clusters comment container cont
 cpu-freq cpus-per-gpu deadline delay-boot dependency distribution exclude extra-node-info get-user-env gid
 gpu-bind gpu-freq gpus-per-socket gpus-per-task gres-flags hint hold ignore-pbs kill-on-invalid-dep licenses
 mail-type mail-user mcs-label mem-bind mem-per-cpu mem-per-gpu mincpus network no-kill no-requeue open-mode
-overcommit oversubscribe power prefer profile propagate reboot requeue signal sockets-per-node spread-job
+overcommit oversubscribe power prefer profile propagate reboot sockets-per-node spread-job
 switches thread-spec threads-per-core tmp uid use-min-nodes wckey
 """.split())
+
+WARNING_SIGNAL = "USR1"  # hpcft.train.signals.WARNING_SIGNAL
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 _MEM_RE = re.compile(r"^[0-9]+[KMGT]?$", re.IGNORECASE)
@@ -186,6 +189,14 @@ def sbatch_options(
             opts[key] = check_value(f"resources.{key}", v)
     if _get(r, "exclusive", False):
         opts["exclusive"] = None
+    grace = positive("signal_grace", 0, minimum=0)
+    if grace:  # the time-limit warning, to every task of the job (not the batch shell): the trainer saves and stops
+        opts["signal"] = f"{WARNING_SIGNAL}@{grace}"
+    on_timeout = _get(r, "on_timeout", "expire")
+    if on_timeout == "requeue":
+        opts["requeue"] = None  # the worker requeues the job itself (`scontrol requeue`) after the warning save
+    elif on_timeout != "expire":
+        raise ConfigError(f"resources.on_timeout={on_timeout}: unknown; use expire|requeue")
 
     extra = _get(r, "extra", None) or {}
     for k in sorted(extra):

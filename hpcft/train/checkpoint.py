@@ -1,9 +1,16 @@
 """Atomic training checkpoints under `<output_dir>/checkpoints/`.
 
+Every trainer (causal LM, trl's reward/DPO/GRPO, text-to-image) saves through `CheckpointManager`:
+
 Layout: `step-00000040/` (one per save) and `latest`, a text file naming the newest complete one. A save writes
-into `step-X.tmp/`, fsyncs it, renames it to `step-X/`, then replaces `latest` through a temp file + os.replace,
-so a crash at any point leaves `latest` naming a complete checkpoint (or absent). Stale `*.tmp` dirs from a crash
-are removed by the next save and never read.
+into a staging dir (`step-X.tmp/`, or `checkpoint-X/` where transformers' Trainer writes its own files), then
+`publish` writes `state.json` last, fsyncs everything, renames the staging dir to `step-X/` and replaces `latest`
+through a temp file + os.replace, so a crash at any point leaves `latest` naming a complete checkpoint (or
+absent). Stale staging dirs from a crash are removed by the next save and never read.
+
+`state.json` says where training stood (step, epoch, step in epoch), why it was saved (interval, epoch, warning)
+and whose it is (job id, world size): a job that starts again in the same run directory (Slurm requeue after a node
+failure or preemption, `hpcft resume`, a time-limit requeue) continues from `latest` of its own job.
 
 What goes into a checkpoint is up to the trainer (the `write` callback); `save_rng`/`load_rng` and
 `save_trainable`/`load_trainable` are the usual pieces.
@@ -15,12 +22,14 @@ import json
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-STATE_FILE = "state.json"  # written last by the trainer; its presence marks a complete checkpoint
+STATE_FILE = "state.json"  # written last; its presence marks a complete checkpoint
 LATEST = "latest"
+HF_STAGING = "checkpoint-*"  # where transformers' Trainer writes a checkpoint before it is published
 
 
 def step_dir_name(step: int) -> str:
@@ -80,12 +89,28 @@ def latest_checkpoint(root: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def resolve_resume(resume_from: str | None, output_dir: Path) -> Path | None:
-    """The checkpoint to resume from: None (fresh), `latest` (None if the run has none yet) or a directory."""
+def read_state(ckpt_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
+
+
+def resolve_resume(resume_from: str | None, output_dir: Path, job_id: int | None = None) -> Path | None:
+    """The checkpoint to resume from: None (`resume_from` null: always start fresh), `latest` (the default: this
+    run directory's newest complete checkpoint, None if it has none yet) or a directory.
+
+    With `latest`, a checkpoint written by another ledger job (a reused output_dir) is refused rather than
+    silently continued: resuming from it must be asked for by its path."""
     if not resume_from:
         return None
     if str(resume_from) == "latest":
-        return latest_checkpoint(Path(output_dir) / "checkpoints")
+        found = latest_checkpoint(Path(output_dir) / "checkpoints")
+        if found is not None and job_id is not None:
+            owner = read_state(found).get("job_id")
+            if owner is not None and int(owner) != int(job_id):
+                from hpcft.errors import ConfigError
+
+                raise ConfigError(f"output_dir {output_dir} holds checkpoints of job {owner}, not of job {job_id}; "
+                                  f"use another output_dir, or training.resume_from={found} to start from it")
+        return found
     d = Path(os.path.expanduser(str(resume_from)))
     if (d / LATEST).is_file() or d.name == "checkpoints":  # a checkpoints root was given
         found = latest_checkpoint(d)
@@ -109,8 +134,19 @@ def parse_keep(keep: Any) -> int | None:
     return int(k)
 
 
+def should_save(strategy: str, interval: int, step: int, epoch_end: int | None = None) -> bool:
+    """The one save policy: `steps` saves after every `interval`-th optimizer step; `epoch` after every
+    `interval`-th epoch (`epoch_end` is the number of the epoch that just ended, None inside an epoch)."""
+    if strategy == "steps":
+        return epoch_end is None and step > 0 and step % int(interval) == 0
+    return epoch_end is not None and epoch_end % int(interval) == 0
+
+
 class CheckpointManager:
-    """Saves checkpoints atomically and applies the retention policy (`off` | `all` | `N`)."""
+    """Saves checkpoints atomically and applies the retention policy (`off` | `all` | `N`).
+
+    `save(step, write, state)` stages, writes and publishes (the causal-LM and text-to-image trainers);
+    `publish(staging, step, state)` publishes a directory someone else wrote (transformers' Trainer)."""
 
     def __init__(self, root: Path, keep: Any = "all", is_main: bool = True,
                  barrier: Callable[[], None] | None = None):
@@ -124,34 +160,44 @@ class CheckpointManager:
         return self.keep != 0
 
     def clean_stale(self) -> None:
+        """Remove what a crash left half-written: staging dirs (`*.tmp`, transformers' `checkpoint-*`)."""
         if self.root.is_dir():
-            for d in self.root.glob("*.tmp"):
-                if d.is_dir():
-                    shutil.rmtree(d, ignore_errors=True)
-                else:
-                    d.unlink(missing_ok=True)
+            for pattern in ("*.tmp", HF_STAGING):
+                for d in self.root.glob(pattern):
+                    if d.is_dir():
+                        shutil.rmtree(d, ignore_errors=True)
+                    else:
+                        d.unlink(missing_ok=True)
 
-    def save(self, step: int, write: Callable[[Path], None]) -> Path | None:
-        """Run write(tmp_dir) (on every rank: each writes its own files; the trainer must write STATE_FILE on the
-        main rank, last) and publish the result as step-XXXXXXXX + latest. Returns the final path (None if off)."""
+    def save(self, step: int, write: Callable[[Path], None], state: dict[str, Any]) -> Path | None:
+        """Run write(tmp_dir) on every rank (each writes its own files), then publish the result with `state`
+        as step-XXXXXXXX + latest. Returns the final path (None if checkpoints are off)."""
         if not self.enabled:
             return None
-        final = self.root / step_dir_name(step)
-        tmp = self.root / (final.name + ".tmp")
+        tmp = self.root / (step_dir_name(step) + ".tmp")
         if self.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
             self.clean_stale()
             tmp.mkdir()
         self.barrier()
         write(tmp)
-        self.barrier()
+        from hpcft.train import faults
+
+        faults.in_save(step)
+        return self.publish(tmp, step, state)
+
+    def publish(self, staging: Path, step: int, state: dict[str, Any]) -> Path | None:
+        """Make a fully written staging dir the checkpoint of `step` (collective: every rank calls it)."""
+        if not self.enabled:
+            return None
+        final = self.root / step_dir_name(step)
+        self.barrier()  # every rank has written its part
         if self.is_main:
-            if not (tmp / STATE_FILE).is_file():
-                raise RuntimeError(f"checkpoint writer did not write {STATE_FILE} into {tmp}")
-            fsync_tree(tmp)
+            write_json(staging / STATE_FILE, dict(state, step=step, saved_at=time.time()))
+            fsync_tree(staging)
             if final.exists():  # the same step saved again (e.g. after a resume): replace it
                 shutil.rmtree(final)
-            os.rename(tmp, final)
+            os.rename(staging, final)
             _fsync_dir(self.root)
             pointer = self.root / (LATEST + ".tmp")
             with open(pointer, "w", encoding="utf-8") as f:

@@ -24,12 +24,17 @@ class RunContext:
 
     @classmethod
     def from_env(cls, output_dir: os.PathLike, job_id: Optional[int] = None) -> "RunContext":
-        """Rank and world size from torchrun/DeepSpeed (RANK/WORLD_SIZE) or Slurm (SLURM_PROCID/SLURM_NTASKS)."""
+        """Rank and world size from torchrun/DeepSpeed/the hpcft worker (RANK/WORLD_SIZE), else from Slurm's
+        variables through the one mapping (`hpcft.slurm.env.dist_env`)."""
         env = os.environ
-        rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
-        world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
-        local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
-        return cls(Path(output_dir), job_id, rank, world, local, env.get("HPCFT_DB_URL"))
+        if "RANK" not in env and "SLURM_PROCID" in env:
+            from hpcft.slurm.env import dist_env
+
+            env = dist_env(env, expand=None)
+        rank = int(env.get("RANK", 0))
+        world = int(env.get("WORLD_SIZE", 1))
+        local = int(env.get("LOCAL_RANK", 0))
+        return cls(Path(output_dir), job_id, rank, world, local, os.environ.get("HPCFT_DB_URL"))
 
     def event(self, kind: str, message: str = "", **data: Any) -> None:
         """Record an event for this job in the ledger (main rank only; no-op outside a tracked job)."""

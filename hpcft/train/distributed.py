@@ -61,8 +61,8 @@ def _skip_cpu_shm_op() -> None:
         importlib.import_module("deepspeed.comm.torch")
         # sys.modules, not `import ... as`: deepspeed.comm re-exports the name `torch` (the torch package)
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
-    except Exception:
-        pass
+    except Exception as e:  # an older/newer DeepSpeed without this op: it builds it (slower start, same result)
+        print(f"[hpcft] note: could not skip DeepSpeed's CPU shm op build ({type(e).__name__}: {e})", flush=True)
 
 
 def init_distributed(ctx: Any, deepspeed: bool = True) -> bool:
@@ -122,6 +122,20 @@ def all_reduce_sum(values: list[float]) -> list[float]:
         t = t.cuda()
     dist.all_reduce(t)
     return t.cpu().tolist()
+
+
+def all_reduce_max(value: float) -> float:
+    """The largest value over ranks (identity in one process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not is_dist():
+        return float(value)
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def all_gather_object(obj: Any) -> list[Any]:

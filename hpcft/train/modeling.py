@@ -119,3 +119,21 @@ def load_causal_lm(model_cfg: Any, path: str, quantization: Any = None, device_m
     if device_map is not None:
         kwargs["device_map"] = device_map
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def params_hash(model, zero3: bool = False) -> str:
+    """sha256 of the trainable parameters (gathered under ZeRO-3): equal on every rank of a healthy run, and equal
+    between an interrupted-and-resumed run and an uninterrupted one when training is deterministic."""
+    import hashlib
+
+    import torch
+
+    from hpcft.train import distributed as dist
+
+    h = hashlib.sha256()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    with dist.gathered([p for _, p in named], zero3):
+        for n, p in named:
+            h.update(n.encode())
+            h.update(p.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

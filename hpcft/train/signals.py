@@ -1,0 +1,44 @@
+"""The time-limit warning as a flag that all ranks agree on.
+
+Slurm sends `SIGUSR1` `resources.signal_grace` seconds before a job's time limit (`--signal=USR1@N`); the local
+executor does the same before its deadline. The handler only sets a flag. At each step boundary the loop asks
+`WarningFlag.agreed()`: one tiny all-reduce (max) so that every rank of a DDP/DeepSpeed job sees the signal at the
+same step, saves the same checkpoint collectively and stops together, even if the signal reached only some ranks.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Optional
+
+WARNING_SIGNAL = signal.SIGUSR1
+
+
+class WarningFlag:
+    def __init__(self) -> None:
+        self.raised = False
+        self.signum: Optional[int] = None
+        self._agreed = False
+
+    def install(self, signals=(WARNING_SIGNAL,)) -> "WarningFlag":
+        for s in signals:
+            signal.signal(s, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.raised = True
+        self.signum = signum
+
+    def agreed(self) -> bool:
+        """True on every rank once any rank has the flag (a collective: call it on every rank at the same step)."""
+        if self._agreed:
+            return True
+        from hpcft.train import distributed as dist
+
+        self._agreed = dist.all_reduce_max(1.0 if self.raised else 0.0) > 0
+        return self._agreed
+
+
+def install() -> WarningFlag:
+    """The process's warning flag, with the handler installed (call once, in the main thread)."""
+    return WarningFlag().install()
