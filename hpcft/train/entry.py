@@ -49,8 +49,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[hpcft] finished: step {summary.get('final_step')}, final model {summary.get('final_model')}",
                   flush=True)
     except BaseException as e:  # noqa: BLE001 - report every failure with its traceback and a non-zero code
+        from hpcft import exitcodes
+        from hpcft.errors import ConfigError
+        from hpcft.train.signals import SavedAtWarning
+
         if isinstance(e, SystemExit) and not e.code:
             code = 0
+        elif isinstance(e, SavedAtWarning):
+            if ctx is None or ctx.is_main:
+                print(f"[hpcft] {e}", flush=True)
+            code = exitcodes.SAVED_AT_WARNING
+        elif isinstance(e, ConfigError):  # incl. DataError (file:line)
+            # the config or the data is wrong: one line, no traceback, and a code that `hpcft retry` never retries
+            print(f"[hpcft] training failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            code = exitcodes.BAD_INPUT
         else:
             rank = f"rank {ctx.rank}: " if ctx is not None and ctx.world_size > 1 else ""
             print(f"[hpcft] {rank}training failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

@@ -42,3 +42,13 @@ class WarningFlag:
 def install() -> WarningFlag:
     """The process's warning flag, with the handler installed (call once, in the main thread)."""
     return WarningFlag().install()
+
+
+class SavedAtWarning(Exception):
+    """Raised by a trainer after it saved a checkpoint on the warning and stopped: `hpcft.train.entry` turns it into
+    exit code `hpcft.exitcodes.SAVED_AT_WARNING` (75) and the worker expires or requeues the job from there."""
+
+    def __init__(self, step: int, checkpoint: object = None):
+        super().__init__(f"time-limit warning: checkpoint of step {step} saved at {checkpoint}; stopping")
+        self.step = step
+        self.checkpoint = checkpoint
