@@ -232,14 +232,25 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert abs(summary_a["final_train_loss"] - summary_b["final_train_loss"]) < 1e-4
 
 
-def test_entry_fails_with_nonzero_code(tmp_path):
+def test_entry_exit_codes_tell_bad_input_from_other_failures(tmp_path, capsys):
+    """Malformed data exits 2 (BAD_INPUT: `hpcft retry` never retries it), in one line without a traceback; any
+    other failure exits 1 with its traceback."""
     from omegaconf import OmegaConf
+
+    from hpcft import exitcodes
+    from hpcft.train.entry import main
 
     cfg = make_cfg(tmp_path / "run", "method=lora")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x"}\n')
     cfg.data.train = str(bad)
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    from hpcft.train.entry import main
+    assert main(["--config", str(tmp_path / "config.yaml")]) == exitcodes.BAD_INPUT == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:1: missing field 'response'" in err and "Traceback" not in err
 
-    assert main(["--config", str(tmp_path / "config.yaml")]) == 1
+    cfg2 = make_cfg(tmp_path / "run2", "method=lora", "model.source=pretrained", f"model.path={tmp_path}/no-model",
+                    f"model.tokenizer={tmp_path}/no-model")
+    (tmp_path / "config2.yaml").write_text(OmegaConf.to_yaml(cfg2))
+    assert main(["--config", str(tmp_path / "config2.yaml")]) == exitcodes.FAILED == 1
+    assert "Traceback" in capsys.readouterr().err
