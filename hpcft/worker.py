@@ -1,11 +1,18 @@
 """The compute side of a job: what runs where the job was placed (local machine or Slurm allocation).
 
 A worker is a small supervisor around the trainer process (`python -m hpcft.train.entry`):
-- it moves the ledger state (running, then success / error / expired / stopped) with reasons;
-- on the local executor it enforces the time limit (past it the trainer is killed: `expired`) and turns a
-  SIGTERM from `hpcft stop` into `stopped`;
-- in Slurm it derives rank, world size and the rendezvous (MASTER_ADDR/PORT) from Slurm's environment; Slurm
-  itself enforces the time limit (TIMEOUT is mapped to `expired` by `hpcft sync`).
+- it moves the ledger state (running, then success / error / expired / stopped / queued again) with reasons and
+  a machine-readable cause (what `hpcft retry` reads);
+- the time-limit warning: `resources.signal_grace` seconds before the limit the trainer gets SIGUSR1 (from Slurm's
+  `--signal=USR1@N`, forwarded by the worker; on the local executor sent by the supervisor), saves a checkpoint at
+  the next step boundary and exits 75. Then `resources.on_timeout=expire` ends the job `expired` (with that
+  checkpoint), `requeue` continues the same ledger job from it (Slurm: `scontrol requeue`; local: the supervisor
+  starts the trainer again with a fresh time allowance) until it finishes or `resources.max_requeues` are spent;
+- on the local executor it enforces the time limit itself and turns a SIGTERM from `hpcft stop` into `stopped`;
+- in Slurm it derives rank, world size and the rendezvous from Slurm's environment (hpcft.slurm.env), records a
+  `restart` event when Slurm restarted the job (requeue after node failure or preemption); the trainer continues
+  from the run's latest checkpoint by itself (training.resume_from=latest). Slurm enforces the time limit
+  (TIMEOUT is mapped to `expired` by `hpcft sync`).
 
 Entry points:
   python -m hpcft.worker supervise JOB_ID            (local executor, detached)
@@ -22,12 +29,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
-from hpcft.states import State
+from hpcft import exitcodes
+from hpcft.slurm import env as slurm_env
+from hpcft.states import LIVE, State
 from hpcft.timefmt import format_duration, parse_duration
 
 GRACE_S = 10  # between SIGTERM and SIGKILL when stopping a trainer
+WARNING_SIGNAL = signal.SIGUSR1  # hpcft.train.signals.WARNING_SIGNAL (not imported: that module is the trainer's)
 
 
 def trainer_argv(config_path: Path, job_id: Optional[int]) -> List[str]:
@@ -63,8 +73,74 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def _latest_step(out: Path) -> Optional[int]:
+    from hpcft.train.checkpoint import latest_checkpoint  # torch-free module
+
+    d = latest_checkpoint(out / "checkpoints")
+    try:
+        return int(d.name.split("-")[1]) if d is not None else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _timeout_policy(job) -> tuple:
+    r = job.resources or {}
+    return str(r.get("on_timeout", "expire")), int(r.get("max_requeues", 0) or 0), int(r.get("signal_grace", 0) or 0)
+
+
+def _requeues_so_far(ledger, job) -> int:
+    """Time-limit requeues of the job's current attempt (the `requeue` events)."""
+    return sum(1 for e in ledger.events(job.id) if e.kind == "requeue" and e.attempt == job.attempt)
+
+
+def after_warning_save(ledger, job_id: int, out: Path) -> str:
+    """The trainer saved at the time-limit warning (exit 75): `requeue` (the job goes back to queued; the caller
+    restarts it) or `expired` (recorded here). Returns "requeue" or "expired"."""
+    job = ledger.get(job_id)
+    on_timeout, max_requeues, _ = _timeout_policy(job)
+    step = _latest_step(out)
+    done = _requeues_so_far(ledger, job)
+    if on_timeout == "requeue" and done < max_requeues:
+        ledger.add_event(job_id, "requeue", f"time limit near: checkpoint of step {step} saved; requeued "
+                         f"({done + 1} of {max_requeues})", step=step, requeue=done + 1, max_requeues=max_requeues)
+        ledger.transition(job_id, State.queued, f"requeued at its time limit ({done + 1}/{max_requeues}); continues "
+                          f"from step {step}", cause="timeout")
+        return "requeue"
+    spent = f"; {max_requeues} requeue(s) spent" if on_timeout == "requeue" else ""
+    ledger.transition(job_id, State.expired, f"time limit: checkpoint of step {step} saved before the limit{spent}; "
+                      f"`hpcft resume {job_id}` continues from it", cause="timeout")
+    return "expired"
+
+
+def _exit_cause(rc: int) -> str:
+    if rc < 0:
+        return f"signal:{-rc}"
+    return "bad_input" if rc == exitcodes.BAD_INPUT else f"exit:{rc}"
+
+
+def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
+    ledger.add_event(job_id, "finished", f"trainer exited with code {rc}", exit_code=rc)
+    if rc == 0:
+        ledger.transition(job_id, State.success, "trainer finished")
+        print(f"[hpcft] job {job_id} finished: success", flush=True)
+        return 0
+    reason = f"trainer exited with code {rc}"
+    if rc < 0:
+        reason = f"trainer killed by signal {-rc}"
+    elif rc == exitcodes.BAD_INPUT:
+        reason = "the config or the data was refused (not retried)"
+    tail = _tail_error(log)
+    if tail:
+        reason += f": {tail}"
+    ledger.transition(job_id, State.error, reason, cause=_exit_cause(rc))
+    print(f"[hpcft] job {job_id} failed: {reason}", flush=True)
+    return 1
+
+
+# --------------------------------------------------------------------------------------------------- local side
+
 def supervise(job_id: int) -> int:
-    """Run a local job: trainer child with a deadline. Returns the exit code for the supervisor process."""
+    """Run a local job: the trainer as a child with a deadline, the warning before it, requeues after it."""
     from hpcft.ledger import Ledger
 
     ledger = Ledger()
@@ -72,6 +148,7 @@ def supervise(job_id: int) -> int:
     out = Path(job.output_dir)
     log = out / "logs" / "job.log"
     limit = parse_duration(job.resources.get("time", "01:00:00"))
+    _, _, grace = _timeout_policy(job)
     if not ledger.transition(job_id, State.running, "started on the local machine", pid=os.getpid()):
         print(f"job {job_id} is {ledger.get(job_id).state}: not starting", flush=True)
         return 0
@@ -87,77 +164,52 @@ def supervise(job_id: int) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     env = dict(os.environ, HPCFT_DB_URL=ledger.url, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(trainer_argv(out / "config.yaml", job_id), env=env, start_new_session=True,
-                            stdout=sys.stdout, stderr=sys.stderr)
-    deadline = time.monotonic() + limit
-    rc: Optional[int] = None
-    while rc is None:
-        if stopping["by"] is not None:
-            _kill_group(proc)
-            ledger.transition(job_id, State.stopped, "stopped by user")
-            print(f"[hpcft] job {job_id} stopped", flush=True)
+    while True:
+        proc = subprocess.Popen(trainer_argv(out / "config.yaml", job_id), env=env, start_new_session=True,
+                                stdout=sys.stdout, stderr=sys.stderr)
+        deadline = time.monotonic() + limit
+        warn_at = deadline - grace if 0 < grace < limit else None
+        rc: Optional[int] = None
+        while rc is None:
+            if stopping["by"] is not None:
+                _kill_group(proc)
+                ledger.transition(job_id, State.stopped, "stopped by user", cause="user_stop")
+                print(f"[hpcft] job {job_id} stopped", flush=True)
+                return 0
+            now = time.monotonic()
+            if warn_at is not None and now >= warn_at:
+                warn_at = None
+                ledger.add_event(job_id, "warning", f"time limit in {grace} s: asked the trainer to save and stop",
+                                 grace=grace)
+                try:
+                    os.killpg(proc.pid, WARNING_SIGNAL)
+                except ProcessLookupError:
+                    pass
+            if now > deadline:
+                _kill_group(proc)
+                ledger.transition(job_id, State.expired, f"ran past its time limit {format_duration(limit)}",
+                                  cause="timeout")
+                ledger.add_event(job_id, "finished", "killed at the time limit", exit_code=proc.returncode)
+                print(f"[hpcft] job {job_id} expired: ran past its time limit {format_duration(limit)}", flush=True)
+                return 0
+            try:
+                rc = proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        if rc != exitcodes.SAVED_AT_WARNING:
+            return _finish(ledger, job_id, rc, log)
+        ledger.add_event(job_id, "finished", "trainer saved a checkpoint at the time-limit warning", exit_code=rc)
+        if after_warning_save(ledger, job_id, out) != "requeue":
+            print(f"[hpcft] job {job_id} expired (checkpoint saved at the warning)", flush=True)
             return 0
-        if time.monotonic() > deadline:
-            _kill_group(proc)
-            ledger.transition(job_id, State.expired, f"ran past its time limit {format_duration(limit)}")
-            ledger.add_event(job_id, "finished", "killed at the time limit", exit_code=proc.returncode)
-            print(f"[hpcft] job {job_id} expired: ran past its time limit {format_duration(limit)}", flush=True)
-            return 0
-        try:
-            rc = proc.wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            pass
-    return _finish(ledger, job_id, rc, log)
-
-
-def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
-    ledger.add_event(job_id, "finished", f"trainer exited with code {rc}", exit_code=rc)
-    if rc == 0:
-        ledger.transition(job_id, State.success, "trainer finished")
-        print(f"[hpcft] job {job_id} finished: success", flush=True)
-        return 0
-    reason = f"trainer exited with code {rc}"
-    if rc < 0:
-        reason = f"trainer killed by signal {-rc}"
-    tail = _tail_error(log)
-    if tail:
-        reason += f": {tail}"
-    ledger.transition(job_id, State.error, reason)
-    print(f"[hpcft] job {job_id} failed: {reason}", flush=True)
-    return 1
+        # a local requeue: the same job goes on at once, from its checkpoint, with a fresh time allowance
+        ledger.transition(job_id, State.running, "requeued on the local machine", pid=os.getpid())
+        ledger.add_event(job_id, "restart", f"trainer restarted after a time-limit requeue, time limit "
+                         f"{format_duration(limit)}", cause="timeout", step=_latest_step(out))
+        print(f"[hpcft] job {job_id} requeued: continuing from its checkpoint", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------- Slurm side
-
-def slurm_dist_env(environ=os.environ) -> dict:
-    """torch.distributed variables from Slurm's: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT."""
-    env = {}
-    env["RANK"] = environ.get("SLURM_PROCID", "0")
-    env["WORLD_SIZE"] = environ.get("SLURM_NTASKS", "1")
-    env["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
-    env["LOCAL_WORLD_SIZE"] = environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
-    env["MASTER_ADDR"] = environ.get("MASTER_ADDR") or first_host(environ.get("SLURM_JOB_NODELIST", "localhost"))
-    job = environ.get("SLURM_ARRAY_JOB_ID") or environ.get("SLURM_JOB_ID") or "0"
-    task = environ.get("SLURM_ARRAY_TASK_ID") or "0"
-    env["MASTER_PORT"] = environ.get("MASTER_PORT") or str(20000 + (int(job) * 7 + int(task)) % 20000)
-    return env
-
-
-def first_host(nodelist: str) -> str:
-    """First host of a Slurm node list ("n[1-2],gpu3" -> "n1"), via scontrol when available."""
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             timeout=20, check=True).stdout.split()
-        if out:
-            return out[0]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    head = nodelist.split(",")[0]
-    if "[" in head:
-        prefix, rng = head.split("[", 1)
-        return prefix + rng.split("-")[0].split(",")[0].rstrip("]")
-    return head
-
 
 def run_in_allocation(job_id: int, db_url: str) -> None:
     """Run a ledger job's trainer in this Slurm task (called by submitit in every task of the job)."""
@@ -169,50 +221,95 @@ def run_in_allocation(job_id: int, db_url: str) -> None:
     _run_slurm_task(ledger, job_id, Path(job.output_dir) / "config.yaml")
 
 
-def _slurm_ids(environ=os.environ) -> dict:
-    array_job = environ.get("SLURM_ARRAY_JOB_ID")
-    if array_job:
-        task = environ.get("SLURM_ARRAY_TASK_ID", "0")
-        return {"slurm_job_id": f"{array_job}_{task}", "array_job_id": array_job, "array_task_id": int(task)}
-    return {"slurm_job_id": environ.get("SLURM_JOB_ID")}
+def _start_attempt(ledger, job_id: int, dist: dict, out: Path) -> bool:
+    """Rank 0: move the job to running and say why this run started (first start or a Slurm restart).
+    False when the job is no longer live (a user stopped it, it ended): this run must not train."""
+    restarts = slurm_env.restart_count()
+    host = os.uname().nodename
+    job = ledger.get(job_id)
+    if State(job.state) not in LIVE:
+        return False
+    if restarts:
+        step = _latest_step(out)
+        ledger.add_event(job_id, "restart", f"Slurm restarted the job (restart {restarts}); continuing from "
+                         + (f"checkpoint step {step}" if step is not None else "the start (no checkpoint yet)"),
+                         restart=restarts, step=step, host=host)
+    ledger.transition(job_id, State.running, f"started in Slurm on {host}" + (f" (restart {restarts})" if restarts
+                      else ""), **slurm_env.slurm_ids())
+    ledger.add_event(job_id, "started", f"Slurm job {os.environ.get('SLURM_JOB_ID')}, world size "
+                     f"{dist['WORLD_SIZE']}", host=host, **dist)
+    return State(ledger.get(job_id).state) == State.running
+
+
+def _requeue_slurm_job(ledger, job_id: int) -> None:
+    """Put this Slurm job back in the queue (it then restarts from the checkpoint just saved)."""
+    from hpcft.errors import SchedulerError
+    from hpcft.slurm import commands as C
+
+    sid = os.environ.get("SLURM_JOB_ID", "")
+    try:
+        C.run(C.requeue_argv(sid))
+    except SchedulerError as e:
+        ledger.transition(job_id, State.expired, f"the requeue at the time limit failed ({e}); `hpcft resume "
+                          f"{job_id}` continues from the saved checkpoint", cause="timeout")
 
 
 def _run_slurm_task(ledger, job_id: int, config_path: Path) -> None:
-    dist = slurm_dist_env()
+    dist = slurm_env.dist_env()
     rank = int(dist["RANK"])
     out = config_path.parent
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        ledger.transition(job_id, State.running, f"started in Slurm on {os.uname().nodename}", **_slurm_ids())
-        ledger.add_event(job_id, "started", f"Slurm job {os.environ.get('SLURM_JOB_ID')}, world size "
-                         f"{dist['WORLD_SIZE']}", host=os.uname().nodename, **dist)
+    if rank == 0 and not _start_attempt(ledger, job_id, dist, out):
+        print(f"[hpcft] job {job_id} is {ledger.get(job_id).state}: not starting", flush=True)
+        return
     env = dict(os.environ, **dist, HPCFT_DB_URL=ledger.url, PYTHONUNBUFFERED="1")
     log = out / "logs" / ("job.log" if rank == 0 else f"rank-{rank}.log")
     with open(log, "a") as f:
-        rc = subprocess.run(trainer_argv(config_path, job_id), env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(trainer_argv(config_path, job_id), env=env, stdout=f, stderr=subprocess.STDOUT)
+        previous = _forward(WARNING_SIGNAL, proc)
+        try:
+            rc = proc.wait()
+        finally:
+            signal.signal(WARNING_SIGNAL, previous)
     if rank == 0:
-        if rc < 0:
-            # Killed by a signal: Slurm's time limit (TIMEOUT), scancel (CANCELLED) or preemption. Slurm knows which
-            # and submitit keeps this process alive through SIGTERM, so do not guess `error` here: `hpcft sync`
-            # maps the accounting state (TIMEOUT -> expired, CANCELLED -> stopped, ...).
+        if rc == exitcodes.SAVED_AT_WARNING:
+            ledger.add_event(job_id, "finished", "trainer saved a checkpoint at the time-limit warning", exit_code=rc)
+            if after_warning_save(ledger, job_id, out) == "requeue":
+                _requeue_slurm_job(ledger, job_id)
+        elif rc < 0:
+            # Killed by a signal: Slurm's time limit (TIMEOUT), scancel (CANCELLED), preemption or a memory kill.
+            # Slurm knows which and submitit keeps this process alive through SIGTERM, so do not guess `error`
+            # here: `hpcft sync` maps the accounting state (TIMEOUT -> expired, CANCELLED -> stopped, ...).
             ledger.add_event(job_id, "finished", f"trainer ended by signal {-rc}; state from Slurm accounting",
                              exit_code=rc)
         else:
             _finish(ledger, job_id, rc, log)
-    if rc != 0:
+    if rc not in (0, exitcodes.SAVED_AT_WARNING):
         raise SystemExit(rc)
+
+
+def _forward(signum: int, proc: subprocess.Popen) -> Any:
+    """Pass `signum` on to the trainer (Slurm signals every process of the step, but a worker that does not handle
+    SIGUSR1 would die of it; forwarding also covers process trackers that reach only the task's first process)."""
+    def handler(_s, _f):
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    return signal.signal(signum, handler)
 
 
 def register_and_run(config_path: Path) -> int:
     """For a rendered sbatch script: register this Slurm job in the ledger (rank 0) and run it."""
     from hpcft import config as hconfig
-    from hpcft.ledger import Ledger
     from hpcft.jobrecord import ledger_fields
+    from hpcft.ledger import Ledger
 
     cfg = hconfig.from_yaml_file(config_path)
     ledger = Ledger()
-    ids = _slurm_ids()
-    rank = int(slurm_dist_env()["RANK"])
+    ids = slurm_env.slurm_ids()
+    rank = int(slurm_env.dist_env(expand=None)["RANK"])
     if rank == 0:
         found = ledger.search(output=str(config_path.parent))
         found = [j for j in found if j.slurm_job_id == ids["slurm_job_id"]]

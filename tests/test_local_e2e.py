@@ -134,3 +134,45 @@ def test_cron_retry_resumes_failed_jobs_up_to_max_attempts(hpcft_home, tmp_path)
             j = next(x for x in jobs() if x["id"] == job["id"])
     assert "retried 0 job(s)" in run(["retry", "--max-attempts", "3"]).stdout  # budget spent
     assert "retry 3/3 after error" in run(["events", str(job["id"])]).stdout
+
+
+def _steps(out):
+    from hpcft.metrics_io import read_metrics
+
+    return [r["step"] for r in read_metrics(out, "train")]
+
+
+def test_time_limit_warning_requeues_locally_and_loses_no_step(hpcft_home):
+    """resources.on_timeout=requeue on the local executor: the supervisor sends the warning `signal_grace` seconds
+    before the limit, the trainer saves at the next step boundary and exits 75, the supervisor starts it again
+    from that checkpoint (same ledger job, same attempt). No step is ever trained twice, and the final weights
+    equal those of the same job run without interruption."""
+    import os
+
+    from safetensors.torch import load_file
+
+    common = [*FAST, "training.max_steps=150", "training.epochs=100", "training.learning_rate=1e-2",
+              "training.save_strategy=steps", "training.save_interval=1000"]
+    env = dict(os.environ, HPCFT_TEST_STEP_DELAY_S="0.2")
+    sub = lambda *a: subprocess.run(hpcft_cli() + ["submit", *common, *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=120, env=env)
+    r1 = sub("name=requeued", "resources.time=0:45", "resources.signal_grace=15", "resources.on_timeout=requeue",
+             "resources.max_requeues=8")
+    r2 = sub("name=uninterrupted", "resources.time=10")
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+    by = {j["name"]: j for j in jobs()}
+    a = wait_state(by["requeued"]["id"], {"success", "error", "expired"}, timeout=900)
+    b = wait_state(by["uninterrupted"]["id"], {"success", "error", "expired"}, timeout=900)
+    assert a["state"] == "success" and b["state"] == "success", (a, b)
+    assert a["attempt"] == 1  # the same attempt went on: requeues are not retries
+    ev = run(["events", str(a["id"])]).stdout
+    n_requeues = ev.count(" requeue ")
+    assert n_requeues >= 1 and ev.count("restart ") == n_requeues, ev
+    assert "(warning)" in ev  # the checkpoints the warning asked for
+    out_a, out_b = Path(a["output_dir"]), Path(b["output_dir"])
+    steps = _steps(out_a)
+    assert steps == list(range(1, 151)), "a step was trained twice or lost"
+    assert json.loads((out_a / "summary.json").read_text())["final_step"] == 150
+    wa = load_file(str(out_a / "final" / "adapter_model.safetensors"))
+    wb = load_file(str(out_b / "final" / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys() and all((wa[k] - wb[k]).abs().max() < 1e-6 for k in wa)

@@ -5,6 +5,8 @@
   of its files are written, before it is published).
 - HPCFT_TEST_STEP_DELAY_S=S: sleep S seconds after every optimizer step (a slow job, so that a time limit or a
   signal reliably lands mid-run on any machine).
+- HPCFT_TEST_ALLOC_AT_STEP=N:MB: after step N, allocate and touch MB megabytes and hold them (a job that grows past
+  its memory limit).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 CRASH_ENV = "HPCFT_TEST_CRASH_AT_STEP"
 CRASH_IN_SAVE_ENV = "HPCFT_TEST_CRASH_IN_SAVE"
 DELAY_ENV = "HPCFT_TEST_STEP_DELAY_S"
+ALLOC_ENV = "HPCFT_TEST_ALLOC_AT_STEP"
+_held: list = []
 
 
 def _int(name: str) -> int:
@@ -40,6 +44,12 @@ def after_step(step: int) -> None:
     n = _int(CRASH_ENV)
     if n and step == n:
         _die()
+    at, _, mb = os.environ.get(ALLOC_ENV, "").partition(":")
+    if at.strip().isdigit() and int(at) == step and mb.strip().isdigit():
+        import numpy as np
+
+        _held.append(np.ones(int(mb) * 2**20, dtype=np.uint8))  # ones: every page is really touched
+        time.sleep(10)  # hold it while the memory limit is enforced
 
 
 def in_save(step: int) -> None:
