@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpcft import paths, schema
 from hpcft.errors import ConfigError
+from hpcft.methods import check, check_method
 from hpcft.timefmt import parse_duration
 
 _RESOLVERS_DONE = False
@@ -78,123 +79,126 @@ def _missing_option_message(e: Exception, overrides: List[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- validation
-
-_SFT = ("auto", "text", "prompt_response", "alpaca", "messages")
-CAUSAL_FORMATS = {"pretrain": ("auto", "text"), "full": _SFT, "lora": _SFT, "qlora": _SFT}
-
-def _check(ok: bool, key: str, value: object, problem: str, fix: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value}: {problem}; {fix}")
+# validate = the common rules below (every method), then the method's own (hpcft.methods via schema.METHOD_SPECS).
+# Every refusal is one line `key=value: problem; fix` (ConfigError: exit code 2, nothing created).
 
 
 def _file(key: str, value: Optional[str], required: bool) -> None:
     if value is None:
-        _check(not required, key, value, "is required", f"set {key}=/path/to/file.jsonl")
+        check(not required, key, value, "is required", f"set {key}=/path/to/file.jsonl")
         return
     p = Path(os.path.expanduser(str(value)))
-    _check(p.is_file(), key, value, "file not found", f"set {key} to an existing JSONL file")
+    check(p.is_file(), key, value, "file not found", f"set {key} to an existing JSONL file")
 
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """Check what types cannot (ranges, choices, files). Raises ConfigError naming the key and the fix."""
-    t, m, r, d, mo = cfg.training, cfg.method, cfg.resources, cfg.data, cfg.model
+def check_job(cfg: DictConfig) -> None:
+    check(cfg.executor in ("auto", "local", "slurm"), "executor", cfg.executor,
+          "unknown executor", "use executor=auto|local|slurm")
+    check(bool(str(cfg.name).strip()), "name", cfg.name, "must not be empty", "set name=my-run")
 
-    _check(cfg.executor in ("auto", "local", "slurm"), "executor", cfg.executor,
-           "unknown executor", "use executor=auto|local|slurm")
-    _check(bool(str(cfg.name).strip()), "name", cfg.name, "must not be empty", "set name=my-run")
 
-    # method
-    _check(m.name in schema.METHODS, "method.name", m.name, "unknown method",
-           "choose one of: " + ", ".join(schema.METHODS))
-    if m.name in ("lora", "qlora") or m.get("lora") is not None:
-        _check(m.get("lora") is not None, "method.lora", None, f"{m.name} needs LoRA settings",
-               "use method=lora or method=qlora")
-        _check(m.lora.rank >= 1, "method.lora.rank", m.lora.rank, "must be >= 1", "e.g. method.lora.rank=8")
-        _check(m.lora.alpha > 0, "method.lora.alpha", m.lora.alpha, "must be > 0", "e.g. method.lora.alpha=16")
-        _check(0 <= m.lora.dropout < 1, "method.lora.dropout", m.lora.dropout, "must be in [0, 1)",
-               "e.g. method.lora.dropout=0.05")
-        _check(len(m.lora.target_modules) > 0, "method.lora.target_modules", list(m.lora.target_modules),
-               "must name at least one module", "e.g. method.lora.target_modules=[q_proj,v_proj]")
-    if m.name == "qlora":
-        q = m.get("quantization")
-        _check(q is not None, "method.quantization", None, "qlora needs quantization settings", "use method=qlora")
-        _check(q.bits == 4, "method.quantization.bits", q.bits, "QLoRA is 4-bit", "set method.quantization.bits=4")
-        _check(q.quant_type in ("nf4", "fp4"), "method.quantization.quant_type", q.quant_type,
-               "unknown 4-bit type", "use nf4 or fp4")
-
-    # model
-    _check(mo.source in ("config", "pretrained"), "model.source", mo.source, "unknown source",
-           "use model.source=config|pretrained")
+def check_model(cfg: DictConfig) -> None:
+    mo = cfg.model
+    check(mo.source in ("config", "pretrained"), "model.source", mo.source, "unknown source",
+          "use model.source=config|pretrained")
     if mo.source == "config":
-        _check("model_type" in mo.arch, "model.arch.model_type", None, "a model built from a config needs a type",
-               "e.g. model.arch.model_type=llama")
+        check("model_type" in mo.arch, "model.arch.model_type", None, "a model built from a config needs a type",
+              "e.g. model.arch.model_type=llama")
     else:
-        _check(bool(mo.path), "model.path", mo.path, "a pretrained model needs a path",
-               "set model.path=/local/dir or a hub id")
-    _check(mo.dtype in ("float32", "bfloat16", "float16"), "model.dtype", mo.dtype, "unknown dtype",
-           "use float32|bfloat16|float16")
+        check(bool(mo.path), "model.path", mo.path, "a pretrained model needs a path",
+              "set model.path=/local/dir or a hub id")
+    check(mo.dtype in ("float32", "bfloat16", "float16"), "model.dtype", mo.dtype, "unknown dtype",
+          "use float32|bfloat16|float16")
 
-    # training
-    _check(t.epochs >= 1, "training.epochs", t.epochs, "must be >= 1", "e.g. training.epochs=3")
-    _check(t.max_steps is None or t.max_steps >= 1, "training.max_steps", t.max_steps, "must be >= 1 or null",
-           "e.g. training.max_steps=100")
-    _check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0",
-           "e.g. training.learning_rate=2e-4")
-    _check(t.batch_size >= 1, "training.batch_size", t.batch_size, "must be >= 1", "e.g. training.batch_size=8")
-    _check(t.gradient_accumulation >= 1, "training.gradient_accumulation", t.gradient_accumulation,
-           "must be >= 1", "e.g. training.gradient_accumulation=4")
-    _check(t.sequence_length >= 1, "training.sequence_length", t.sequence_length, "must be >= 1",
-           "e.g. training.sequence_length=2048")
-    _check(0 <= t.warmup_ratio < 1, "training.warmup_ratio", t.warmup_ratio, "must be in [0, 1)",
-           "e.g. training.warmup_ratio=0.03")
-    _check(0 <= t.lr_decay_ratio <= 1, "training.lr_decay_ratio", t.lr_decay_ratio, "must be in [0, 1]",
-           "use 1 for a constant lr, e.g. training.lr_decay_ratio=0.1")
-    _check(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "must be >= 0",
-           "e.g. training.weight_decay=0.01")
-    _check(t.max_grad_norm >= 0, "training.max_grad_norm", t.max_grad_norm, "must be >= 0 (0 = no clipping)",
-           "e.g. training.max_grad_norm=1.0")
-    _check(t.precision in ("fp32", "bf16", "fp16"), "training.precision", t.precision, "unknown precision",
-           "use fp32|bf16|fp16")
-    _check(t.save_strategy in ("steps", "epoch"), "training.save_strategy", t.save_strategy, "unknown strategy",
-           "use training.save_strategy=steps|epoch")
-    _check(t.save_interval >= 1, "training.save_interval", t.save_interval, "must be >= 1",
-           "e.g. training.save_interval=100")
+
+def check_training(cfg: DictConfig) -> None:
+    t = cfg.training
+    check(t.epochs >= 1, "training.epochs", t.epochs, "must be >= 1", "e.g. training.epochs=3")
+    check(t.max_steps is None or t.max_steps >= 1, "training.max_steps", t.max_steps, "must be >= 1 or null",
+          "e.g. training.max_steps=100")
+    check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0",
+          "e.g. training.learning_rate=2e-4")
+    check(t.batch_size >= 1, "training.batch_size", t.batch_size, "must be >= 1", "e.g. training.batch_size=8")
+    check(t.gradient_accumulation >= 1, "training.gradient_accumulation", t.gradient_accumulation,
+          "must be >= 1", "e.g. training.gradient_accumulation=4")
+    check(t.sequence_length >= 1, "training.sequence_length", t.sequence_length, "must be >= 1",
+          "e.g. training.sequence_length=2048")
+    check(0 <= t.warmup_ratio < 1, "training.warmup_ratio", t.warmup_ratio, "must be in [0, 1)",
+          "e.g. training.warmup_ratio=0.03")
+    check(0 <= t.lr_decay_ratio <= 1, "training.lr_decay_ratio", t.lr_decay_ratio, "must be in [0, 1]",
+          "use 1 for a constant lr, e.g. training.lr_decay_ratio=0.1")
+    check(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "must be >= 0",
+          "e.g. training.weight_decay=0.01")
+    check(t.max_grad_norm >= 0, "training.max_grad_norm", t.max_grad_norm, "must be >= 0 (0 = no clipping)",
+          "e.g. training.max_grad_norm=1.0")
+    check(t.precision in ("fp32", "bf16", "fp16"), "training.precision", t.precision, "unknown precision",
+          "use fp32|bf16|fp16")
+    check(t.save_strategy in ("steps", "epoch"), "training.save_strategy", t.save_strategy, "unknown strategy",
+          "use training.save_strategy=steps|epoch")
+    check(t.save_interval >= 1, "training.save_interval", t.save_interval, "must be >= 1",
+          "e.g. training.save_interval=100")
     keep = str(t.keep_checkpoints)
-    _check(keep in ("off", "all") or (keep.isdigit() and int(keep) >= 1), "training.keep_checkpoints", keep,
-           "must be off, all or a positive number", "e.g. training.keep_checkpoints=3")
+    check(keep in ("off", "all") or (keep.isdigit() and int(keep) >= 1), "training.keep_checkpoints", keep,
+          "must be off, all or a positive number", "e.g. training.keep_checkpoints=3")
     if t.resume_from not in (None, "latest"):
-        _check(Path(str(t.resume_from)).is_dir(), "training.resume_from", t.resume_from,
-               "checkpoint directory not found", "use training.resume_from=latest or an existing checkpoint dir")
+        check(Path(str(t.resume_from)).is_dir(), "training.resume_from", t.resume_from,
+              "checkpoint directory not found", "use training.resume_from=latest or an existing checkpoint dir")
 
-    # data
-    formats = ("auto", "text", "prompt_response", "alpaca", "messages", "preference", "prompt", "image_caption")
-    _check(d.format in formats, "data.format", d.format, "unknown format", "use " + "|".join(formats))
-    if m.name in CAUSAL_FORMATS:
-        _check(d.format in CAUSAL_FORMATS[m.name], "data.format", d.format, f"method={m.name} cannot train on it",
-               "use data.format=" + "|".join(CAUSAL_FORMATS[m.name]))
+
+def check_data(cfg: DictConfig) -> None:
+    d = cfg.data
+    check(d.format in schema.DATA_FORMATS, "data.format", d.format, "unknown format",
+          "use data.format=" + "|".join(schema.DATA_FORMATS))
     _file("data.train", d.train, required=True)
     _file("data.validation", d.validation, required=False)
     _file("data.test", d.test, required=False)
 
-    # resources
-    _check(r.nodes >= 1, "resources.nodes", r.nodes, "must be >= 1", "e.g. resources.nodes=2")
-    _check(r.gpus_per_node >= 0, "resources.gpus_per_node", r.gpus_per_node, "must be >= 0",
-           "e.g. resources.gpus_per_node=8")
-    _check(r.tasks_per_node >= 1, "resources.tasks_per_node", r.tasks_per_node, "must be >= 1",
-           "e.g. resources.tasks_per_node=8")
-    _check(r.cpus_per_task >= 1, "resources.cpus_per_task", r.cpus_per_task, "must be >= 1",
-           "e.g. resources.cpus_per_task=8")
+
+def check_deepspeed(cfg: DictConfig) -> None:
+    stage = cfg.deepspeed.get("stage")
+    check(stage is None or stage in (0, 1, 2, 3), "deepspeed.stage", stage, "unknown ZeRO stage",
+          "use deepspeed=none|zero0|zero1|zero2|zero3|zero3_offload")
+
+
+def check_resources(cfg: DictConfig) -> None:
+    r = cfg.resources
+    check(r.nodes >= 1, "resources.nodes", r.nodes, "must be >= 1", "e.g. resources.nodes=2")
+    check(r.gpus_per_node >= 0, "resources.gpus_per_node", r.gpus_per_node, "must be >= 0",
+          "e.g. resources.gpus_per_node=8")
+    check(r.tasks_per_node >= 1, "resources.tasks_per_node", r.tasks_per_node, "must be >= 1",
+          "e.g. resources.tasks_per_node=8")
+    check(r.cpus_per_task >= 1, "resources.cpus_per_task", r.cpus_per_task, "must be >= 1",
+          "e.g. resources.cpus_per_task=8")
     try:
-        parse_duration(r.time)
+        limit = parse_duration(r.time)
     except ValueError:
-        _check(False, "resources.time", r.time, "not a Slurm time limit", "use HH:MM:SS, D-HH:MM:SS or minutes")
-    _check(r.priority in ("low", "normal", "high"), "resources.priority", r.priority, "unknown priority",
-           "use low|normal|high")
-    _check(r.gpu_directive in ("gres", "gpus-per-node"), "resources.gpu_directive", r.gpu_directive,
-           "unknown GPU directive", "use gres|gpus-per-node")
+        limit = None
+    check(limit is not None, "resources.time", r.time, "not a Slurm time limit",
+          "use HH:MM:SS, D-HH:MM:SS or minutes")
+    check(r.priority in ("low", "normal", "high"), "resources.priority", r.priority, "unknown priority",
+          "use low|normal|high")
+    check(r.gpu_directive in ("gres", "gpus-per-node"), "resources.gpu_directive", r.gpu_directive,
+          "unknown GPU directive", "use gres|gpus-per-node")
+    grace = r.signal_grace
+    check(grace >= 0, "resources.signal_grace", grace, "must be >= 0 (seconds; 0 = no time-limit warning)",
+          "e.g. resources.signal_grace=120")
+    check(grace < limit, "resources.signal_grace", grace,
+          f"must be shorter than resources.time={r.time} ({limit} s)",
+          f"e.g. resources.signal_grace={max(limit // 2, 1) if limit < 240 else 120} (0 = no warning)")
+    check(r.on_timeout in ("expire", "requeue"), "resources.on_timeout", r.on_timeout, "unknown action",
+          "use resources.on_timeout=expire|requeue")
+    check(r.max_requeues >= 0, "resources.max_requeues", r.max_requeues, "must be >= 0",
+          "e.g. resources.max_requeues=3")
 
-    from hpcft.train.method_checks import check_method  # reward / dpo / grpo / t2i_lora specifics (no torch)
 
+COMMON_RULES = (check_job, check_model, check_training, check_data, check_deepspeed, check_resources)
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """The common rules, then the method's (its data format and its rule function). Raises ConfigError with one
+    line naming the key and the fix; light (no torch), so it runs at submit before anything is created."""
+    for rule in COMMON_RULES:
+        rule(cfg)
     check_method(cfg)
     return cfg
 

@@ -1,27 +1,19 @@
 """Structured-config schemas: one dataclass per config group, registered in Hydra's ConfigStore.
 
 This module is the single source of truth for every option's name, type and default. The YAML files under
-`conf/` pick values; `hpcft.validate` checks the ranges that types cannot express.
+`conf/` pick values; `hpcft.config.validate` checks what types cannot express (ranges, files, combinations): the
+common rules, then the rules of the chosen method. `METHOD_SPECS` says, for every method, its schema dataclass,
+its trainer module, the data formats (`DATA_FORMATS`) it trains on and its rule function (`hpcft.methods`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from omegaconf import MISSING
 
-# Every training method hpcft knows, and the trainer module (under `trainers/`) that runs it.
-METHODS: Dict[str, str] = {
-    "pretrain": "trainers.causal_lm",
-    "full": "trainers.causal_lm",
-    "lora": "trainers.causal_lm",
-    "qlora": "trainers.causal_lm",
-    "reward": "trainers.reward",
-    "dpo": "trainers.dpo",
-    "grpo": "trainers.grpo",
-    "t2i_lora": "trainers.text_to_image",
-}
+from hpcft import methods as rules
 
 
 @dataclass
@@ -100,6 +92,48 @@ class T2ILoraMethodConfig(MethodConfig):
     noise_offset: float = 0.0
     num_inference_steps: int = 20  # denoising steps of the sample images
     guidance_scale: float = 5.0
+
+
+# The one table of data formats: `data.format` -> the fields of one JSONL record ("?" = optional). `auto` detects
+# the format from the first record.
+DATA_FORMATS: Dict[str, Tuple[str, ...]] = {
+    "auto": (),
+    "text": ("text",),
+    "prompt_response": ("prompt", "response"),
+    "alpaca": ("instruction", "input?", "output"),
+    "messages": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "prompt": ("prompt",),
+    "image_caption": ("image", "caption"),
+}
+SFT_FORMATS = ("prompt_response", "alpaca", "messages")
+
+
+@dataclass(frozen=True)
+class Method:
+    """Everything hpcft knows about one training method (`method.name`), in one place."""
+
+    name: str
+    schema: type  # the dataclass of the `method` group (conf/method/*.yaml extend it)
+    trainer: str  # the module under trainers/ that runs it (hpcft.train.entry imports it)
+    formats: Tuple[str, ...]  # the DATA_FORMATS it trains on (besides auto)
+    rules: Callable[[Any], None]  # hpcft.methods.*_rules: ConfigError at submit, before anything is created
+
+
+# Every training method hpcft knows. `method=reward_lora` is method.name=reward with method.lora set.
+METHOD_SPECS: Dict[str, Method] = {m.name: m for m in (
+    Method("pretrain", MethodConfig, "trainers.causal_lm", ("text",), rules.pretrain_rules),
+    Method("full", MethodConfig, "trainers.causal_lm", ("text",) + SFT_FORMATS, rules.full_rules),
+    Method("lora", MethodConfig, "trainers.causal_lm", ("text",) + SFT_FORMATS, rules.lora_rules),
+    Method("qlora", MethodConfig, "trainers.causal_lm", ("text",) + SFT_FORMATS, rules.qlora_rules),
+    Method("reward", RewardMethodConfig, "trainers.reward", ("preference",), rules.reward_rules),
+    Method("dpo", DPOMethodConfig, "trainers.dpo", ("preference",), rules.dpo_rules),
+    Method("grpo", GRPOMethodConfig, "trainers.grpo", ("prompt", "prompt_response", "preference"),
+           rules.grpo_rules),
+    Method("t2i_lora", T2ILoraMethodConfig, "trainers.text_to_image", ("image_caption",), rules.t2i_lora_rules),
+)}
+# method name -> trainer module (what hpcft.train.entry and `hpcft submit --dry-run` need)
+METHODS: Dict[str, str] = {name: m.trainer for name, m in METHOD_SPECS.items()}
 
 
 @dataclass

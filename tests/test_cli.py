@@ -96,3 +96,22 @@ def test_method_specific_checks_run_before_submit(overrides, key, hpcft_home):
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.startswith(f"error: {key}=") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert json.loads(run(["list", "--json"]).stdout) == []
+
+
+@pytest.mark.parametrize("overrides,first", [
+    (["executor=slurm", "method=qlora", "deepspeed=zero2"], "deepspeed.stage=2: method=qlora trains one process without DeepSpeed"),
+    (["executor=slurm", "method=qlora", "resources.tasks_per_node=2"], "resources.tasks_per_node=2: method=qlora trains in one process"),
+    (["executor=slurm", "method=qlora", "resources.nodes=2"], "resources.nodes=2: method=qlora trains in one process"),
+    (["resources.time=00:01:00", "resources.signal_grace=120"],
+     "resources.signal_grace=120: must be shorter than resources.time=00:01:00 (60 s); e.g. resources.signal_grace=30"),
+    (["resources.on_timeout=later"], "resources.on_timeout=later: unknown action"),
+    (["resources.max_requeues=-1"], "resources.max_requeues=-1: must be >= 0"),
+])
+def test_refused_at_submit_not_in_the_job(overrides, first, hpcft_home):
+    """What the trainer used to refuse only after the queue wait (qlora with DeepSpeed or several processes), and
+    the time-limit settings, are refused by `hpcft submit --dry-run` already: one line, exit 2, nothing created."""
+    r = run(["submit", "--dry-run", *overrides])
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {first}"), r.stderr
+    assert r.stdout == "" and not hpcft_home.exists()
