@@ -2,7 +2,10 @@
 
 SQLite (the default) is made safe for many processes at once (CLI, running jobs, cron `sync`): WAL journal,
 a busy timeout, writes in short `BEGIN IMMEDIATE` transactions, and retries when the database is busy.
-State changes go through `Ledger.transition`, which applies `hpcft.states.can_transition` atomically.
+State changes go through `Ledger.transition`, which applies `hpcft.states.can_transition` atomically and records
+a `state` event (with a machine-readable `cause` when one is known: `Ledger.causes`). A new attempt of an ended job
+is taken with `Ledger.claim`: one compare-and-set UPDATE, so that of many racing `hpcft retry` processes exactly one
+wins and submits.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from sqlalchemy import JSON, Column, event as sa_event
+from sqlalchemy import JSON, Column, event as sa_event, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -119,6 +122,13 @@ def _retry(fn, tries: int = 8):
             if i == tries - 1 or not ("locked" in str(e) or "busy" in str(e) or "connection" in str(e)):
                 raise
             time.sleep(min(2.0, 0.05 * 2**i))
+
+
+def _state_data(src: State, to: State, reason: Optional[str], source: str, cause: Optional[str]) -> Dict[str, Any]:
+    data: Dict[str, Any] = {"from": src.value, "to": to.value, "reason": reason, "source": source}
+    if cause is not None:
+        data["cause"] = cause
+    return data
 
 
 class Ledger:
@@ -243,12 +253,15 @@ class Ledger:
         *,
         source: str = "hpcft",
         strict: bool = False,
+        cause: Optional[str] = None,
         **fields: Any,
     ) -> bool:
         """Move a job to `to` if the state machine allows it; record a `state` event. Same state: no-op.
 
-        Returns True when the state changed. A refused move returns False (or raises StateError if strict),
-        so that racing writers (a job finishing while `sync` runs) settle on the first terminal state.
+        `cause` (hpcft.states: "node_fail", "oom", "exit:1", "user_stop", ...) is stored in the event's data for
+        `causes()` / `hpcft retry`. Returns True when the state changed. A refused move returns False (or raises
+        StateError if strict), so that racing writers (a job finishing while `sync` runs) settle on the first
+        terminal state.
         """
         to = State(to)
 
@@ -282,10 +295,71 @@ class Ledger:
             s.add(job)
             msg = f"{src} -> {to}" + (f": {reason}" if reason else "")
             s.add(Event(job_id=job.id, kind="state", message=msg, attempt=job.attempt,
-                        data={"from": src.value, "to": to.value, "reason": reason, "source": source}))
+                        data=_state_data(src, to, reason, source, cause)))
             return True
 
         return self.write(fn)
+
+    def claim(
+        self,
+        job_id: int,
+        expected_state: State | str,
+        expected_attempt: int,
+        reason: str,
+        *,
+        cause: Optional[str] = None,
+        source: str = "hpcft",
+        **fields: Any,
+    ) -> bool:
+        """Take a new attempt of an ended job: queued, attempt + 1, with a `state` event, in ONE compare-and-set
+        `UPDATE jobs ... WHERE id=? AND state=? AND attempt=?` (any SQL database; no lock file). Exactly one of
+        many racing callers gets True and must submit the job; the others get False and leave it alone.
+
+        The previous attempt's scheduler ids (slurm_job_id, array ids, pid) are cleared in the same UPDATE, so
+        that a `sync` running before the new submission is recorded cannot read the old attempt's end state.
+        `fields` (e.g. config=...) are set in the same UPDATE.
+        """
+        src = State(expected_state)
+        if not is_terminal(src) or not can_transition(src, State.queued):
+            raise StateError(f"job {job_id}: only an ended job can be claimed for a new attempt, not {src}")
+        attempt = int(expected_attempt)
+
+        def fn(s: Session) -> bool:
+            now = utcnow()
+            values: Dict[str, Any] = dict(slurm_job_id=None, array_job_id=None, array_task_id=None, pid=None)
+            values.update(fields)
+            values.update(state=State.queued.value, state_reason=reason, attempt=attempt + 1, started_at=None,
+                          finished_at=None, updated_at=now)
+            stmt = (update(Job)
+                    .where(Job.id == int(job_id), Job.state == src.value, Job.attempt == attempt)  # type: ignore[arg-type]
+                    .values(**values)
+                    .execution_options(synchronize_session=False))
+            if s.exec(stmt).rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            msg = f"{src} -> {State.queued}" + (f": {reason}" if reason else "")
+            s.add(Event(job_id=int(job_id), kind="state", message=msg, attempt=attempt + 1,
+                        data=_state_data(src, State.queued, reason, source, cause)))
+            return True
+
+        return self.write(fn)
+
+    def causes(self, job_ids: Sequence[int]) -> Dict[int, Optional[str]]:
+        """{job id: the cause recorded with its latest state change (None when none was)}, in one query per
+        500 jobs."""
+        ids = sorted({int(j) for j in job_ids})
+        out: Dict[int, Optional[str]] = {j: None for j in ids}
+        with self.read() as s:
+            for i in range(0, len(ids), 500):
+                q = (select(Event)
+                     .where(Event.job_id.in_(ids[i:i + 500]), Event.kind == "state")  # type: ignore[attr-defined]
+                     .order_by(Event.id))  # type: ignore[arg-type]
+                for ev in s.exec(q).all():
+                    out[ev.job_id] = (ev.data or {}).get("cause")
+        return out
+
+    def last_cause(self, job_id: int) -> Optional[str]:
+        """The cause recorded with this job's latest state change, or None."""
+        return self.causes([job_id])[int(job_id)]
 
     def delete(self, job_ids: Sequence[int]) -> int:
         def fn(s: Session) -> int:

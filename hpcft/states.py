@@ -39,3 +39,40 @@ def can_transition(src: State | str, dst: State | str) -> bool:
 
 def is_terminal(state: State | str) -> bool:
     return State(state) in TERMINAL
+
+
+# ---------------------------------------------------------------------------------------------------- causes
+# Why an attempt ended (or went back to the queue), machine-readable: `Ledger.transition(..., cause=...)` stores it in
+# the `state` event's data["cause"]; `Ledger.causes` reads it back; `hpcft retry` decides on it (hpcft.jobctl).
+NODE_FAIL = "node_fail"  # a node of the allocation failed (Slurm NODE_FAIL)
+PREEMPTED = "preempted"  # a higher-priority job took the nodes (Slurm PREEMPTED)
+BOOT_FAIL = "boot_fail"  # a node did not boot (Slurm BOOT_FAIL)
+OOM = "oom"  # killed for exceeding its memory (Slurm OUT_OF_MEMORY, or FAILED 0:9 under OverMemoryKill)
+USER_STOP = "user_stop"  # `hpcft stop`, scancel, Slurm CANCELLED
+TIMEOUT = "timeout"  # ran past its time limit (Slurm TIMEOUT / DEADLINE, the local supervisor's deadline)
+SUBMIT_FAILED = "submit_failed"  # the executor refused the job (sbatch error): nothing ran
+SUPERVISOR_GONE = "supervisor_gone"  # local executor: the supervisor process vanished (reboot, kill -9)
+BAD_INPUT = "bad_input"  # the config or the data is wrong (trainer exit code 2)
+REQUEUED = "requeued"  # Slurm requeued it without a failure we know of (`scontrol requeue`, a requeue policy)
+
+CAUSES = frozenset({NODE_FAIL, PREEMPTED, BOOT_FAIL, OOM, USER_STOP, TIMEOUT, SUBMIT_FAILED, SUPERVISOR_GONE,
+                    BAD_INPUT, REQUEUED})
+
+
+def exit_cause(returncode: int) -> str:
+    """The cause for a trainer's exit: 'signal:N' for a negative (signal) return code, 'bad_input' for
+    exitcodes.BAD_INPUT (2), else 'exit:N' (e.g. 'exit:1', 'exit:75' = saved at the time-limit warning)."""
+    from hpcft import exitcodes
+
+    rc = int(returncode)
+    if rc < 0:
+        return f"signal:{-rc}"
+    if rc == exitcodes.BAD_INPUT:
+        return BAD_INPUT
+    return f"exit:{rc}"
+
+
+def is_cause(value: str) -> bool:
+    """A known cause name, or exit:N / signal:N."""
+    kind, _, num = str(value).partition(":")
+    return value in CAUSES or (kind in ("exit", "signal") and num.isdigit())

@@ -118,3 +118,75 @@ def test_concurrent_processes(ledger):
         evs = ledger.events(jid)
         assert sum(e.kind == "tick" for e in evs) == 100  # nothing lost
         assert sum(e.kind == "state" for e in evs) == 1  # exactly one process won the transition
+
+
+def test_transition_records_the_cause(ledger):
+    a, b, c = _job(ledger), _job(ledger), _job(ledger)
+    ledger.transition(a.id, State.running)
+    assert ledger.transition(a.id, State.error, "Slurm NODE_FAIL", cause="node_fail")
+    ledger.transition(b.id, State.error, "boom")
+    assert ledger.last_cause(a.id) == "node_fail" and ledger.last_cause(b.id) is None
+    assert ledger.causes([a.id, b.id, c.id]) == {a.id: "node_fail", b.id: None, c.id: None}
+    assert ledger.events(a.id)[-1].data["cause"] == "node_fail"
+    assert not ledger.transition(a.id, State.stopped, "late", cause="user_stop")  # refused: cause unchanged
+    assert ledger.last_cause(a.id) == "node_fail"
+
+
+def test_claim_is_a_compare_and_set(ledger):
+    j = _job(ledger, slurm_job_id="77_1", array_job_id="77", array_task_id=1, pid=4242)
+    with pytest.raises(StateError):
+        ledger.claim(j.id, State.queued, 1, "not ended")
+    ledger.transition(j.id, State.error, "Slurm NODE_FAIL", cause="node_fail")
+    assert not ledger.claim(j.id, State.expired, 1, "wrong state")
+    assert not ledger.claim(j.id, State.error, 2, "wrong attempt")
+    assert ledger.claim(j.id, State.error, 1, "retry 2/3 after node_fail", cause="node_fail",
+                        config={"training": {"resume_from": "latest"}})
+    assert not ledger.claim(j.id, State.error, 1, "again")  # the loser
+    got = ledger.get(j.id)
+    assert (got.state, got.attempt, got.state_reason) == ("queued", 2, "retry 2/3 after node_fail")
+    assert got.finished_at is None and got.config == {"training": {"resume_from": "latest"}}
+    assert (got.slurm_job_id, got.array_job_id, got.array_task_id, got.pid) == (None, None, None, None)
+    last = ledger.events(j.id)[-1]
+    assert (last.kind, last.attempt, last.data["from"], last.data["to"], last.data["cause"]) == (
+        "state", 2, "error", "queued", "node_fail")
+
+
+def _claim_race(url, job_ids, barrier_path, out_path):
+    import os
+    import time
+
+    led = Ledger(url)
+    jobs = [led.get(j) for j in job_ids]  # everyone reads the same (state, attempt) before anyone writes
+    open(f"{barrier_path}.ready.{os.getpid()}", "w").close()
+    while not os.path.exists(barrier_path):
+        time.sleep(0.005)
+    for job in jobs:
+        if led.claim(job.id, job.state, job.attempt, f"retry by {os.getpid()}", cause="node_fail"):
+            with open(out_path, "a") as f:  # "submit": one line per winner
+                f.write(f"{job.id}\n")
+
+
+def test_concurrent_claims_each_job_exactly_once(ledger, tmp_path):
+    ids = []
+    for _ in range(6):
+        j = _job(ledger)
+        ledger.transition(j.id, State.error, "Slurm NODE_FAIL", cause="node_fail")
+        ids.append(j.id)
+    barrier, out = tmp_path / "go", tmp_path / "submitted"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_claim_race, args=(ledger.url, ids, str(barrier), str(out))) for _ in range(3)]
+    for p in procs:
+        p.start()
+    import time
+
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("go.ready.*"))) < len(procs) and time.monotonic() < deadline:
+        time.sleep(0.05)  # all have read the jobs and wait at the barrier
+    barrier.write_text("go")
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert sorted(int(x) for x in out.read_text().split()) == ids  # one submission per job
+    for jid in ids:
+        assert ledger.get(jid).attempt == 2 and ledger.get(jid).state == "queued"
+        assert sum(e.kind == "state" and e.data.get("to") == "queued" for e in ledger.events(jid)) == 1

@@ -16,7 +16,7 @@ from slurm_fixtures import (QOS_PRIORITY, SACCT_MIXED, SACCT_PENDING_ARRAY, SACC
 FULL = dict(name="full", nodes=2, gpus_per_node=4, tasks_per_node=4, cpus_per_task=8, mem="64G", time="90",
             partition="gpu", account="proj1", qos=None, priority="high", nodelist="n[1-2]", reservation="maint",
             constraint="fast&cpu", exclusive=True, gpu_directive="gpus-per-node",
-            extra={"mail-type": "END", "requeue": ""})
+            on_timeout="requeue", extra={"mail-type": "END"})
 
 FULL_GOLDEN = """\
 #SBATCH --job-name=my_run_x
@@ -36,8 +36,8 @@ FULL_GOLDEN = """\
 #SBATCH --reservation=maint
 #SBATCH --constraint=fast&cpu
 #SBATCH --exclusive
-#SBATCH --mail-type=END
-#SBATCH --requeue"""
+#SBATCH --requeue
+#SBATCH --mail-type=END"""
 
 
 def test_full_config_golden():
@@ -55,8 +55,10 @@ def test_minimal_config_golden():
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --cpus-per-task=1",
         "#SBATCH --time=01:00:00",
+        "#SBATCH --signal=USR1@120",  # the time-limit warning (resources.signal_grace)
     ]
-    assert to_argv(opts) == ["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=01:00:00"]
+    assert to_argv(opts) == ["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=01:00:00",
+                             "--signal=USR1@120"]
 
 
 def test_gres_directive_and_time_normalised():
@@ -183,7 +185,7 @@ def test_parse_sacct_pending_array_expands_tasks():
     ("CONFIGURING", State.running), ("SUSPENDED", State.running), ("COMPLETED", State.success),
     ("CANCELLED by 1000", State.stopped), ("TIMEOUT", State.expired), ("DEADLINE", State.expired),
     ("FAILED", State.error), ("NODE_FAIL", State.error), ("OUT_OF_MEMORY", State.error),
-    ("BOOT_FAIL", State.error), ("PREEMPTED", State.queued), ("REQUEUED", State.queued),
+    ("BOOT_FAIL", State.error), ("PREEMPTED", State.error), ("REQUEUED", State.queued),
     ("REQUEUE_HOLD", State.queued), ("RESIZING", State.queued),
 ])
 def test_state_mapping(slurm, ledger):
@@ -265,3 +267,171 @@ def test_parse_sbatch_parsable():
     assert C.parse_sbatch_parsable("123;local\n").cluster == "local"
     with pytest.raises(SchedulerError):
         C.parse_sbatch_parsable("sbatch: error: nope")
+
+
+# ------------------------------------------------------------------------------------------------ causes, requeue-aware sync
+
+# Captured on the local Slurm 22.05 cluster: `scontrol requeue` of a running `sleep` job, then
+# sacct --parsable2 --noheader -X [--duplicates] --format=SACCT_FIELDS -j 1
+SACCT_REQUEUED = "1|1|REQUEUED|0:0|None|00:00:03|2026-11-30T14:43:21|2026-11-30T14:43:24|n1\n"
+SACCT_REQUEUED_DUPLICATES = ("1|1|REQUEUED|0:0|None|00:00:03|2026-11-30T14:43:21|2026-11-30T14:43:24|n1\n"
+                             "1|1|PENDING|0:0|BeginTime|00:00:00|Unknown|Unknown|None assigned\n")
+# squeue --noheader --states=all --format=%i|%T|%r -j ...: right after `scontrol requeue 2`, a moment later, a mix
+# (4 just completed, 2 requeued, array task 5_1 held, 3 running), a whole pending array, and after scancel
+SQUEUE_REQUEUE_COMPLETING = "2|COMPLETING|None\n"
+SQUEUE_REQUEUED_PENDING = "2|PENDING|BeginTime\n"
+SQUEUE_JOBS = "4|COMPLETED|None\n2|PENDING|BeginTime\n5_1|PENDING|JobHeldUser\n3|RUNNING|None\n"
+SQUEUE_ARRAY = "5_[0-2]|PENDING|JobHeldUser\n"
+SQUEUE_CANCELLED = "2|CANCELLED|BeginTime\n3|CANCELLED|None\n5_1|CANCELLED|JobHeldUser\n"
+# `squeue -j <one id Slurm has forgotten>` exits 1 with this on stderr (several unknown ids: exit 0, no rows)
+SQUEUE_INVALID = "slurm_load_jobs error: Invalid job id specified"
+# Not reproducible on the shared local cluster (they need a node failure, preemption or OverMemoryKill), written in
+# the same format: a node failure then the requeued run (--duplicates), a preemption, a memory kill as
+# slurm-local.md records it (FAILED 0:9), a cgroup OOM, a boot failure
+SACCT_NODE_FAIL_REQUEUED = ("7|7|NODE_FAIL|0:0|None|00:00:40|2026-11-30T14:50:00|2026-11-30T14:50:40|n1\n"
+                            "7|7|PENDING|0:0|BeginTime|00:00:00|Unknown|Unknown|None assigned\n")
+SACCT_ENDS = ("7|7|NODE_FAIL|0:0|None|00:00:40|2026-11-30T14:50:00|2026-11-30T14:50:40|n1\n"
+              "8|8|PREEMPTED|0:0|None|00:01:00|2026-11-30T14:50:00|2026-11-30T14:51:00|n2\n"
+              "9|9|FAILED|0:9|None|00:00:01|2026-11-30T14:50:00|2026-11-30T14:50:01|n1\n"
+              "10|10|OUT_OF_MEMORY|0:125|None|00:00:01|2026-11-30T14:50:00|2026-11-30T14:50:01|n1\n"
+              "11|11|BOOT_FAIL|0:0|None|00:00:00|2026-11-30T14:50:00|2026-11-30T14:50:00|n2\n")
+
+
+@pytest.mark.parametrize("state,code,cause", [
+    ("NODE_FAIL", "0:0", "node_fail"), ("PREEMPTED", "0:0", "preempted"), ("BOOT_FAIL", "0:0", "boot_fail"),
+    ("OUT_OF_MEMORY", "0:125", "oom"), ("FAILED", "0:9", "oom"), ("FAILED", "1:0", "exit:1"),
+    ("FAILED", "2:0", "exit:2"), ("FAILED", "137:0", "exit:137"), ("FAILED", "0:15", "signal:15"),
+    ("CANCELLED by 0", "0:15", "user_stop"), ("TIMEOUT", "0:0", "timeout"), ("DEADLINE", "0:0", "timeout"),
+    ("COMPLETED", "0:0", None), ("RUNNING", "0:0", None), ("PENDING", "0:0", None),
+])
+def test_ledger_cause(state, code, cause):
+    rec = C.parse_sacct(f"42|42|{state}|{code}|None|00:00:01|Unknown|Unknown|n1\n")["42"]
+    assert rec.ledger_cause == cause
+
+
+def test_captured_ends_have_causes():
+    ends = C.parse_sacct(SACCT_ENDS)
+    assert {k: r.ledger_cause for k, r in ends.items()} == {
+        "7": "node_fail", "8": "preempted", "9": "oom", "10": "oom", "11": "boot_fail"}
+    mixed = C.parse_sacct(SACCT_MIXED)
+    assert {k: mixed[k].ledger_cause for k in ("4", "5", "9", "3", "8")} == {
+        "4": None, "5": "exit:3", "9": "user_stop", "3": "timeout", "8": "user_stop"}
+
+
+def test_duplicates_keep_the_newest_run_and_the_one_before():
+    assert "--duplicates" in C.sacct_argv(["1"])
+    rec = C.parse_sacct(SACCT_REQUEUED_DUPLICATES)["1"]
+    assert rec.slurm_state == "PENDING" and rec.previous_state == "REQUEUED"
+    assert C.requeue_reason(rec) == ("requeued by Slurm", "requeued")
+    nf = C.parse_sacct(SACCT_NODE_FAIL_REQUEUED)["7"]
+    assert C.requeue_reason(nf) == ("requeued by Slurm after node failure", "node_fail")
+    assert C.parse_sacct(SACCT_REQUEUED)["1"].previous_state == ""
+
+
+def test_squeue_jobs_argv_and_parser():
+    argv = C.squeue_jobs_argv(["7", "5_1", "7"])
+    assert argv[:2] == ["squeue", "--noheader"] and "--states=all" in argv and "--format=%i|%T|%r" in argv
+    assert argv[argv.index("-j") + 1] == "5_1,7" and argv.count("-j") == 1
+    rows = C.parse_squeue_jobs(SQUEUE_JOBS)
+    assert {k: r.state for k, r in rows.items()} == {"4": "COMPLETED", "2": "PENDING", "5_1": "PENDING",
+                                                     "3": "RUNNING"}
+    assert rows["2"].reason == "BeginTime"
+    assert sorted(C.parse_squeue_jobs(SQUEUE_ARRAY)) == ["5_0", "5_1", "5_2"]
+    assert C.is_invalid_job_id(SchedulerError(f"squeue: {SQUEUE_INVALID}"))
+    with pytest.raises(ValueError):
+        C.squeue_jobs_argv([])
+
+
+def _rec(text, jid):
+    return C.parse_sacct(text)[jid]
+
+
+@pytest.mark.parametrize("sacct,jid,ledger,squeue,expected", [
+    # scontrol requeue: squeue first says COMPLETING (undecided), then PENDING -> queued, never error
+    (SACCT_REQUEUED, "1", "running", "1|COMPLETING|None\n", None),
+    (SACCT_REQUEUED, "1", "running", "1|PENDING|BeginTime\n", ("queued", "requeued by Slurm", "requeued")),
+    (SACCT_REQUEUED_DUPLICATES, "1", "running", "1|PENDING|BeginTime\n",
+     ("queued", "requeued by Slurm", "requeued")),
+    (SACCT_REQUEUED, "1", "queued", "1|PENDING|BeginTime\n", None),  # already queued
+    (SACCT_REQUEUED, "1", "running", "", None),  # gone: its next sacct row says how it ended
+    # node failure / preemption: requeued -> queued with the cause; not held any more -> error with the cause
+    (SACCT_NODE_FAIL_REQUEUED, "7", "running", "7|PENDING|BeginTime\n",
+     ("queued", "requeued by Slurm after node failure", "node_fail")),
+    (SACCT_ENDS, "7", "running", "7|PENDING|BeginTime\n",
+     ("queued", "requeued by Slurm after node failure", "node_fail")),
+    (SACCT_ENDS, "8", "running", "8|REQUEUED|None\n", ("queued", "requeued by Slurm after preemption", "preempted")),
+    (SACCT_ENDS, "7", "running", "", ("error", "Slurm NODE_FAIL, exit code 0:0", "node_fail")),
+    (SACCT_ENDS, "8", "queued", "8|PREEMPTED|None\n", ("error", "Slurm PREEMPTED, exit code 0:0", "preempted")),
+    (SACCT_ENDS, "7", "running", "7|COMPLETING|None\n", None),
+    (SACCT_ENDS, "7", "running", "7|RUNNING|None\n", None),  # already running again: its worker records it
+    # accounting lagging behind a start: sacct PENDING, the ledger and squeue say running -> no change
+    (SACCT_RUNNING_PENDING, "8", "running", "8|RUNNING|None\n", None),
+    (SACCT_RUNNING_PENDING, "8", "running", "8|PENDING|BeginTime\n", ("queued", "requeued by Slurm", "requeued")),
+    # plain ends: no squeue needed
+    (SACCT_ENDS, "9", "running", None, ("error", "Slurm FAILED, exit code 0:9", "oom")),
+    (SACCT_MIXED, "9", "running", None, ("stopped", "Slurm CANCELLED by 0", "user_stop")),
+    (SACCT_MIXED, "5", "running", None, ("error", "Slurm FAILED, exit code 3:0", "exit:3")),
+    (SACCT_MIXED, "4", "success", None, None),
+])
+def test_sync_decision(sacct, jid, ledger, squeue, expected):
+    rec = _rec(sacct, jid)
+    queue = None if squeue is None else C.parse_squeue_jobs(squeue)
+    assert C.needs_queue_check(rec, ledger) == (squeue is not None)
+    d = C.sync_decision(rec, ledger, queue)
+    assert (None if d is None else (d.state.value, d.reason, d.cause)) == expected
+
+
+def test_sync_decision_without_squeue_decides_nothing_for_a_maybe_requeued_job():
+    assert C.sync_decision(_rec(SACCT_ENDS, "7"), "running", None) is None  # squeue did not answer
+    assert C.sync_decision(_rec(SACCT_ENDS, "9"), "running", None).cause == "oom"
+
+
+def test_executor_sync_with_one_sacct_and_one_squeue_call(tmp_path, monkeypatch):
+    from hpcft.executors.slurm import SlurmExecutor
+    from hpcft.ledger import Ledger
+
+    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    mixed = "".join(x + "\n" for x in SACCT_MIXED.splitlines() if x.startswith(("4|", "5|")))
+    sacct = SACCT_NODE_FAIL_REQUEUED + SACCT_ENDS.split("\n", 1)[1] + mixed
+    answers = {"sacct": sacct, "squeue": "7|PENDING|BeginTime\n8|PREEMPTED|None\n"}
+    calls = []
+
+    def fake_run(argv, timeout=60):
+        calls.append(argv)
+        return answers[argv[0]]
+
+    monkeypatch.setattr(C, "run", fake_run)
+    jobs = {jid: ledger.create_job(name=f"j{jid}", executor="slurm", state="running", slurm_job_id=jid)
+            for jid in ("7", "8", "9", "5", "4")}
+    assert SlurmExecutor().sync(ledger, list(jobs.values())) == 5
+    assert [a[0] for a in calls] == ["sacct", "squeue"]
+    assert calls[1][calls[1].index("-j") + 1] == "7,8"  # only the jobs Slurm may have requeued
+    got = {jid: ledger.get(j.id) for jid, j in jobs.items()}
+    assert {jid: j.state for jid, j in got.items()} == {"7": "queued", "8": "error", "9": "error", "5": "error",
+                                                        "4": "success"}
+    assert got["7"].state_reason == "requeued by Slurm after node failure"
+    causes = ledger.causes([j.id for j in got.values()])
+    assert {jid: causes[j.id] for jid, j in got.items()} == {"7": "node_fail", "8": "preempted", "9": "oom",
+                                                             "5": "exit:3", "4": None}
+
+    # squeue refuses a lone forgotten id (exit 1): Slurm holds nothing -> the node failure ends as error
+    def refuse(argv, timeout=60):
+        if argv[0] == "squeue":
+            raise SchedulerError(f"squeue: {SQUEUE_INVALID}")
+        return SACCT_ENDS
+
+    monkeypatch.setattr(C, "run", refuse)
+    ledger.transition(got["7"].id, State.running, "started again")
+    assert SlurmExecutor().sync(ledger, [ledger.get(got["7"].id)]) == 1
+    assert ledger.get(got["7"].id).state == "error" and ledger.last_cause(got["7"].id) == "node_fail"
+
+    # squeue not answering at all: nothing is decided for a job that may have been requeued
+    other = ledger.create_job(name="j8b", executor="slurm", state="running", slurm_job_id="8")
+
+    def down(argv, timeout=60):
+        if argv[0] == "squeue":
+            raise SchedulerError("squeue: slurm_load_jobs error: Unable to contact slurm controller")
+        return SACCT_ENDS
+
+    monkeypatch.setattr(C, "run", down)
+    assert SlurmExecutor().sync(ledger, [other]) == 0 and ledger.get(other.id).state == "running"

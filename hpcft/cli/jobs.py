@@ -318,15 +318,29 @@ def resume(job_id: int = JOB, checkpoint: Optional[str] = typer.Option(None, "--
 
 @app.command()
 def retry(max_attempts: int = typer.Option(3, "--max-attempts", help="total attempts per job, the first included"),
-          state: List[str] = typer.Option(["error"], "--state", "-s", help="which ended states to retry (error, expired)")) -> None:
-    """Resume failed jobs from their latest checkpoint, up to --max-attempts (for cron, after `hpcft sync`)."""
-    from hpcft.jobctl import retry_failed
+          state: List[str] = typer.Option(["error"], "--state", "-s",
+                                          help="which ended states to retry (error; expired also continues jobs "
+                                               "that reached their time limit)"),
+          oom: bool = typer.Option(False, "--oom", help="also retry jobs killed for exceeding their memory"),
+          exit_codes: str = typer.Option("", "--exit-codes",
+                                         help="also retry trainers that exited with these codes, e.g. 1,137 "
+                                              "(128+N = killed by signal N; never 2, a config or data error)"),
+          backoff: float = typer.Option(300, "--backoff", min=0,
+                                        help="seconds to wait after a failure, doubled with each attempt")) -> None:
+    """Resubmit jobs that failed for a transient cause (node failure, preemption, boot failure; --oom, --exit-codes)
+    from their latest checkpoint, up to --max-attempts, after a backoff. Safe to run from several crons at once:
+    each job is resubmitted once. One summary line; exit 1 when a resubmission failed (for cron, after `sync`)."""
+    from hpcft.jobctl import parse_exit_codes, retry_failed
 
     bad = [s for s in state if s not in ("error", "expired", "stopped")]
     if bad:
         raise HpcftError(f"--state {bad[0]}: only ended states can be retried (error, expired, stopped)")
-    ids = retry_failed(_ledger(), max_attempts, list(state))
-    typer.echo(f"retried {len(ids)} job(s)" + (": " + " ".join(map(str, ids)) if ids else ""))
+    if max_attempts < 1:
+        raise HpcftError(f"--max-attempts {max_attempts}: must be at least 1")
+    report = retry_failed(_ledger(), max_attempts, list(state), oom=oom, exit_codes=parse_exit_codes(exit_codes),
+                          backoff=backoff)
+    typer.echo(report.summary())
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()

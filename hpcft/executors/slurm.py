@@ -4,7 +4,8 @@
   submitit knows become its parameters, the rest `additional_parameters`.
 - A sweep (several jobs with the same sbatch options) is ONE Slurm job array (`executor.batch()`); each point
   keeps its ledger row with `slurm_job_id="123_0"`, `array_job_id`, `array_task_id`. Nothing waits for results.
-- `sync` reads every given job with ONE `sacct` call and moves the ledger through `Ledger.transition`.
+- `sync` reads every given job with ONE `sacct` call (and ONE `squeue` call for jobs Slurm may have requeued) and
+  moves the ledger through `Ledger.transition`, with the cause of every end.
 - `extend`, `set_priority`, `predict` talk to scontrol / sbatch --test-only / squeue and record events.
 """
 
@@ -24,7 +25,7 @@ from hpcft.ledger import current_user
 from hpcft.slurm import commands as C
 from hpcft.slurm.sbatch import (PRIORITIES, PRIORITY_NICE, PRIORITY_QOS, Options, default_policy, safe_job_name,
                                 sbatch_options, to_argv)
-from hpcft.states import LIVE, State
+from hpcft.states import LIVE, USER_STOP, State
 from hpcft.timefmt import format_duration, parse_duration
 
 # submitit asks for USR2 90 s before the time limit and, for a function that cannot checkpoint, turns it into a
@@ -120,7 +121,8 @@ class SlurmExecutor(Executor):
         user = current_user()
         ledger.add_event(job.id, "stop", f"stop requested by {user}", user=user, slurm_job_id=job.slurm_job_id)
         if not job.slurm_job_id:
-            ledger.transition(job.id, State.stopped, f"stopped by {user} before it reached Slurm")
+            ledger.transition(job.id, State.stopped, f"stopped by {user} before it reached Slurm",
+                              cause=USER_STOP)
             return
         try:
             C.run(C.scancel_argv([job.slurm_job_id]))
@@ -133,21 +135,38 @@ class SlurmExecutor(Executor):
         # was still pending is stopped at once (Slurm's accounting may not show the cancel yet)
         self.sync(ledger, [ledger.get(job.id)])
         if ledger.get(job.id).state == State.queued.value:
-            ledger.transition(job.id, State.stopped, f"cancelled by {user} while pending", source="slurm")
+            ledger.transition(job.id, State.stopped, f"cancelled by {user} while pending", source="slurm",
+                              cause=USER_STOP)
 
     # ------------------------------------------------------------------------------------------ sync
     def sync(self, ledger, jobs: Sequence) -> int:
+        """ONE sacct call for all these live jobs; ONE squeue call for those Slurm may have requeued (sacct shows
+        NODE_FAIL / PREEMPTED / REQUEUED, or PENDING for a job the ledger has running). A requeued job goes back to
+        queued with the cause, never to error; every end is recorded with its cause (`SacctRecord.ledger_cause`)."""
         live = [j for j in jobs if j.slurm_job_id and State(j.state) in LIVE]
         if not live:
             return 0
         records = C.parse_sacct(C.run(C.sacct_argv(j.slurm_job_id for j in live)))
+        check = [j.slurm_job_id for j in live
+                 if j.slurm_job_id in records and C.needs_queue_check(records[j.slurm_job_id], j.state)]
+        queue = squeue_jobs(check) if check else {}
         changed = 0
         for job in live:
             rec = records.get(job.slurm_job_id)
-            if rec is None or rec.ledger_state is None or rec.ledger_state == State(job.state):
+            decision = C.sync_decision(rec, job.state, queue) if rec is not None else None
+            if decision is None:
                 continue
-            changed += bool(ledger.transition(job.id, rec.ledger_state, rec.ledger_reason, source="slurm-sync"))
+            changed += bool(ledger.transition(job.id, decision.state, decision.reason, source="slurm-sync",
+                                              cause=decision.cause))
         return changed
+
+
+def squeue_jobs(job_ids: Sequence[str]) -> Optional[Dict[str, C.QueueState]]:
+    """What squeue says about these jobs ({} = Slurm holds none of them); None when squeue does not answer."""
+    try:
+        return C.parse_squeue_jobs(C.run(C.squeue_jobs_argv(job_ids)))
+    except SchedulerError as e:
+        return {} if C.is_invalid_job_id(e) else None
 
 
 def _sbatch_reason(lines: List[str]) -> str:

@@ -2,7 +2,9 @@
 
 Nothing here formats a shell string: every builder returns an argv list; `run(argv)` executes it without a
 shell, with a timeout, and turns a refusal into a SchedulerError carrying Slurm's first stderr line.
-Job state is read with ONE batched `sacct` call for any number of jobs (`sacct_argv(ids)`).
+Job state is read with ONE batched `sacct` call for any number of jobs (`sacct_argv(ids)`); jobs that Slurm may
+have requeued (NODE_FAIL, PREEMPTED, REQUEUED) are checked with ONE batched `squeue` call (`squeue_jobs_argv`), and
+`sync_decision` turns both into the ledger's move (state, reason, cause).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from hpcft import states as S
 from hpcft.errors import SchedulerError
 from hpcft.states import State
 
@@ -64,7 +67,6 @@ SLURM_TO_LEDGER: Dict[str, State] = {
     "REQUEUED": State.queued,
     "REQUEUE_HOLD": State.queued,
     "REQUEUE_FED": State.queued,
-    "PREEMPTED": State.queued,
     "RESIZING": State.queued,
     "RUNNING": State.running,
     "COMPLETING": State.running,
@@ -78,7 +80,8 @@ SLURM_TO_LEDGER: Dict[str, State] = {
     "TIMEOUT": State.expired,
     "DEADLINE": State.expired,
     "FAILED": State.error,
-    "NODE_FAIL": State.error,
+    "NODE_FAIL": State.error,  # unless Slurm requeued it (sync_decision asks squeue)
+    "PREEMPTED": State.error,  # idem: PreemptMode=REQUEUE puts it back in the queue, CANCEL ends it
     "OUT_OF_MEMORY": State.error,
     "BOOT_FAIL": State.error,
     "SPECIAL_EXIT": State.error,
@@ -98,6 +101,7 @@ class SacctRecord:
     start: str = ""
     end: str = ""
     nodelist: str = ""
+    previous_state: str = ""  # a requeued job: the state of its previous run's row (NODE_FAIL, PREEMPTED, REQUEUED)
 
     @property
     def ledger_state(self) -> Optional[State]:
@@ -107,13 +111,19 @@ class SacctRecord:
     def ledger_reason(self) -> str:
         return ledger_reason(self)
 
+    @property
+    def ledger_cause(self) -> Optional[str]:
+        return slurm_cause(self.slurm_state, self.exit_code)
+
 
 def sacct_argv(job_ids: Iterable[str]) -> List[str]:
-    """ONE sacct call for all these jobs ("123", array tasks "123_4", whole arrays "123")."""
+    """ONE sacct call for all these jobs ("123", array tasks "123_4", whole arrays "123"). `--duplicates` lists
+    every run of a requeued job (oldest first): the newest is its state, the one before says why it was requeued."""
     ids = sorted({str(j) for j in job_ids if j})
     if not ids:
         raise ValueError("sacct_argv needs at least one job id")
-    return ["sacct", "--parsable2", "--noheader", "-X", "--format=" + ",".join(SACCT_FIELDS), "-j", ",".join(ids)]
+    return ["sacct", "--parsable2", "--noheader", "-X", "--duplicates", "--format=" + ",".join(SACCT_FIELDS),
+            "-j", ",".join(ids)]
 
 
 def expand_array_id(job_id: str) -> List[str]:
@@ -138,7 +148,8 @@ def expand_array_id(job_id: str) -> List[str]:
 
 def parse_sacct(text: str) -> Dict[str, SacctRecord]:
     """`sacct --parsable2 --noheader -X --format=SACCT_FIELDS` output -> {job id: record}. A pending array's
-    row ('6_[0-2]') gives one record per task. Later rows (a requeued job's newest) win."""
+    row ('6_[0-2]') gives one record per task. Later rows (a requeued job's newest) win; the state of the row
+    before is kept as `previous_state`."""
     out: Dict[str, SacctRecord] = {}
     for line in text.splitlines():
         if not line.strip():
@@ -149,8 +160,46 @@ def parse_sacct(text: str) -> Dict[str, SacctRecord]:
         words = state.split()
         slurm_state = words[0].rstrip("+") if words else ""
         for one in expand_array_id(jid.strip()):
-            out[one] = SacctRecord(one, raw, slurm_state, state, exit_code, reason, elapsed, start, end, nodes)
+            before = out[one].slurm_state if one in out else ""
+            out[one] = SacctRecord(one, raw, slurm_state, state, exit_code, reason, elapsed, start, end, nodes,
+                                   before)
     return out
+
+
+def parse_exit_code(exit_code: str) -> Tuple[int, int]:
+    """sacct's ExitCode 'code:signal' -> (code, signal); anything unreadable counts as 0."""
+    code, _, sig = (exit_code or "").partition(":")
+    return (int(code) if code.strip().isdigit() else 0, int(sig) if sig.strip().isdigit() else 0)
+
+
+OOM_SIGNAL = 9  # OverMemoryKill (no cgroups): the job is SIGKILLed and ends FAILED 0:9
+
+
+def slurm_cause(slurm_state: str, exit_code: str = "0:0") -> Optional[str]:
+    """The ledger cause (hpcft.states) of a Slurm end state: NODE_FAIL -> node_fail, PREEMPTED -> preempted,
+    BOOT_FAIL -> boot_fail, OUT_OF_MEMORY or FAILED 0:9 (a memory kill) -> oom, FAILED N:0 -> exit:N, FAILED 0:S
+    -> signal:S, CANCELLED -> user_stop, TIMEOUT / DEADLINE -> timeout. None for live states and COMPLETED."""
+    s = slurm_state
+    code, sig = parse_exit_code(exit_code)
+    if s == "NODE_FAIL":
+        return S.NODE_FAIL
+    if s == "PREEMPTED":
+        return S.PREEMPTED
+    if s == "BOOT_FAIL":
+        return S.BOOT_FAIL
+    if s == "OUT_OF_MEMORY":
+        return S.OOM
+    if s in ("FAILED", "SPECIAL_EXIT"):
+        if code == 0 and sig == OOM_SIGNAL:
+            return S.OOM
+        if code == 0 and sig:
+            return f"signal:{sig}"
+        return f"exit:{code}"
+    if s == "CANCELLED":
+        return S.USER_STOP
+    if s in ("TIMEOUT", "DEADLINE"):
+        return S.TIMEOUT
+    return None
 
 
 def ledger_reason(rec: SacctRecord) -> str:
@@ -168,6 +217,106 @@ def ledger_reason(rec: SacctRecord) -> str:
     if s == "PENDING":
         return f"Slurm PENDING{reason}"
     return f"Slurm {rec.state_text}{reason}"
+
+
+# ------------------------------------------------------------------------------------------------ requeue-aware sync
+
+# sacct states after which Slurm may have put the job back in its queue (JobRequeue=1 after a node failure,
+# PreemptMode=REQUEUE, `scontrol requeue`): only squeue tells whether it still holds the job
+REQUEUE_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "REQUEUED"})
+# squeue states of a job Slurm still holds: waiting ...
+QUEUE_WAITING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"})
+# ... or running
+QUEUE_RUNNING = frozenset({"RUNNING", "CONFIGURING", "SUSPENDED", "SIGNALING", "STOPPED", "STAGE_OUT"})
+# COMPLETING (a requeue passes through it, and so does a plain end) and anything unknown: decide at the next sync
+
+_REQUEUE_WHY = {"NODE_FAIL": ("after node failure", S.NODE_FAIL), "PREEMPTED": ("after preemption", S.PREEMPTED),
+                "BOOT_FAIL": ("after a node boot failure", S.BOOT_FAIL)}
+
+
+@dataclass
+class Decision:
+    """What `sync` records: move the ledger job to `state` with `reason` and `cause`."""
+
+    state: State
+    reason: str
+    cause: Optional[str] = None
+
+
+def needs_queue_check(rec: SacctRecord, ledger_state: State | str) -> bool:
+    """Ask squeue about this job before deciding: sacct shows a state after which Slurm may have requeued it, or
+    PENDING while the ledger says running (a requeue, or accounting lagging behind a start)."""
+    return rec.slurm_state in REQUEUE_STATES or (rec.slurm_state == "PENDING" and
+                                                 State(ledger_state) == State.running)
+
+
+def requeue_reason(rec: SacctRecord) -> Tuple[str, str]:
+    """(reason, cause) of a job Slurm put back in its queue, from its sacct state or its previous run's state."""
+    for s in (rec.slurm_state, rec.previous_state):
+        if s in _REQUEUE_WHY:
+            why, cause = _REQUEUE_WHY[s]
+            return f"requeued by Slurm {why}", cause
+    return "requeued by Slurm", S.REQUEUED
+
+
+def sync_decision(rec: SacctRecord, ledger_state: State | str,
+                  queue: Optional[Mapping[str, "QueueState"]] = None) -> Optional[Decision]:
+    """The ledger move for one job from its sacct record and, for jobs that `needs_queue_check`, its squeue row
+    (`queue`: parsed `squeue_jobs_argv` output; None = squeue not asked or not answering). None: nothing to record
+    now. A job Slurm requeued goes back to queued (never error); one it no longer holds ends with the cause."""
+    current = State(ledger_state)
+    if needs_queue_check(rec, current):
+        if queue is None:
+            return None  # cannot tell a requeue from an end: the next sync will
+        row = queue.get(rec.job_id)
+        q = row.state if row else ""
+        if q in QUEUE_WAITING:
+            if current == State.queued:
+                return None
+            reason, cause = requeue_reason(rec)
+            return Decision(State.queued, reason, cause)
+        if q in QUEUE_RUNNING or q == "COMPLETING" or rec.slurm_state in ("REQUEUED", "PENDING"):
+            # running again (its worker records that), on its way out or back in, or a REQUEUED/PENDING job gone
+            # from squeue (its next sacct row says how it ended): decide at the next sync
+            return None
+        # NODE_FAIL / PREEMPTED and Slurm no longer holds the job: it ended there
+    to = rec.ledger_state
+    if to is None or to == current:
+        return None
+    return Decision(to, rec.ledger_reason, rec.ledger_cause)
+
+
+def squeue_jobs_argv(job_ids: Iterable[str]) -> List[str]:
+    """ONE squeue call for these jobs in any state Slurm still holds (also just-ended ones, for MinJobAge)."""
+    ids = sorted({str(j) for j in job_ids if j})
+    if not ids:
+        raise ValueError("squeue_jobs_argv needs at least one job id")
+    return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%r", "-j", ",".join(ids)]
+
+
+@dataclass
+class QueueState:
+    job_id: str
+    state: str  # e.g. PENDING, RUNNING, COMPLETING, CANCELLED
+    reason: str  # e.g. BeginTime (a requeued job waits ~2 minutes), Resources, None
+
+
+def parse_squeue_jobs(text: str) -> Dict[str, QueueState]:
+    """`squeue --noheader --format=%i|%T|%r` output -> {job id: row}; a pending array row ('5_[0-2]') gives one
+    per task."""
+    out: Dict[str, QueueState] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        jid, state, reason = (line.split("|") + ["", ""])[:3]
+        for one in expand_array_id(jid.strip()):
+            out[one] = QueueState(one, state.strip(), reason.strip())
+    return out
+
+
+def is_invalid_job_id(err: SchedulerError) -> bool:
+    """squeue -j with one id Slurm has forgotten exits 1 ('Invalid job id specified'): that means 'not held'."""
+    return "invalid job id" in str(err).lower()
 
 
 # ------------------------------------------------------------------------------------------------ sbatch --test-only
