@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, List, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -17,7 +17,7 @@ from hpcft import config as hconfig
 from hpcft import paths
 from hpcft.errors import HpcftError, SchedulerError
 from hpcft.jobrecord import ledger_fields, resource_spec  # noqa: F401  (re-exported)
-from hpcft.states import State
+from hpcft.states import SUBMIT_FAILED, State
 
 
 @dataclass
@@ -119,7 +119,7 @@ def submit(p: Plan, ledger=None) -> List[Any]:
         lines = [x.strip() for x in str(e).splitlines() if x.strip()]
         why = next((x for x in lines if "error" in x.lower()), lines[0] if lines else repr(e))
         for j in jobs:
-            ledger.transition(j.id, State.error, f"submission failed: {why}")
+            ledger.transition(j.id, State.error, f"submission failed: {why}", cause=SUBMIT_FAILED)
         if isinstance(e, HpcftError):
             raise
         raise SchedulerError(f"submission to {p.executor} failed: {why}") from e

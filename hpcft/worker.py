@@ -33,7 +33,7 @@ from typing import Any, List, Optional
 
 from hpcft import exitcodes
 from hpcft.slurm import env as slurm_env
-from hpcft.states import LIVE, State
+from hpcft.states import LIVE, TIMEOUT, USER_STOP, State, exit_cause
 from hpcft.timefmt import format_duration, parse_duration
 
 GRACE_S = 10  # between SIGTERM and SIGKILL when stopping a trainer
@@ -104,18 +104,12 @@ def after_warning_save(ledger, job_id: int, out: Path) -> str:
         ledger.add_event(job_id, "requeue", f"time limit near: checkpoint of step {step} saved; requeued "
                          f"({done + 1} of {max_requeues})", step=step, requeue=done + 1, max_requeues=max_requeues)
         ledger.transition(job_id, State.queued, f"requeued at its time limit ({done + 1}/{max_requeues}); continues "
-                          f"from step {step}", cause="timeout")
+                          f"from step {step}", cause=TIMEOUT)
         return "requeue"
     spent = f"; {max_requeues} requeue(s) spent" if on_timeout == "requeue" else ""
     ledger.transition(job_id, State.expired, f"time limit: checkpoint of step {step} saved before the limit{spent}; "
-                      f"`hpcft resume {job_id}` continues from it", cause="timeout")
+                      f"`hpcft resume {job_id}` continues from it", cause=TIMEOUT)
     return "expired"
-
-
-def _exit_cause(rc: int) -> str:
-    if rc < 0:
-        return f"signal:{-rc}"
-    return "bad_input" if rc == exitcodes.BAD_INPUT else f"exit:{rc}"
 
 
 def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
@@ -132,7 +126,7 @@ def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
     tail = _tail_error(log)
     if tail:
         reason += f": {tail}"
-    ledger.transition(job_id, State.error, reason, cause=_exit_cause(rc))
+    ledger.transition(job_id, State.error, reason, cause=exit_cause(rc))
     print(f"[hpcft] job {job_id} failed: {reason}", flush=True)
     return 1
 
@@ -173,7 +167,7 @@ def supervise(job_id: int) -> int:
         while rc is None:
             if stopping["by"] is not None:
                 _kill_group(proc)
-                ledger.transition(job_id, State.stopped, "stopped by user", cause="user_stop")
+                ledger.transition(job_id, State.stopped, "stopped by user", cause=USER_STOP)
                 print(f"[hpcft] job {job_id} stopped", flush=True)
                 return 0
             now = time.monotonic()
@@ -188,7 +182,7 @@ def supervise(job_id: int) -> int:
             if now > deadline:
                 _kill_group(proc)
                 ledger.transition(job_id, State.expired, f"ran past its time limit {format_duration(limit)}",
-                                  cause="timeout")
+                                  cause=TIMEOUT)
                 ledger.add_event(job_id, "finished", "killed at the time limit", exit_code=proc.returncode)
                 print(f"[hpcft] job {job_id} expired: ran past its time limit {format_duration(limit)}", flush=True)
                 return 0
@@ -205,7 +199,7 @@ def supervise(job_id: int) -> int:
         # a local requeue: the same job goes on at once, from its checkpoint, with a fresh time allowance
         ledger.transition(job_id, State.running, "requeued on the local machine", pid=os.getpid())
         ledger.add_event(job_id, "restart", f"trainer restarted after a time-limit requeue, time limit "
-                         f"{format_duration(limit)}", cause="timeout", step=_latest_step(out))
+                         f"{format_duration(limit)}", cause=TIMEOUT, step=_latest_step(out))
         print(f"[hpcft] job {job_id} requeued: continuing from its checkpoint", flush=True)
 
 
@@ -251,7 +245,7 @@ def _requeue_slurm_job(ledger, job_id: int) -> None:
         C.run(C.requeue_argv(sid))
     except SchedulerError as e:
         ledger.transition(job_id, State.expired, f"the requeue at the time limit failed ({e}); `hpcft resume "
-                          f"{job_id}` continues from the saved checkpoint", cause="timeout")
+                          f"{job_id}` continues from the saved checkpoint", cause=TIMEOUT)
 
 
 def _run_slurm_task(ledger, job_id: int, config_path: Path) -> None:

@@ -234,6 +234,7 @@ def test_scontrol_argv():
     assert C.update_qos_argv("12", "high") == ["scontrol", "update", "JobId=12", "QOS=high"]
     assert C.update_nice_argv("12", -5) == ["scontrol", "update", "JobId=12", "Nice=-5"]
     assert C.scancel_argv(["1", "2_3"]) == ["scancel", "1", "2_3"]
+    assert C.requeue_argv("12") == ["scontrol", "requeue", "12"]
 
 
 def test_parse_show_job_captured_array():

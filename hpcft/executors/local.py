@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 from hpcft.executors.base import Executor
-from hpcft.states import State
+from hpcft.states import SUPERVISOR_GONE, USER_STOP, State
 
 
 def _alive(pid: int) -> bool:
@@ -50,7 +50,7 @@ class LocalExecutor(Executor):
 
         user = current_user()
         ledger.add_event(job.id, "stop", f"stop requested by {user}", user=user, pid=job.pid)
-        ledger.transition(job.id, State.stopped, "stopped by user")
+        ledger.transition(job.id, State.stopped, "stopped by user", cause=USER_STOP)
         if job.pid:
             try:
                 os.killpg(job.pid, signal.SIGTERM)
@@ -64,5 +64,6 @@ class LocalExecutor(Executor):
             if job.executor != "local" or job.state not in (State.queued.value, State.running.value):
                 continue
             if job.pid and not _alive(job.pid):
-                changed += ledger.transition(job.id, State.error, f"supervisor process {job.pid} is gone")
+                changed += ledger.transition(job.id, State.error, f"supervisor process {job.pid} is gone",
+                                             cause=SUPERVISOR_GONE)
         return changed

@@ -438,6 +438,11 @@ def update_nice_argv(job_id: str, nice: int) -> List[str]:
     return ["scontrol", "update", f"JobId={job_id}", f"Nice={int(nice)}"]
 
 
+def requeue_argv(job_id: str) -> List[str]:
+    """Put a running job back in the queue (a job's owner may; the job restarts from scratch in Slurm's eyes)."""
+    return ["scontrol", "requeue", str(job_id)]
+
+
 def show_job_argv(job_id: str) -> List[str]:
     return ["scontrol", "show", "job", str(job_id)]
 
