@@ -27,7 +27,11 @@ def test_t2i_lora_learns_saves_samples_and_reloads_into_a_pipeline(tmp_path):
                "training.keep_checkpoints=2")  # 5 epochs x 6 steps
     ctx = ctx_for(tmp_path)
     summary = t2i.train(cfg, ctx)
-    assert summary["steps"] == 30
+    assert summary["final_step"] == summary["total_steps"] == summary["steps_this_run"] == 30
+    assert summary["method"] == "t2i_lora" and summary["resumed_from"] is None
+    assert summary["final_model"] == str(tmp_path / "final") and summary["base_model"] == str(tmp_path / "base")
+    assert summary["method_info"]["samples"] == [str(tmp_path / "samples" / "epoch-5" / f"{i:02d}.png")
+                                                 for i in range(2)]
 
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     loss = [r["loss"] for r in rows if r["type"] == "train"]
@@ -38,7 +42,14 @@ def test_t2i_lora_learns_saves_samples_and_reloads_into_a_pipeline(tmp_path):
     assert len(val) == 5 and val[-1] < val[0]
     assert {r["split"] for r in rows if r["type"] == "eval"} == {"validation", "test"}
     assert [d["epoch"] for kind, _, d in ctx.events if kind == "epoch"] == [1, 2, 3, 4, 5]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-24", "checkpoint-30"]
+    # save_strategy=epoch (the default), keep_checkpoints=2: the last two epochs' checkpoints, `latest` the newest
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-00000024",
+                                                                          "step-00000030"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000030"
+    assert [(d["step"], d["reason"]) for kind, _, d in ctx.events if kind == "checkpoint"] == [
+        (6 * e, "epoch") for e in range(1, 6)]
+    assert all(d["path"] == str(tmp_path / "checkpoints" / f"step-{d['step']:08d}")
+               for kind, _, d in ctx.events if kind == "checkpoint")
 
     for ep in range(1, 6):
         pngs = sorted((tmp_path / "samples" / f"epoch-{ep}").glob("*.png"))
@@ -69,7 +80,7 @@ def test_t2i_resume_from_latest_checkpoint(tmp_path):
               "training.save_interval=3"]
     t2i.train(load(tmp_path, *common, "training.max_steps=3"), ctx_for(tmp_path))
     s = t2i.train(load(tmp_path, *common, "training.max_steps=6", "training.resume_from=latest"), ctx_for(tmp_path))
-    assert s["steps"] == 6
+    assert s["final_step"] == 6 and s["steps_this_run"] == 3
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["type"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]

@@ -10,8 +10,17 @@ Several processes (torchrun, or a Slurm job with tasks_per_node * nodes > 1): to
 trainable parameters are the LoRA adapters (gloo on CPU, nccl on GPU). Every optimizer step takes
 batch_size * gradient_accumulation images per rank from one shuffled order shared by all ranks (rank r takes the
 r-th slice of each micro-batch; the order is padded by wrapping so every rank gets full batches). Evaluation is
-sharded and summed over ranks; samples, checkpoints, final/, metrics and summary are written by rank 0. DeepSpeed
-is not used here (hpcft.train.method_checks refuses deepspeed.stage for t2i_lora).
+sharded and summed over ranks; samples, final/, metrics and summary are written by rank 0. DeepSpeed is not used
+here (hpcft.train.method_checks refuses deepspeed.stage for t2i_lora).
+
+Checkpoints (hpcft.train.checkpoint.CheckpointManager, atomic, `checkpoints/step-N/` + `latest`): the LoRA weights
+(same file format as final/), optimizer + schedule state, every rank's RNG, and in state.json the data position.
+Resume is exact: the noise, timesteps and latent samples of step s on rank r come from a generator seeded with
+(seed, r, s) (`step_seed`), the epoch order from (seed, epoch), evaluation and samples run on a fork of the RNG, so
+an interrupted-and-resumed run ends with the weights of an uninterrupted one. On the time-limit warning (SIGUSR1)
+every rank saves at the same step and the run stops with SavedAtWarning (exit 75).
+
+Launch: hpcft submit +experiment=t2i_lora_tiny   (or: python -m hpcft.train.entry --config RUN_DIR/config.yaml)
 """
 
 from __future__ import annotations
@@ -156,7 +165,26 @@ def load_images(path: str, resolution: int):
 
 # --------------------------------------------------------------------------------------------------- training
 
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of the noise, timesteps and latent samples of optimizer step `step` (0-based) on `rank`: a function
+    of the position alone, so a resumed run draws exactly what an uninterrupted one would have."""
+    return int(seed) + 100003 * int(rank) + 7919 * int(step) + 1
+
+
+def check_resume_world(state: Dict[str, Any], world: int, path: Any) -> None:
+    from hpcft.errors import ConfigError
+
+    saved = int(state.get("world_size", world))
+    if saved != world:
+        raise ConfigError(f"checkpoint {path} was written by {saved} processes, this run has {world}: resume with "
+                          f"the same number of processes (resources.nodes x resources.tasks_per_node), or start "
+                          f"fresh with training.resume_from=null")
+
+
 class T2ITrainer:
+    """setup (model, data, optimizer, schedule, DDP, resume) -> run: epochs of train_step, save on the policy or
+    the warning signal, evaluate + samples after each epoch -> finish (final/ and summary.json)."""
+
     def __init__(self, cfg: DictConfig, ctx: RunContext):
         import torch
 
@@ -167,16 +195,28 @@ class T2ITrainer:
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main)
         self.world, self.rank = int(ctx.world_size), int(ctx.rank)
         self.ddp = None  # the DDP-wrapped UNet when world > 1 (training forwards go through it)
+        # where training stands: optimizer steps done, and the next micro-batch of which epoch
+        self.step, self.epoch, self.micro = 0, 0, 0
+        self.evals: Dict[str, Dict[str, float]] = {}  # the last evaluation
+        self.resumed_from: Optional[Path] = None
+        self.warned = False  # said once that the warning signal is ignored (checkpoints off)
 
     # -- helpers
-    def log(self, rec: Dict[str, Any]) -> None:
-        self.metrics.write(rec)
+    def say(self, msg: str) -> None:
+        if self.ctx.is_main:
+            print(f"[t2i_lora] {msg}", flush=True)
 
     def autocast(self):
         import torch
 
         dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.t.precision)
         return torch.autocast(self.device.type, dtype=dt, enabled=dt is not None)
+
+    def keep_rng(self):
+        """Evaluation and samples must not move the training RNG (resume exactness): they run on a fork of it."""
+        import torch
+
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
 
     def encode_text(self, captions: List[str]):
         import torch
@@ -187,29 +227,28 @@ class T2ITrainer:
         with torch.no_grad():
             return self.c["text_encoder"](ids)[0]
 
-    def latents(self, pixels, generator=None):
+    def latents(self, pixels, generator):
         import torch
 
         vae = self.c["vae"]
         with torch.no_grad():
-            dist = vae.encode(pixels.to(self.device, dtype=vae.dtype)).latent_dist
-            z = dist.sample(generator=generator) if generator is not None else dist.sample()
+            z = vae.encode(pixels.to(self.device, dtype=vae.dtype)).latent_dist.sample(generator=generator)
         return z.float() * vae.config.scaling_factor
 
-    def loss_on(self, pixels, captions, timesteps=None, noise_gen=None, unet=None):
-        """Noise-prediction MSE of a batch (random timesteps/noise unless given); `unet` overrides the plain
-        UNet (training passes the DDP wrapper)."""
+    def loss_on(self, pixels, captions, gen, timesteps=None, unet=None):
+        """Noise-prediction MSE of a batch; latent samples, noise (and, in training, timesteps and noise offset)
+        drawn from the CPU generator `gen`. `unet` overrides the plain UNet (training passes the DDP wrapper)."""
         import torch
         import torch.nn.functional as F
 
         sch = self.c["noise_scheduler"]
-        z = self.latents(pixels, noise_gen)
-        noise = torch.randn(z.shape, generator=noise_gen, device="cpu").to(self.device) if noise_gen is not None \
-            else torch.randn_like(z)
-        if self.m.noise_offset and noise_gen is None:
-            noise = noise + self.m.noise_offset * torch.randn(z.shape[0], z.shape[1], 1, 1, device=z.device)
-        if timesteps is None:
-            timesteps = torch.randint(0, sch.config.num_train_timesteps, (z.shape[0],), device=self.device)
+        z = self.latents(pixels, gen)
+        noise = torch.randn(z.shape, generator=gen).to(self.device)
+        if timesteps is None:  # training
+            if self.m.noise_offset:
+                noise = noise + self.m.noise_offset * torch.randn(z.shape[0], z.shape[1], 1, 1,
+                                                                  generator=gen).to(self.device)
+            timesteps = torch.randint(0, sch.config.num_train_timesteps, (z.shape[0],), generator=gen)
         timesteps = timesteps.to(self.device).long()
         noisy = sch.add_noise(z, noise, timesteps)
         target = sch.get_velocity(z, noise, timesteps) if sch.config.prediction_type == "v_prediction" else noise
@@ -220,14 +259,30 @@ class T2ITrainer:
             pred = unet(noisy.to(dtype), timesteps, cond.to(dtype)).sample
         return F.mse_loss(pred.float(), target.float())
 
+    def micro_indices(self, order, mi: int) -> List[int]:
+        """This rank's image indices of micro-batch mi in the epoch's order (padded by wrapping when world > 1)."""
+        bs, w = int(self.t.batch_size), self.world
+        lo = (mi * w + self.rank) * bs
+        if w == 1:
+            return order[lo:lo + bs].tolist()
+        n = len(order)
+        return [int(order[i % n]) for i in range(lo, lo + bs)]
+
+    def epoch_order(self, epoch: int):
+        """The shuffled order of an epoch, the same on every rank and in every attempt."""
+        import torch
+
+        return torch.randperm(len(self.train_caps), generator=torch.Generator().manual_seed(self.t.seed + epoch))
+
     # -- setup
     def setup(self) -> None:
         import torch
-        from peft import LoraConfig
 
-        from hpcft.train.modeling import torch_dtype
-
+        from hpcft.train import checkpoint as ckpt
         from hpcft.train import distributed as dist
+        from hpcft.train.lora import lora_config
+        from hpcft.train.modeling import torch_dtype
+        from hpcft.train.schedule import make_scheduler
 
         t, m = self.t, self.m
         torch.manual_seed(t.seed)
@@ -242,18 +297,17 @@ class T2ITrainer:
             self.c[k].to(self.device)
         self.c["text_encoder"].eval()
         self.c["vae"].eval()
-        lo = m.lora
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            self.c["unet"].add_adapter(LoraConfig(r=int(lo.rank), lora_alpha=lo.alpha, lora_dropout=lo.dropout,
-                                                  init_lora_weights="gaussian",
-                                                  target_modules=list(lo.target_modules)))
+            self.c["unet"].add_adapter(lora_config(m, init_lora_weights="gaussian"))  # same init on every rank
         self.params = [p for p in self.c["unet"].parameters() if p.requires_grad]
         for p in self.params:  # LoRA weights train in fp32 even on a bf16/fp16 base
             p.data = p.data.float()
+        torch.manual_seed(int(t.seed) + 100003 * self.rank + 1)  # per-rank global RNG (LoRA dropout)
+
         self.train_pix, self.train_caps = load_images(self.cfg.data.train, m.resolution)
-        self.evals = {s: load_images(self.cfg.data[s], m.resolution) for s in ("validation", "test")
-                      if self.cfg.data.get(s)}
+        self.eval_sets = {s: load_images(self.cfg.data[s], m.resolution) for s in ("validation", "test")
+                          if self.cfg.data.get(s)}
         n = len(self.train_caps)
         self.micro_per_epoch = math.ceil(n / (t.batch_size * self.world))
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / t.gradient_accumulation)
@@ -261,50 +315,82 @@ class T2ITrainer:
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.opt = torch.optim.AdamW(self.params, lr=t.learning_rate, weight_decay=t.weight_decay)
-        from transformers import get_scheduler
-
-        warm = int(math.ceil(t.warmup_ratio * self.total_steps)) if t.warmup_ratio > 0 else 0
-        if t.lr_decay_ratio >= 1:
-            self.sched = get_scheduler("constant_with_warmup", self.opt, num_warmup_steps=warm)
-        else:
-            self.sched = get_scheduler("cosine_with_min_lr", self.opt, num_warmup_steps=warm,
-                                       num_training_steps=self.total_steps,
-                                       scheduler_specific_kwargs={"min_lr_rate": t.lr_decay_ratio})
-        self.step = 0
-        self.start_epoch = 0
-        n_lora = sum(p.numel() for p in self.params)
+        self.sched = make_scheduler(self.opt, self.total_steps, float(t.warmup_ratio), float(t.lr_decay_ratio))
+        self.manager = ckpt.CheckpointManager(self.out / "checkpoints", t.keep_checkpoints, is_main=self.ctx.is_main,
+                                              barrier=dist.barrier)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             # DDP syncs only parameters that require grad: the LoRA adapters (broadcast from rank 0 here)
             self.ddp = DDP(self.c["unet"], device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None,
                            find_unused_parameters=False)
-            self.reseed_rank(0)
+        self.resume(ckpt.resolve_resume(t.get("resume_from"), self.out, self.ctx.job_id))
         self.say(f"base {self.base}; {n} train images; {self.total_steps} steps ({self.steps_per_epoch}/epoch); "
-                 f"{n_lora} LoRA parameters; device {self.device}; world {self.world}")
+                 f"{sum(p.numel() for p in self.params)} LoRA parameters; device {self.device}; world {self.world}")
 
-    def reseed_rank(self, step: int) -> None:
-        """Different noise/timesteps on each rank (the LoRA init before this was the same everywhere)."""
+    def resume(self, d: Optional[Path]) -> None:
+        """LoRA weights, optimizer, schedule, this rank's RNG and the data position of checkpoint `d` (the same
+        files on every rank; the RNG file is the rank's own). Last in setup: nothing may draw from the RNG after."""
+        if d is None:
+            return
+        import torch
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from hpcft.train import checkpoint as ckpt
+
+        state = ckpt.read_state(d)
+        check_resume_world(state, self.world, d)
+        unet = self.c["unet"]
+        prefix = "unet."
+        lora = {k[len(prefix):]: v for k, v in load_file(str(d / LORA_FILE)).items() if k.startswith(prefix)}
+        if set(lora) != set(self.lora_state()):
+            raise ValueError(f"checkpoint {d}: its LoRA weights do not match method.lora of this run")
+        set_peft_model_state_dict(unet, lora)
+        st = torch.load(d / "optimizer.pt", weights_only=False)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        ckpt.load_rng(d / f"rng-rank{self.rank}.pt")
+        self.step, self.epoch, self.micro = int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"])
+        self.evals = state.get("evals") or {}
+        self.resumed_from = d
+        self.say(f"resumed from {d} at step {self.step} (epoch {self.epoch}, micro-batch {self.micro})")
+
+    # -- one optimizer step
+    def train_step(self, order, micros: List[int], epoch: int) -> Dict[str, Any]:
+        """Forward/backward over this step's micro-batches (DDP all-reduces on the last), clip, step."""
         import torch
 
-        if self.world > 1:
-            torch.manual_seed(int(self.t.seed) + 100003 * self.rank + 7919 * int(step) + 1)
+        from hpcft.train import distributed as dist
 
-    def micro_indices(self, order, mi: int) -> List[int]:
-        """This rank's image indices of micro-batch mi in the epoch's order (padded by wrapping when world > 1)."""
-        bs, w = int(self.t.batch_size), self.world
-        lo = (mi * w + self.rank) * bs
-        if w == 1:
-            return order[lo:lo + bs].tolist()
-        n = len(order)
-        return [int(order[i % n]) for i in range(lo, lo + bs)]
-
-    def say(self, msg: str) -> None:
-        if self.ctx.is_main:
-            print(f"[t2i_lora] {msg}", flush=True)
+        t = self.t
+        gen = torch.Generator().manual_seed(step_seed(t.seed, self.rank, self.step))
+        lr = float(self.opt.param_groups[0]["lr"])  # the lr this step uses
+        loss_sum, seen = 0.0, []
+        for j, mi in enumerate(micros):
+            idx = self.micro_indices(order, mi)
+            seen += idx
+            last = j == len(micros) - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with sync:
+                loss = self.loss_on(self.train_pix[idx], [self.train_caps[i] for i in idx], gen, unet=self.ddp)
+                (loss / len(micros)).backward()
+            loss_sum += loss.item() / len(micros)
+        loss_sum = dist.all_reduce_sum([loss_sum])[0] / self.world  # the mean over ranks
+        gn = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else 1e9)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self.micro = micros[-1] + 1
+        rec = {"type": "train", "step": self.step, "loss": loss_sum, "grad_norm": float(gn), "lr": lr,
+               "epoch": round(epoch + self.micro / self.micro_per_epoch, 4)}
+        if t.get("log_sample_ids"):
+            rec["samples"] = [i for r in dist.all_gather_object(seen) for i in r]
+        return rec
 
     # -- checkpoints
-    def lora_state(self):
+    def lora_state(self) -> Dict[str, Any]:
         from peft.utils import get_peft_model_state_dict
 
         return {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self.c["unet"]).items()}
@@ -317,56 +403,29 @@ class T2ITrainer:
                                                   unet_lora_layers=self.lora_state(),
                                                   weight_name=LORA_FILE, safe_serialization=True)
 
-    def save_checkpoint(self, epoch_done: int) -> None:
+    def save(self, reason: str) -> Optional[Path]:
+        """A checkpoint at the current position (collective): LoRA weights in the pipeline format, optimizer and
+        schedule (rank 0), each rank's RNG; published atomically by the CheckpointManager."""
         import torch
-        from safetensors.torch import save_file
 
-        if not self.ctx.is_main:
-            return
-        ckroot = self.out / "checkpoints"
-        d = ckroot / f"checkpoint-{self.step}"
-        d.mkdir(parents=True, exist_ok=True)
-        save_file(self.lora_state(), str(d / "adapter.safetensors"))
-        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                    "rng": torch.get_rng_state()}, d / "optimizer.pt")
-        (d / "trainer_state.json").write_text(json.dumps({"step": self.step, "epoch": epoch_done,
-                                                          "world_size": self.world}))
-        keep = str(self.t.keep_checkpoints)
-        if keep.isdigit():
-            cks = sorted(ckroot.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-            for old in cks[:-int(keep)]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.say(f"checkpoint {d}")
-        self.ctx.event("checkpoint", f"checkpoint at step {self.step}", step=self.step, path=str(d))
+        from hpcft.train import checkpoint as ckpt
 
-    def maybe_resume(self) -> None:
-        import torch
-        from peft.utils import set_peft_model_state_dict
-        from safetensors.torch import load_file
+        def write(d: Path) -> None:
+            if self.ctx.is_main:
+                self.save_lora(d)
+                torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()},
+                           d / "optimizer.pt")
+            ckpt.save_rng(d / f"rng-rank{self.rank}.pt")
 
-        r = self.t.resume_from
-        if r is None:
-            return
-        if r == "latest":
-            cks = sorted((self.out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-            if not cks:
-                return
-            d = cks[-1]
-        else:
-            d = Path(str(r))
-        set_peft_model_state_dict(self.c["unet"], load_file(str(d / "adapter.safetensors")))
-        st = torch.load(d / "optimizer.pt", weights_only=False)
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        torch.set_rng_state(st["rng"])
-        state = json.loads((d / "trainer_state.json").read_text())
-        if int(state.get("world_size", self.world)) != self.world:
-            raise ValueError(f"checkpoint {d} was written with world_size={state['world_size']}, this run has "
-                             f"{self.world}; resume with the same number of processes")
-        self.step = int(state["step"])
-        self.start_epoch = self.step // self.steps_per_epoch
-        self.reseed_rank(self.step)
-        self.say(f"resumed from {d} at step {self.step}")
+        epoch, micro = (self.epoch + 1, 0) if reason == "epoch" else (self.epoch, self.micro)
+        state = {"epoch": epoch, "step_in_epoch": micro, "total_steps": self.total_steps, "job_id": self.ctx.job_id,
+                 "world_size": self.world, "method": "t2i_lora", "reason": reason, "evals": self.evals}
+        path = self.manager.save(self.step, write, state)
+        if path is not None:
+            self.say(f"checkpoint ({reason}) {path}")
+            self.ctx.event("checkpoint", f"checkpoint at step {self.step} ({reason})", step=self.step,
+                           path=str(path), reason=reason)
+        return path
 
     # -- evaluation and samples
     def evaluate(self, split: str) -> Dict[str, float]:
@@ -376,20 +435,20 @@ class T2ITrainer:
 
         from hpcft.train import distributed as dist
 
-        pix, caps = self.evals[split]
+        pix, caps = self.eval_sets[split]
         unet = self.c["unet"]
         unet.eval()
         g = torch.Generator().manual_seed(self.t.seed + 100003 * self.rank)
         T = self.c["noise_scheduler"].config.num_train_timesteps
         bs = int(self.t.batch_size)
         total, count = 0.0, 0
-        with torch.no_grad():
+        with torch.no_grad(), self.keep_rng():
             for k in range(4):  # 4 fixed timesteps spread over the schedule, fixed noise
                 ts = torch.full((len(caps),), int((k + 0.5) * T / 4))
                 for b, i in enumerate(range(0, len(caps), bs)):
                     if b % self.world != self.rank:
                         continue
-                    total += self.loss_on(pix[i:i + bs], caps[i:i + bs], ts[i:i + bs], g).item()
+                    total += self.loss_on(pix[i:i + bs], caps[i:i + bs], g, ts[i:i + bs]).item()
                     count += 1
         total, count = dist.all_reduce_sum([total, float(count)])
         unet.train()
@@ -411,7 +470,7 @@ class T2ITrainer:
         for i in range(m.num_sample_images):
             prompt = prompts[i % len(prompts)]
             g = torch.Generator(device="cpu").manual_seed(self.t.seed + i)
-            with torch.no_grad(), self.autocast():
+            with torch.no_grad(), self.autocast(), self.keep_rng():
                 img = pipe(prompt, num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale,
                            height=m.resolution, width=m.resolution, generator=g).images[0]
             p = d / f"{i:02d}.png"
@@ -422,113 +481,130 @@ class T2ITrainer:
         unet.train()
         return paths
 
+    def end_epoch(self, ep: int) -> List[str]:
+        """Evaluation, samples and the `epoch` event after epoch `ep` (1-based); returns the sample paths."""
+        for split in self.eval_sets:
+            r = self.evaluate(split)
+            self.evals[split] = r
+            self.metrics.write({"type": "eval", "split": split, "epoch": ep, "step": self.step, **r})
+            self.say(f"eval {split} epoch {ep}: loss={r['loss']:.4f}")
+        paths = self.samples(ep)
+        self.ctx.event("epoch", f"epoch {ep} evaluated at step {self.step}", epoch=ep, step=self.step,
+                       **{f"{s}_{k}": v for s, r in self.evals.items() for k, v in r.items()})
+        return paths
+
     # -- the loop
     def run(self) -> Dict[str, Any]:
-        import torch
+        from hpcft.train.checkpoint import should_save
 
-        from hpcft.train import distributed as dist
-
-        started = time.time()
         self.setup()
-        self.maybe_resume()
         t = self.t
-        unet = self.c["unet"]
-        unet.train()
-        n = len(self.train_caps)
+        self.c["unet"].train()
         history: List[Dict[str, Any]] = []
-        last_evals: Dict[str, Dict[str, float]] = {}
         sample_paths: List[str] = []
+        start_step, start_epoch, start_micro = self.step, self.epoch, self.micro
+        accum = int(t.gradient_accumulation)
         t0 = time.time()
-        for epoch in range(self.start_epoch, self.epochs):
-            if self.step >= self.total_steps:
-                break
-            g = torch.Generator().manual_seed(t.seed + epoch)
-            order = torch.randperm(n, generator=g)
-            skip = (self.step - epoch * self.steps_per_epoch) * t.gradient_accumulation  # resume mid-epoch
-            micro = 0
-            acc_loss = 0.0
-            self.opt.zero_grad(set_to_none=True)
-            for mi in range(self.micro_per_epoch):
-                if mi < skip:
-                    continue
-                idx = self.micro_indices(order, mi)
-                last_micro = (micro + 1) % t.gradient_accumulation == 0 or mi == self.micro_per_epoch - 1
-                # DDP all-reduces the LoRA gradients on the last micro-batch of an optimizer step only
-                sync = self.ddp.no_sync() if self.ddp is not None and not last_micro else contextlib.nullcontext()
-                with sync:
-                    loss = self.loss_on(self.train_pix[idx], [self.train_caps[i] for i in idx], unet=self.ddp)
-                    (loss / t.gradient_accumulation).backward()
-                acc_loss += loss.item() / t.gradient_accumulation
-                micro += 1
-                if not last_micro:
-                    continue
-                if self.world > 1:
-                    acc_loss = dist.all_reduce_sum([acc_loss])[0] / self.world  # the mean over ranks
-                gn = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else 1e9)
-                lr = self.sched.get_last_lr()[0]
-                self.opt.step()
-                self.sched.step()
-                self.opt.zero_grad(set_to_none=True)
-                self.step += 1
-                rec = {"type": "train", "step": self.step, "loss": acc_loss, "grad_norm": float(gn), "lr": lr,
-                       "epoch": epoch + (mi + 1) / self.micro_per_epoch}
-                history.append(rec)
-                acc_loss = 0.0
-                if self.step % t.log_interval == 0 or self.step == 1:
-                    self.log(rec)
-                    self.say(f"step {self.step}/{self.total_steps} loss={rec['loss']:.4f} lr={lr:.3g} "
-                             f"({time.time() - t0:.1f}s)")
-                if t.save_strategy == "steps" and str(t.keep_checkpoints) != "off" and self.step % t.save_interval == 0:
-                    self.save_checkpoint(epoch)
-                if self.step >= self.total_steps:
-                    break
-            ep = epoch + 1
-            for split in self.evals:
-                r = self.evaluate(split)
-                last_evals[split] = r
-                self.log({"type": "eval", "split": split, "epoch": ep, "step": self.step, **r})
-                self.say(f"eval {split} epoch {ep}: loss={r['loss']:.4f}")
-            sample_paths = self.samples(ep)
-            self.ctx.event("epoch", f"epoch {ep} evaluated at step {self.step}", epoch=ep, step=self.step,
-                           **{f"{s}_{k}": v for s, r in last_evals.items() for k, v in r.items()})
-            if t.save_strategy == "epoch" and str(t.keep_checkpoints) != "off" and ep % t.save_interval == 0:
-                self.save_checkpoint(ep)
-        final = self.out / "final"
-        from trainers.causal_lm import params_hash
+        try:
+            with warning_flag() as flag:
+                for epoch in range(start_epoch, self.epochs):
+                    self.epoch, self.micro = epoch, (start_micro if epoch == start_epoch else 0)
+                    order = self.epoch_order(epoch)
+                    for first in range(self.micro, self.micro_per_epoch, accum):
+                        if self.step >= self.total_steps:
+                            break
+                        rec = self.train_step(order, list(range(first, min(first + accum, self.micro_per_epoch))),
+                                              epoch)
+                        if self.step % t.log_interval == 0 or self.step in (1, self.total_steps):
+                            history.append(rec)
+                            self.metrics.write(rec)
+                            self.say(f"step {self.step}/{self.total_steps} loss={rec['loss']:.4f} "
+                                     f"lr={rec['lr']:.3g} ({time.time() - t0:.1f}s)")
+                        self.at_step_boundary(flag)
+                    sample_paths = self.end_epoch(epoch + 1)
+                    if should_save(t.save_strategy, t.save_interval, self.step, epoch_end=epoch + 1):
+                        self.save("epoch")
+            return self.finish(history, sample_paths, self.step - start_step, time.time() - t0)
+        finally:
+            self.metrics.close()
 
-        hashes = dist.all_gather_object(params_hash(unet, False))
+    def at_step_boundary(self, flag: Any) -> None:
+        """After every optimizer step: the fault seams, the save policy and the time-limit warning (a collective:
+        every rank asks at the same step; on the warning all save the same checkpoint and stop together)."""
+        from hpcft.train import faults
+        from hpcft.train.checkpoint import should_save
+        from hpcft.train.signals import SavedAtWarning
+
+        faults.after_step(self.step)
+        t = self.t
+        path = self.save("interval") if should_save(t.save_strategy, t.save_interval, self.step) else None
+        if not flag.agreed():
+            return
+        if self.manager.enabled:
+            raise SavedAtWarning(self.step, path or self.save("warning"))
+        if not self.warned:
+            self.say("time-limit warning, but training.keep_checkpoints=off: nothing to save, training on")
+            self.warned = True
+
+    def finish(self, history: List[Dict[str, Any]], sample_paths: List[str], steps_this_run: int,
+               train_time: float) -> Dict[str, Any]:
+        """final/ (LoRA weights for load_lora_weights, tokenizer, base reference; written atomically by rank 0) and
+        summary.json."""
+        from hpcft.train import checkpoint as ckpt
+        from hpcft.train import distributed as dist
+        from hpcft.train.modeling import params_hash
+        from hpcft.train.summary import make_summary, write_summary
+
+        unet = self.c["unet"]
+        final = self.out / "final"
+        hashes = dist.all_gather_object(params_hash(unet))
         if self.ctx.is_main:
-            final.mkdir(parents=True, exist_ok=True)
-            self.save_lora(final)
-            self.c["tokenizer"].save_pretrained(str(final / "tokenizer"))
-            (final / "hpcft_base.json").write_text(json.dumps({"base": self.base, "lora": LORA_FILE}) + "\n")
-        summary = {
-            "method": "t2i_lora",
-            "steps": self.step,
-            "epochs": self.epochs,
-            "first_train": history[0] if history else {},
-            "final_train": history[-1] if history else {},
-            "final_metrics": {f"{s}_{k}": v for s, r in last_evals.items() for k, v in r.items()},
-            "final_model": str(final),
-            "base_model": self.base,
-            "samples": sample_paths,
-            "seconds": round(time.time() - started, 2),
-            "final_step": self.step,
-            "world_size": self.world,
-            "deepspeed_stage": None,
-            "param_hashes": hashes,  # sha256 of the LoRA weights on each rank: equal in a healthy DDP run
-        }
+            tmp = final.with_name("final.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.save_lora(tmp)
+            self.c["tokenizer"].save_pretrained(str(tmp / "tokenizer"))
+            (tmp / "hpcft_base.json").write_text(json.dumps({"base": self.base, "lora": LORA_FILE}) + "\n")
+            ckpt.fsync_tree(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        summary = make_summary(
+            method="t2i_lora", final_step=self.step, total_steps=self.total_steps, epochs=self.epochs,
+            steps_this_run=steps_this_run, train_time_s=train_time, train_history=history, evals=self.evals,
+            final_model=str(final), base_model=self.base, resumed_from=self.resumed_from, world_size=self.world,
+            deepspeed_stage=None, param_hashes=hashes, trainable_params=sum(p.numel() for p in self.params),
+            total_params=sum(p.numel() for p in unet.parameters()),
+            method_info={"lora": True, "lora_file": LORA_FILE, "samples": sample_paths})
         if self.ctx.is_main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            write_summary(self.out, summary)
             self.say(f"done: {self.step} steps, LoRA weights in {final}")
         dist.barrier()
         return summary
 
 
-def train(cfg: DictConfig, ctx: RunContext) -> dict:
-    from hpcft.train.method_checks import check_method
+@contextlib.contextmanager
+def warning_flag():
+    """The time-limit warning flag (hpcft.train.signals) for the loop, with the previous SIGUSR1 handler restored
+    afterwards (the trainer may run inside another program, e.g. a test). Outside the main thread no handler can be
+    installed and the flag never rises."""
+    import signal
+    import threading
 
+    from hpcft.train import signals
+
+    if threading.current_thread() is not threading.main_thread():
+        yield signals.WarningFlag()
+        return
+    before = signal.getsignal(signals.WARNING_SIGNAL)
+    try:
+        yield signals.install()
+    finally:
+        signal.signal(signals.WARNING_SIGNAL, before)
+
+
+def train(cfg: DictConfig, ctx: RunContext) -> dict:
     from hpcft.train import distributed as dist
+    from hpcft.train.method_checks import check_method
 
     check_method(cfg)  # refuses deepspeed.stage: this trainer is plain DDP
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
