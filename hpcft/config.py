@@ -179,10 +179,10 @@ def check_resources(cfg: DictConfig) -> None:
           "use low|normal|high")
     check(r.gpu_directive in ("gres", "gpus-per-node"), "resources.gpu_directive", r.gpu_directive,
           "unknown GPU directive", "use gres|gpus-per-node")
-    grace = r.signal_grace
-    check(grace >= 0, "resources.signal_grace", grace, "must be >= 0 (seconds; 0 = no time-limit warning)",
-          "e.g. resources.signal_grace=120")
-    check(grace < limit, "resources.signal_grace", grace,
+    grace = r.signal_grace  # null: 120 s, at most half the limit (hpcft.slurm.sbatch.warning_grace)
+    check(grace is None or grace >= 0, "resources.signal_grace", grace,
+          "must be >= 0 (seconds; 0 = no time-limit warning)", "e.g. resources.signal_grace=120")
+    check(grace is None or grace < limit, "resources.signal_grace", grace,
           f"must be shorter than resources.time={r.time} ({limit} s)",
           f"e.g. resources.signal_grace={max(limit // 2, 1) if limit < 240 else 120} (0 = no warning)")
     check(r.on_timeout in ("expire", "requeue"), "resources.on_timeout", r.on_timeout, "unknown action",

@@ -173,8 +173,9 @@ class ResourcesConfig:
     exclusive: bool = False
     gpu_directive: str = "gres"  # gres (--gres=gpu:N) | gpus-per-node (--gpus-per-node=N)
     # the time-limit warning: SIGUSR1 this many seconds before `time` (Slurm --signal=USR1@N; the local executor
-    # likewise); the trainer saves a checkpoint at the next step boundary and stops. 0 = no warning.
-    signal_grace: int = 120
+    # likewise); the trainer saves a checkpoint at the next step boundary and stops. null (default): 120 s, at most
+    # half the time limit; 0: no warning.
+    signal_grace: Optional[int] = None
     on_timeout: str = "expire"  # expire (end `expired`, checkpoint saved) | requeue (continue from it, same job)
     max_requeues: int = 3  # on_timeout=requeue: how many times the job may be requeued at its time limit
     extra: Dict[str, str] = field(default_factory=dict)  # further sbatch options, validated against sbatch

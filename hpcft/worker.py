@@ -84,8 +84,11 @@ def _latest_step(out: Path) -> Optional[int]:
 
 
 def _timeout_policy(job) -> tuple:
+    """(on_timeout, max_requeues, warning seconds) of a ledger job."""
+    from hpcft.slurm.sbatch import warning_grace
+
     r = job.resources or {}
-    return str(r.get("on_timeout", "expire")), int(r.get("max_requeues", 0) or 0), int(r.get("signal_grace", 0) or 0)
+    return str(r.get("on_timeout", "expire")), int(r.get("max_requeues", 0) or 0), warning_grace(r)
 
 
 def _requeues_so_far(ledger, job) -> int:

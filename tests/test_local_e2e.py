@@ -67,7 +67,7 @@ def test_quickstart_lora_finetune(hpcft_home):
 
 
 def test_time_limit_expires_job(hpcft_home):
-    r = run(["submit", *FAST, "resources.time=0:08", "training.epochs=500", "--wait"])
+    r = run(["submit", *FAST, "resources.time=0:08", "resources.signal_grace=0", "training.epochs=500", "--wait"])
     assert r.returncode == 1
     (job,) = jobs()
     assert job["state"] == "expired", job
@@ -119,21 +119,18 @@ def test_resume_after_stop_reaches_the_same_final_step(hpcft_home):
     assert summary.get("step", summary.get("final_step")) == 40
 
 
-def test_cron_retry_resumes_failed_jobs_up_to_max_attempts(hpcft_home, tmp_path):
+def test_cron_retry_never_resubmits_a_data_error(hpcft_home, tmp_path):
+    """A job that failed on a malformed data file can never succeed: `hpcft retry` leaves it alone."""
     data = tmp_path / "train.jsonl"
-    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')  # fails every attempt
+    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
     r = run(["submit", *FAST, "data=custom", f"data.train={data}", "data.format=prompt_response", "--wait"])
     assert r.returncode == 1
     (job,) = jobs()
-    for expected_attempt in (2, 3):
-        out = run(["retry", "--max-attempts", "3"])
-        assert out.returncode == 0 and f"retried 1 job(s): {job['id']}" in out.stdout, out.stdout + out.stderr
-        j = wait_state(job["id"], {"error"}, timeout=120)
-        while j["attempt"] != expected_attempt or j["state"] != "error":
-            time.sleep(0.5)
-            j = next(x for x in jobs() if x["id"] == job["id"])
-    assert "retried 0 job(s)" in run(["retry", "--max-attempts", "3"]).stdout  # budget spent
-    assert "retry 3/3 after error" in run(["events", str(job["id"])]).stdout
+    assert job["state"] == "error" and "not retried" in job["state_reason"]
+    out = run(["retry", "--max-attempts", "3", "--backoff", "0", "--exit-codes", "1"])
+    assert out.returncode == 0, out.stderr
+    assert "0 resubmitted" in out.stdout and "1 not retryable" in out.stdout, out.stdout
+    assert next(x for x in jobs() if x["id"] == job["id"])["attempt"] == 1
 
 
 def _steps(out):

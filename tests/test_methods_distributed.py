@@ -42,7 +42,7 @@ def _train_rows(run_dir: Path):
 
 def _check_parallel_run(run_dir: Path, s: dict, steps: int, stage):
     assert s["world_size"] == 2 and s["deepspeed_stage"] == stage
-    assert s["steps"] == steps and s["final_step"] == steps
+    assert s["final_step"] == steps and s["total_steps"] == steps
     assert len(s["param_hashes"]) == 2 and s["param_hashes"][0] == s["param_hashes"][1]
     rows = _train_rows(run_dir)
     assert rows, "no train metrics"
@@ -122,8 +122,8 @@ def test_t2i_lora_two_processes_ddp(tmp_path):
     assert sorted((r["split"], r["epoch"]) for r in evals) == [("test", 1), ("test", 2),
                                                                 ("validation", 1), ("validation", 2)]
     assert all(math.isfinite(r["loss"]) for r in evals)
-    state = json.loads((run / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
-    assert state["world_size"] == 2
+    state = json.loads((run / "checkpoints" / "step-00000006" / "state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 6
     lora = load_file(str(run / "final" / t2i.LORA_FILE))
     assert lora and all(v.isfinite().all() for v in lora.values())
     assert any(float(v.abs().sum()) > 0 for k, v in lora.items() if "lora_B" in k or "lora.up" in k)

@@ -36,6 +36,7 @@ FULL_GOLDEN = """\
 #SBATCH --reservation=maint
 #SBATCH --constraint=fast&cpu
 #SBATCH --exclusive
+#SBATCH --signal=USR1@120
 #SBATCH --requeue
 #SBATCH --mail-type=END"""
 
@@ -436,3 +437,15 @@ def test_executor_sync_with_one_sacct_and_one_squeue_call(tmp_path, monkeypatch)
 
     monkeypatch.setattr(C, "run", down)
     assert SlurmExecutor().sync(ledger, [other]) == 0 and ledger.get(other.id).state == "running"
+
+
+def test_warning_grace_default_is_capped_at_half_the_limit():
+    from hpcft.slurm.sbatch import warning_grace
+
+    assert warning_grace({"time": "01:00:00"}) == 120
+    assert warning_grace({"time": "1"}) == 30
+    assert warning_grace({"time": "0:08"}) == 4
+    assert warning_grace({"time": "1", "signal_grace": 45}) == 45  # an explicit value wins
+    assert warning_grace({"time": "1", "signal_grace": 0}) == 0  # off
+    assert "signal" not in sbatch_options({"time": "1", "signal_grace": 0})
+    assert sbatch_options({"time": "2"})["signal"] == "USR1@60"

@@ -102,7 +102,7 @@ def test_time_limit_and_user_stop_through_hpcft(slurm_cluster, hpcft_home):
     """Through the whole path (submitit keeps the worker alive through SIGTERM): a job past its one-minute limit
     ends expired, a job the user stops ends stopped, never error."""
     long = ["executor=slurm", "training.sequence_length=64", "training.batch_size=8", "training.epochs=1000"]
-    a = run(["submit", *long, "resources.time=1", "name=past-its-limit"])
+    a = run(["submit", *long, "resources.time=1", "resources.signal_grace=0", "name=past-its-limit"])
     b = run(["submit", *long, "resources.time=10", "name=stopped-by-user"])
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     by_name = {j["name"]: j for j in jobs()}

@@ -143,6 +143,7 @@ def test_common_rule(values, message):
 
 @pytest.mark.parametrize("values", [
     {"resources.signal_grace": 0, "resources.time": "0:08"},  # 0: no warning, any limit
+    {"resources.time": "0:08"},  # unset: 120 s capped at half the limit
     {"resources.signal_grace": 59, "resources.time": "1"},
     {"resources.on_timeout": "requeue", "resources.max_requeues": 0},
     {"deepspeed.stage": 0},

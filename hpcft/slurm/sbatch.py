@@ -189,7 +189,7 @@ def sbatch_options(
             opts[key] = check_value(f"resources.{key}", v)
     if _get(r, "exclusive", False):
         opts["exclusive"] = None
-    grace = positive("signal_grace", 0, minimum=0)
+    grace = warning_grace(r)
     if grace:  # the time-limit warning, to every task of the job (not the batch shell): the trainer saves and stops
         opts["signal"] = f"{WARNING_SIGNAL}@{grace}"
     on_timeout = _get(r, "on_timeout", "expire")
@@ -210,6 +210,22 @@ def sbatch_options(
         v = extra[k]
         opts[name] = None if v is None or v is True or v == "" else check_value(where, v)
     return opts
+
+
+DEFAULT_GRACE_S = 120
+
+
+def warning_grace(resources: Any) -> int:
+    """Seconds before the time limit at which the job gets the warning signal: `resources.signal_grace`, or when
+    it is unset (null) 120 s but at most half the time limit. 0: no warning."""
+    v = _get(resources, "signal_grace")
+    if v is not None:
+        return max(int(v), 0)
+    try:
+        limit = parse_duration(_get(resources, "time", "01:00:00"))
+    except ValueError:
+        return 0
+    return min(DEFAULT_GRACE_S, limit // 2)
 
 
 def _fmt(key: str, value: Optional[str]) -> str:
