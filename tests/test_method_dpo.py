@@ -31,8 +31,9 @@ def test_dpo_lora_learns_saves_and_reloads(tmp_path):
     import trainers.dpo
 
     ctx = ctx_for(tmp_path)
-    summary = trainers.dpo.train(cfg_for(tmp_path, "training.max_steps=30"), ctx)
-    assert summary["steps"] == 30 and summary["lora"] is True
+    summary = trainers.dpo.train(cfg_for(tmp_path, "training.max_steps=30", "training.save_strategy=steps",
+                                         "training.save_interval=15"), ctx)
+    assert summary["final_step"] == 30 and summary["method_info"]["lora"] is True
     train = rows(tmp_path, "train")
     loss = [r["loss"] for r in train]
     margin = [r["rewards/margins"] for r in train]
@@ -41,7 +42,9 @@ def test_dpo_lora_learns_saves_and_reloads(tmp_path):
     assert mean(margin[-5:]) > 0.5 > margin[0], margin
     evals = {r["split"]: r for r in rows(tmp_path, "eval")}
     assert evals["validation"]["rewards/accuracies"] >= 0.9 and evals["test"]["rewards/margins"] > 0.5
-    assert {"epoch", "checkpoint"} <= {k for k, _, _ in ctx.events}
+    assert "epoch" in {k for k, _, _ in ctx.events}
+    assert [(d["step"], d["path"]) for k, _, d in ctx.events if k == "checkpoint"] == [
+        (s, str(tmp_path / "checkpoints" / f"step-{s:08d}")) for s in (15, 30)]
 
     tuned, base = adapter_and_base_logits(tmp_path)
     assert not torch.allclose(tuned, base)
@@ -54,7 +57,7 @@ def test_dpo_full_weights_uses_base_as_reference(tmp_path):
     summary = trainers.dpo.train(cfg_for(tmp_path, "method.lora=null", "training.max_steps=8",
                                          "training.learning_rate=2e-4"), ctx_for(tmp_path))
     train = rows(tmp_path, "train")
-    assert summary["lora"] is False
+    assert summary["method_info"]["lora"] is False and summary["final_step"] == 8
     assert train[-1]["rewards/margins"] > train[0]["rewards/margins"]
     assert train[-1]["loss"] < train[0]["loss"]
     assert (tmp_path / "final" / "model.safetensors").exists()

@@ -26,7 +26,8 @@ def test_grpo_mean_reward_rises(tmp_path):
     cfg = load(tmp_path, "+experiment=grpo_tiny")  # char_fraction of lowercase letters, 30 steps
     ctx = ctx_for(tmp_path)
     summary = trainers.grpo.train(cfg, ctx)
-    assert summary["steps"] == 30
+    assert summary["final_step"] == 30
+    assert summary["method_info"] == {"lora": False, "reward_functions": ["char_fraction:abcdefghijklmnopqrstuvwxyz"]}
     reward = [r["reward"] for r in rows(tmp_path, "train")]
     assert mean(reward[-5:]) > mean(reward[:5]) + 0.2, reward
     evals = {r["split"]: r for r in rows(tmp_path, "eval")}
@@ -49,7 +50,8 @@ def test_grpo_with_reward_model_from_reward_trainer(tmp_path):
                "method.max_completion_length=8", "method.beta=0.04",
                "method.reward_functions=[reward_model,length:8]", f"method.reward_model={rm_dir / 'final'}")
     summary = trainers.grpo.train(cfg, ctx_for(out))
-    assert summary["steps"] == 3
+    assert summary["final_step"] == 3
+    assert summary["method_info"]["reward_functions"] == ["reward_model", "length:8"]
     train = rows(out, "train")
     rm_keys = [k for k in train[0] if k.startswith("rewards/") and k.endswith("/mean") and "length" not in k]
     assert rm_keys, train[0]  # the reward model's score is logged next to the length reward

@@ -1,20 +1,32 @@
-"""What the trl trainers (reward, dpo, grpo) share: the training section mapped onto a trl config, datasets,
-the metrics/events callback, checkpoint resume, the final save and the summary.
+"""What the trl trainers (reward, dpo, grpo) share: the training section mapped onto a trl config, the datasets,
+and `TrlRun`, which puts transformers' Trainer on hpcft's one trainer core (hpcft/train):
 
-Layout written under cfg.output_dir (main rank only): metrics.jsonl, checkpoints/checkpoint-N/, final/,
+- the lr schedule is `hpcft.train.schedule` (warmup, then cosine to lr x lr_decay_ratio), not transformers' own;
+- checkpoints go through `CheckpointManager`: transformers' own save policy is off, `should_save` decides, the
+  Trainer writes its files into its staging dir `checkpoints/checkpoint-N/` and `publish` makes it
+  `checkpoints/step-N/` + `latest` (atomic, retention applied); resume is `resolve_resume` -> trainer.train();
+- the time-limit warning (SIGUSR1): a checkpoint at the next step, then `SavedAtWarning` (exit 75);
+- the fault-injection seams (`hpcft.train.faults`) after every step and inside every save;
+- metrics.jsonl lines, epoch/checkpoint events, and the one summary.json (`hpcft.train.summary`).
+
+Layout written under cfg.output_dir (main rank only): metrics.jsonl, checkpoints/step-N/ + latest, final/,
 summary.json; the base model of a config-built model lives in base/ (hpcft.train.modeling.base_model_path).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from hpcft.train import checkpoint as ckpt
+from hpcft.train import distributed as dist
+from hpcft.train import faults, signals
 from hpcft.train.context import RunContext
 from hpcft.train.metrics import MetricsWriter
 
@@ -25,29 +37,22 @@ def device_has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+# ------------------------------------------------------------------------------------------------------ setup
+
 def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **method_kwargs: Any):
     """A trl *Config from cfg.training (+ method-specific kwargs). Sets what trl's defaults get wrong for us
-    (pitfall 7: bf16 and gradient_checkpointing default to True; report_to; use_cpu on CPU)."""
+    (pitfall 7: bf16 and gradient_checkpointing default to True; report_to; use_cpu on CPU). The lr schedule and
+    the save policy are not transformers' (see TrlRun): its scheduler is replaced and its save strategy is off."""
     t = cfg.training
     out = Path(cfg.output_dir)
-    keep = str(t.keep_checkpoints)
-    if t.lr_decay_ratio >= 1:
-        sched, sched_kwargs = ("constant_with_warmup" if t.warmup_ratio > 0 else "constant"), None
-    elif t.lr_decay_ratio == 0:
-        sched, sched_kwargs = "cosine", None
-    else:
-        sched, sched_kwargs = "cosine_with_min_lr", {"min_lr_rate": float(t.lr_decay_ratio)}  # a rate: DeepSpeed's optimizer has no .defaults
     kwargs: Dict[str, Any] = dict(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(out / "checkpoints"),  # transformers stages a checkpoint in checkpoints/checkpoint-N
         num_train_epochs=t.epochs,
         max_steps=t.max_steps if t.max_steps is not None else -1,
         learning_rate=t.learning_rate,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
-        warmup_steps=float(t.warmup_ratio),  # < 1: a ratio of the total steps
-        lr_scheduler_type=sched,
-        lr_scheduler_kwargs=sched_kwargs,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,  # 0 = no clipping
         bf16=t.precision == "bf16",
@@ -60,9 +65,8 @@ def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **met
         logging_steps=max(1, int(t.log_interval)),
         logging_first_step=True,
         eval_strategy="epoch" if has_eval else "no",
-        save_strategy="no" if keep == "off" else t.save_strategy,
-        save_steps=t.save_interval,
-        save_total_limit=int(keep) if keep.isdigit() else None,
+        save_strategy="no",  # CheckpointCallback sets control.should_save by hpcft's policy
+        save_total_limit=None,  # CheckpointManager applies keep_checkpoints
         seed=t.seed,
         data_seed=t.seed,
         dataloader_num_workers=t.num_workers,
@@ -86,7 +90,6 @@ def deepspeed_dict(cfg: DictConfig, ctx: RunContext) -> Optional[Dict[str, Any]]
     on CPU (pitfall 2)."""
     if cfg.deepspeed.get("stage") is None:
         return None
-    from hpcft.train import distributed as dist
     from hpcft.train.deepspeed_config import build_ds_config
 
     dist.prepare_deepspeed_import()
@@ -95,26 +98,11 @@ def deepspeed_dict(cfg: DictConfig, ctx: RunContext) -> Optional[Dict[str, Any]]
     return build_ds_config(cfg.deepspeed, cfg.training, ctx.world_size)
 
 
-def resume_checkpoint(cfg: DictConfig) -> Optional[str]:
-    """training.resume_from mapped to trainer.train(resume_from_checkpoint=...): 'latest' = the newest
-    checkpoint of this run (None when there is none yet), or a checkpoint directory."""
-    r = cfg.training.resume_from
-    if r is None:
-        return None
-    if r == "latest":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        d = Path(cfg.output_dir) / "checkpoints"
-        return get_last_checkpoint(str(d)) if d.is_dir() else None
-    return str(r)
-
-
 def prepare(cfg: DictConfig, ctx: RunContext, loader) -> tuple:
     """The shared start of a trl trainer: method checks, seed, base model path, tokenizer, train and eval datasets
     (`loader(path)` reads one split). Returns (output_dir, base_path, tokenizer, train_dataset, eval_datasets)."""
     import torch
 
-    from hpcft.train import distributed as dist
     from hpcft.train.method_checks import check_method
     from hpcft.train.modeling import base_model_path, load_tokenizer
 
@@ -156,22 +144,6 @@ def eval_datasets(cfg: DictConfig, loader) -> Dict[str, Any]:
     return out
 
 
-def peft_lora(method_cfg: Any, task_type: str, modules_to_save: Optional[List[str]] = None):
-    """peft.LoraConfig from method.lora (None when method.lora is unset)."""
-    if method_cfg.get("lora") is None:
-        return None
-    import warnings
-
-    from peft import LoraConfig
-
-    lo = method_cfg.lora
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return LoraConfig(r=int(lo.rank), lora_alpha=lo.alpha, lora_dropout=lo.dropout,
-                          target_modules=list(lo.target_modules), task_type=task_type,
-                          modules_to_save=modules_to_save)
-
-
 def _num(v: Any) -> Any:
     try:
         f = float(v)
@@ -180,18 +152,276 @@ def _num(v: Any) -> Any:
     return f if math.isfinite(f) else None
 
 
-def make_callback(ctx: RunContext, log: "MetricsWriter", splits: List[str], method: str):
-    """A transformers TrainerCallback writing train/eval lines, printing progress and recording epoch and
-    checkpoint events. Eval metrics of the last split close the epoch (one `epoch` event with all splits)."""
+# -------------------------------------------------------------------------------------------- the trainer core
+
+class TrlRun:
+    """One run of a trl trainer on hpcft's trainer core. A trainer reads:
+
+        run = TrlRun(cfg, ctx, splits, base)               # metrics, checkpoints, warning flag, resume point
+        trainer = XTrainer(..., callbacks=run.callbacks)
+        run.attach(trainer)                                # hpcft's lr schedule, one progress line per log
+        run.train(trainer)                                 # resumes; raises SavedAtWarning on the warning
+        final = run.save_final(trainer, tokenizer)
+        return run.finish(trainer, final, method_info)
+    """
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext, splits: List[str], base_model: str):
+        self.cfg, self.ctx, self.t = cfg, ctx, cfg.training
+        self.method = str(cfg.method.name)
+        self.out = Path(cfg.output_dir)
+        self.base_model = base_model
+        self.log = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main)
+        self.flag = signals.install()
+        self.manager = ckpt.CheckpointManager(self.out / "checkpoints", self.t.keep_checkpoints,
+                                              is_main=ctx.is_main, barrier=dist.barrier)
+        if ctx.is_main:
+            self.manager.clean_stale()  # half-written staging dirs of a crashed save are never resumed from
+        dist.barrier()
+        self.resumed_from = self._resume_point()
+        self.metrics_cb = make_metrics_callback(ctx, self.log, splits, self.method)
+        self.checkpoint_cb = make_checkpoint_callback(self)
+        self.callbacks = [self.metrics_cb, self.checkpoint_cb]
+        self.train_time = 0.0
+        self.start_step = int(ckpt.read_state(self.resumed_from)["step"]) if self.resumed_from else 0
+
+    def say(self, msg: str) -> None:
+        if self.ctx.is_main:
+            print(msg, flush=True)
+
+    def _resume_point(self) -> Optional[Path]:
+        d = ckpt.resolve_resume(self.t.get("resume_from"), self.out, self.ctx.job_id)
+        if d is None:
+            return None
+        world = int(ckpt.read_state(d).get("world_size", self.ctx.world_size))
+        if world != self.ctx.world_size:
+            from hpcft.errors import ConfigError
+
+            raise ConfigError(f"checkpoint {d} was written with world_size={world}, this run has "
+                              f"{self.ctx.world_size}; resume with the same number of processes")
+        return d
+
+    def attach(self, trainer) -> None:
+        """hpcft's lr schedule instead of transformers'; a data order that a resume reproduces; our callback
+        prints instead of transformers' printer."""
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+        use_hpcft_schedule(trainer, self.t)
+        reseed_sampler_each_epoch(trainer)
+
+    def train(self, trainer) -> None:
+        """trainer.train() from the resume point (transformers restores weights, optimizer, scheduler, RNG and
+        the data position from the checkpoint); raises SavedAtWarning when the warning stopped it."""
+        if self.resumed_from is not None:
+            self.say(f"[hpcft] resumed from {self.resumed_from}: step {self.start_step}")
+            self.ctx.event("resumed", f"resumed from step {self.start_step}", step=self.start_step,
+                           path=str(self.resumed_from))
+        t0 = time.time()
+        trainer.train(resume_from_checkpoint=str(self.resumed_from) if self.resumed_from else None)
+        self.train_time = time.time() - t0
+        cb = self.checkpoint_cb
+        if cb.stopped_at_warning:
+            self.log.close()
+            dist.barrier()
+            raise signals.SavedAtWarning(trainer.state.global_step, cb.last_path)
+
+    def save_final(self, trainer, tokenizer) -> str:
+        """final/: the model (full HF weights, or the peft adapter) + tokenizer, written to final.tmp and renamed
+        (a crash while saving never leaves a half-written final/)."""
+        final = self.out / "final"
+        tmp = final.with_name("final.tmp")
+        if self.ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        trainer.save_model(str(tmp))  # every rank (DeepSpeed gathers); only the main process writes
+        if self.ctx.is_main:
+            tokenizer.save_pretrained(str(tmp))
+            ckpt.fsync_tree(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        dist.barrier()
+        return str(final)
+
+    def finish(self, trainer, final_path: str, method_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """summary.json (hpcft.train.summary: the same keys for every method) + the returned summary."""
+        from hpcft.train.summary import make_summary, write_summary
+
+        par = parallelism(trainer)
+        step = int(trainer.state.global_step)
+        params = list(trainer.model.parameters())
+        summary = make_summary(
+            method=self.method, final_step=step, total_steps=int(trainer.state.max_steps),
+            epochs=trainer.state.epoch, steps_this_run=step - self.start_step, train_time_s=self.train_time,
+            train_history=self.metrics_cb.train_history, evals=self.metrics_cb.last_evals(),
+            final_model=final_path, base_model=self.base_model, resumed_from=self.resumed_from,
+            trainable_params=sum(_numel(p) for p in params if p.requires_grad),
+            total_params=sum(_numel(p) for p in params), method_info=method_info, **par)
+        if self.ctx.is_main:
+            write_summary(self.out, summary)
+            self.say(f"[{self.method}] done: {step} steps, final model {final_path}")
+        self.log.close()
+        return summary
+
+
+def _numel(p) -> int:
+    return int(getattr(p, "ds_numel", 0) or p.numel())  # ZeRO-3 partitions: the full size is ds_numel
+
+
+def use_hpcft_schedule(trainer, training: Any) -> None:
+    """Replace transformers' lr schedule by hpcft's (`hpcft.train.schedule.make_scheduler`: warmup over
+    warmup_ratio of the steps, then cosine to lr x lr_decay_ratio). Set on the instance, so every path that
+    builds the scheduler uses it: Trainer._prepare_for_training and, under DeepSpeed, deepspeed_init. The
+    LambdaLR's position is saved in the checkpoint's scheduler.pt and restored on resume."""
+    from hpcft.train.schedule import make_scheduler
+
+    warmup, decay = float(training.warmup_ratio), float(training.lr_decay_ratio)
+
+    def create_scheduler(num_training_steps: int, optimizer=None):
+        if trainer.lr_scheduler is None:
+            trainer.lr_scheduler = make_scheduler(optimizer if optimizer is not None else trainer.optimizer,
+                                                  int(num_training_steps), warmup, decay)
+            trainer._created_lr_scheduler = True  # transformers rebuilds it on a second train() call
+        return trainer.lr_scheduler
+
+    trainer.create_scheduler = create_scheduler
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed python, numpy and torch from (seed, step, rank) at the start of every optimizer step, so that what a
+    step draws (GRPO's sampled completions, dropout) depends on the step alone. transformers restores the RNG
+    state saved with a checkpoint, but that state is the one at save time: an evaluation that samples after it
+    (GRPO at an epoch's end) advances the RNG in an uninterrupted run and not in the resumed one."""
+    from transformers.trainer_utils import set_seed
+
+    set_seed((seed * 1_000_003 + step * 1_009 + rank) % 2**32)
+
+
+def reseed_sampler_each_epoch(trainer) -> None:
+    """trl's RepeatSampler (GRPO) draws every epoch's order from one torch.Generator seeded once: a run resumed in
+    epoch e > 0 would draw epoch 0's order again. Here the generator is reseeded with seed + epoch through
+    set_epoch, which transformers calls at every epoch's start (also on the resumed epoch), the way accelerate's
+    SeedableRandomSampler does for the other trainers."""
+    make = trainer._get_train_sampler
+
+    def _get_train_sampler(dataset=None):
+        sampler = make(dataset)
+        if getattr(sampler, "generator", None) is not None and getattr(sampler, "seed", None) is not None:
+            def set_epoch(epoch: int) -> None:
+                sampler.generator.manual_seed(int(sampler.seed) + int(epoch))
+
+            sampler.set_epoch = set_epoch
+        return sampler
+
+    trainer._get_train_sampler = _get_train_sampler
+
+
+def make_checkpoint_callback(run: TrlRun):
+    """The save policy, the warning and the fault seams as a TrainerCallback.
+
+    transformers calls on_step_end after each optimizer step, then logs, evaluates and saves (when
+    control.should_save) and calls on_save; at an epoch's end on_epoch_end, then evaluation and save again.
+    `should_save` decides (steps: every save_interval steps; epoch: every save_interval-th epoch, after that
+    epoch's evaluation), the Trainer writes checkpoints/checkpoint-N, on_save publishes it as step-N. A step's
+    fault seam (faults.after_step) runs once the step is logged and its checkpoint published: in on_save, else
+    at the next on_step_begin / on_epoch_end / on_train_end."""
     from transformers import TrainerCallback
 
-    class HpcftCallback(TrainerCallback):
+    t, ctx, manager = run.t, run.ctx, run.manager
+
+    class CheckpointCallback(TrainerCallback):
+        def __init__(self):
+            self.reason: Optional[str] = None  # why the pending save happens: interval | epoch | warning
+            self.done_step: Optional[int] = None  # a step whose fault seam has not run yet
+            self.last_path: Optional[Path] = None
+            self.last_step = -1
+            self.stopped_at_warning = False
+
+        def after_step(self) -> None:
+            """The step's fault seam, once its line is logged and its checkpoint (if any) published."""
+            if self.done_step is not None:
+                step, self.done_step = self.done_step, None
+                faults.after_step(step)
+
+        def on_step_end(self, args, state, control, **kw):
+            step = state.global_step
+            self.done_step = step
+            if ckpt.should_save(t.save_strategy, int(t.save_interval), step):
+                self.reason = "interval"
+            # a collective on every rank at every step; at the last step training ends anyway
+            if run.flag.agreed() and not control.should_training_stop:
+                self.reason = "warning"
+                self.stopped_at_warning = True
+                control.should_training_stop = True
+                run.say(f"[hpcft] time-limit warning: saving a checkpoint at step {step} and stopping")
+            if self.reason and manager.enabled:
+                control.should_save = True
+            else:
+                self.reason = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.after_step()  # the previous step's (logged and saved by now)
+            seed_step(int(t.seed), state.global_step, ctx.rank)
+
+        def on_epoch_end(self, args, state, control, **kw):
+            self.after_step()  # before the epoch's evaluation and checkpoint
+            if self.stopped_at_warning:  # stopped inside the epoch: no evaluation or save of an unfinished epoch
+                control.should_evaluate = control.should_save = False
+                return
+            done = round(state.epoch or 0)
+            if abs((state.epoch or 0) - done) > 1e-6:
+                return  # max_steps ended training inside an epoch
+            if (manager.enabled and state.global_step != self.last_step
+                    and ckpt.should_save(t.save_strategy, int(t.save_interval), state.global_step, epoch_end=done)):
+                self.reason = "epoch"
+                control.should_save = True
+
+        def on_train_end(self, args, state, control, **kw):
+            self.after_step()
+
+        def on_save(self, args, state, control, **kw):
+            step = state.global_step
+            staging = Path(args.output_dir) / f"checkpoint-{step}"
+            faults.in_save(step)
+            reason = self.reason or "interval"
+            path = manager.publish(staging, step, self._state(args, state, kw.get("train_dataloader"), reason))
+            self.last_path, self.last_step, self.reason = path, step, None
+            run.say(f"[hpcft] checkpoint step {step} ({reason}) -> {path}")
+            ctx.event("checkpoint", f"checkpoint at step {step} ({reason})", step=step, path=str(path),
+                      reason=reason)
+            self.after_step()
+
+        def _state(self, args, state, loader, reason: str) -> Dict[str, Any]:
+            st: Dict[str, Any] = {"epoch": int(math.floor((state.epoch or 0) + 1e-6)), "job_id": ctx.job_id,
+                                  "world_size": ctx.world_size, "method": run.method, "reason": reason,
+                                  "total_steps": state.max_steps}
+            try:  # transformers' own count of optimizer steps per epoch
+                n, ga = len(loader), int(args.gradient_accumulation_steps)
+                per_epoch = max(n // ga + int(n % ga > 0), 1)
+                st["epoch"], st["step_in_epoch"] = divmod(int(state.global_step), per_epoch)
+            except TypeError:  # no dataloader, or one without a length
+                pass
+            return st
+
+    return CheckpointCallback()
+
+
+def make_metrics_callback(ctx: RunContext, log: MetricsWriter, splits: List[str], method: str):
+    """A transformers TrainerCallback writing train/eval lines, printing progress and recording epoch events.
+    Eval metrics of the last split close the epoch (one `epoch` event with all splits)."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
         def __init__(self):
             self.t0 = time.time()
             self.pending: Dict[str, Any] = {}
-            self.last_train: Dict[str, Any] = {}
             self.evals: List[Dict[str, Any]] = []
             self.train_history: List[Dict[str, Any]] = []
+
+        def last_evals(self) -> Dict[str, Dict[str, float]]:
+            """{split: {metric: value}} of the latest evaluation of each split."""
+            return {r["split"]: {k: v for k, v in r.items() if k not in ("type", "split", "epoch", "step")}
+                    for r in self.evals}
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = dict(logs or {})
@@ -203,7 +433,6 @@ def make_callback(ctx: RunContext, log: "MetricsWriter", splits: List[str], meth
                     rec["lr"] = _num(v)
                 elif _num(v) is not None:
                     rec[k] = _num(v)
-            self.last_train = rec
             self.train_history.append(rec)
             if ctx.is_main:
                 log.write(rec)
@@ -242,38 +471,14 @@ def make_callback(ctx: RunContext, log: "MetricsWriter", splits: List[str], meth
                           epoch=epoch, step=state.global_step, **data)
                 self.pending = {}
 
-        def on_save(self, args, state, control, **kw):
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ctx.is_main:
-                print(f"[{method}] checkpoint {path}", flush=True)
-            ctx.event("checkpoint", f"checkpoint at step {state.global_step}", step=state.global_step,
-                      path=str(path))
-
-    return HpcftCallback()
-
-
-def quiet(trainer) -> None:
-    """Drop transformers' dict-printing callback: our callback prints one line per log."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-
-
-def save_final(trainer, tokenizer, output_dir: Path, ctx: RunContext, merged_copy: bool = False) -> str:
-    """final/: the model (full HF weights, or the peft adapter) + tokenizer."""
-    final = Path(output_dir) / "final"
-    trainer.save_model(str(final))  # main-process-only internally; handles peft and DeepSpeed
-    if ctx.is_main:
-        tokenizer.save_pretrained(str(final))
-    return str(final)
+    return MetricsCallback()
 
 
 def parallelism(trainer) -> Dict[str, Any]:
     """How the Trainer really ran (not what was asked): world size, DeepSpeed stage (None: off) and the sha256 of
     the trainable weights on every rank (equal in a healthy data-parallel run). Called on every rank (collective).
     """
-    from hpcft.train import distributed as dist
-    from trainers.causal_lm import params_hash
+    from hpcft.train.modeling import params_hash
 
     stage = None
     if getattr(trainer, "is_deepspeed_enabled", False):
@@ -281,33 +486,3 @@ def parallelism(trainer) -> Dict[str, Any]:
     h = params_hash(trainer.model, stage == 3)
     return {"world_size": int(trainer.args.world_size), "deepspeed_stage": stage,
             "param_hashes": dist.all_gather_object(h)}
-
-
-def finish(cfg: DictConfig, ctx: RunContext, trainer, callback, final_path: str, started: float,
-           extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """summary.json + the returned summary dict."""
-    first = callback.train_history[0] if callback.train_history else {}
-    par = parallelism(trainer)
-    summary: Dict[str, Any] = {
-        "method": cfg.method.name,
-        "steps": trainer.state.global_step,
-        "final_step": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "first_train": first,
-        "final_train": callback.last_train,
-        "final_metrics": {f"{r['split']}_{k}": v for r in callback.evals for k, v in r.items()
-                          if k not in ("type", "split", "epoch", "step")},  # the latest of each split
-        "final_model": final_path,
-        "seconds": round(time.time() - started, 2),
-        **par,
-    }
-    if extra:
-        summary.update(extra)
-    if ctx.is_main:
-        (Path(cfg.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        print(f"[{cfg.method.name}] done: {summary['steps']} steps, final model {final_path}", flush=True)
-    return summary
-
-
-def config_dict(cfg: DictConfig) -> Dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

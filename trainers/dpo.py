@@ -8,20 +8,19 @@ Validation and test: DPO loss, reward margins and accuracy after each epoch.
 
 from __future__ import annotations
 
-import time
-
 from omegaconf import DictConfig
 
 from hpcft.train.context import RunContext
 
 
 def train(cfg: DictConfig, ctx: RunContext) -> dict:
-    started = time.time()
     from trl import DPOConfig, DPOTrainer
 
+    from hpcft.train.lora import lora_config
     from hpcft.train.preference_data import load_preference
     from trainers import _trl_common as C
 
+    # setup
     out, base, tok, train_ds, evals = C.prepare(cfg, ctx, load_preference)
     args = C.trl_args(
         DPOConfig, cfg, ctx, has_eval=bool(evals),
@@ -30,18 +29,21 @@ def train(cfg: DictConfig, ctx: RunContext) -> dict:
         max_length=cfg.training.sequence_length,
         model_init_kwargs=C.model_init_kwargs(cfg),
     )
-    log = C.MetricsWriter(out / "metrics.jsonl", enabled=ctx.is_main)
-    cb = C.make_callback(ctx, log, list(evals), "dpo")
+    run = C.TrlRun(cfg, ctx, list(evals), base)
     trainer = DPOTrainer(
         model=base,  # a path: the policy, and (full weights) the reference, are loaded from it
         args=args,
         train_dataset=train_ds,
         eval_dataset=evals or None,
         processing_class=tok,
-        callbacks=[cb],
-        peft_config=C.peft_lora(cfg.method, "CAUSAL_LM"),
+        callbacks=run.callbacks,
+        peft_config=lora_config(cfg.method, "CAUSAL_LM"),
     )
-    C.quiet(trainer)
-    trainer.train(resume_from_checkpoint=C.resume_checkpoint(cfg))
-    final = C.save_final(trainer, tok, out, ctx)
-    return C.finish(cfg, ctx, trainer, cb, final, started, {"lora": cfg.method.get("lora") is not None})
+    run.attach(trainer)
+
+    # train
+    run.train(trainer)
+
+    # save
+    final = run.save_final(trainer, tok)
+    return run.finish(trainer, final, {"lora": cfg.method.get("lora") is not None})

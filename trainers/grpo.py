@@ -9,8 +9,6 @@ the reference (the base model, reloaded from its path; with LoRA the adapter-dis
 
 from __future__ import annotations
 
-import time
-
 from omegaconf import DictConfig
 
 from hpcft.train.context import RunContext
@@ -25,13 +23,14 @@ def _prompt_records(path: str, fmt: str):
 
 
 def train(cfg: DictConfig, ctx: RunContext) -> dict:
-    started = time.time()
     from trl import GRPOConfig, GRPOTrainer
 
+    from hpcft.train.lora import lora_config
     from hpcft.train.modeling import torch_dtype
     from hpcft.train.rewards import build_rewards
     from trainers import _trl_common as C
 
+    # setup
     m = cfg.method
     fmt = cfg.data.format
     out, base, tok, train_ds, evals = C.prepare(cfg, ctx, lambda p: _prompt_records(p, fmt))
@@ -46,8 +45,7 @@ def train(cfg: DictConfig, ctx: RunContext) -> dict:
         model_init_kwargs=C.model_init_kwargs(cfg),
         log_completions=False,
     )
-    log = C.MetricsWriter(out / "metrics.jsonl", enabled=ctx.is_main)
-    cb = C.make_callback(ctx, log, list(evals), "grpo")
+    run = C.TrlRun(cfg, ctx, list(evals), base)
     trainer = GRPOTrainer(
         model=base,  # a path (pitfall 6: with beta > 0 trl reloads the reference from it)
         reward_funcs=funcs,
@@ -56,11 +54,15 @@ def train(cfg: DictConfig, ctx: RunContext) -> dict:
         eval_dataset=evals or None,
         processing_class=tok,
         reward_processing_classes=procs,
-        callbacks=[cb],
-        peft_config=C.peft_lora(m, "CAUSAL_LM"),
+        callbacks=run.callbacks,
+        peft_config=lora_config(m, "CAUSAL_LM"),
     )
-    C.quiet(trainer)
-    trainer.train(resume_from_checkpoint=C.resume_checkpoint(cfg))
-    final = C.save_final(trainer, tok, out, ctx)
-    return C.finish(cfg, ctx, trainer, cb, final, started,
-                    {"lora": m.get("lora") is not None, "reward_functions": list(m.reward_functions)})
+    run.attach(trainer)
+
+    # train
+    run.train(trainer)
+
+    # save
+    final = run.save_final(trainer, tok)
+    return run.finish(trainer, final, {"lora": m.get("lora") is not None,
+                                       "reward_functions": list(m.reward_functions)})

@@ -7,20 +7,19 @@ final/ holds the HF model (or the peft adapter) + tokenizer; method=grpo loads i
 
 from __future__ import annotations
 
-import time
-
 from omegaconf import DictConfig
 
 from hpcft.train.context import RunContext
 
 
 def train(cfg: DictConfig, ctx: RunContext) -> dict:
-    started = time.time()
     from trl import RewardConfig, RewardTrainer
 
+    from hpcft.train.lora import lora_config
     from hpcft.train.preference_data import load_preference
     from trainers import _trl_common as C
 
+    # setup
     out, base, tok, train_ds, evals = C.prepare(cfg, ctx, load_preference)
     args = C.trl_args(
         RewardConfig, cfg, ctx, has_eval=bool(evals),
@@ -29,20 +28,23 @@ def train(cfg: DictConfig, ctx: RunContext) -> dict:
         model_init_kwargs=C.model_init_kwargs(cfg),
         disable_dropout=True,
     )
-    log = C.MetricsWriter(out / "metrics.jsonl", enabled=ctx.is_main)
-    cb = C.make_callback(ctx, log, list(evals), "reward")
+    run = C.TrlRun(cfg, ctx, list(evals), base)
     trainer = RewardTrainer(
         model=base,  # a path: trl loads AutoModelForSequenceClassification(num_labels=1)
         args=args,
         train_dataset=train_ds,
         eval_dataset=evals or None,
         processing_class=tok,
-        callbacks=[cb],
-        peft_config=C.peft_lora(cfg.method, "SEQ_CLS"),  # SEQ_CLS keeps the score head trainable and saved
+        callbacks=run.callbacks,
+        peft_config=lora_config(cfg.method, "SEQ_CLS"),  # SEQ_CLS keeps the score head trainable and saved
     )
-    C.quiet(trainer)
+    run.attach(trainer)
     if trainer.model.config.pad_token_id is None:
         trainer.model.config.pad_token_id = tok.pad_token_id
-    trainer.train(resume_from_checkpoint=C.resume_checkpoint(cfg))
-    final = C.save_final(trainer, tok, out, ctx)
-    return C.finish(cfg, ctx, trainer, cb, final, started, {"lora": cfg.method.get("lora") is not None})
+
+    # train
+    run.train(trainer)
+
+    # save
+    final = run.save_final(trainer, tok)
+    return run.finish(trainer, final, {"lora": cfg.method.get("lora") is not None})
