@@ -6,6 +6,7 @@ half-written checkpoint is never resumed from.
 Tiny runs on a small slice of the shipped data: 6 optimizer steps per epoch, 12 steps = 2 epochs."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,11 +193,12 @@ def test_warning_signal_saves_exits_75_and_the_rerun_loses_no_step(tmp_path, cap
 
 def test_half_written_checkpoint_is_never_resumed_from_and_is_cleaned(tmp_path, capsys):
     """Killed while saving step 8: transformers' staging dir checkpoint-8 holds its files but was never
-    published (no state.json, `latest` still names step 4). The rerun resumes from step 4 and removes it."""
+    published (no state.json, `latest` still names step 4). The rerun resumes from step 4 and removes it.
+    Then killed after the last step's checkpoint, before final/: the rerun trains no further step."""
     from hpcft.train.checkpoint import latest_checkpoint
 
     run = tmp_path / "run"
-    cfg = write_config(run, "reward")
+    cfg = write_config(run, "reward", "training.max_steps=8")  # ends inside the second epoch
     wait_entry(start_entry(cfg, HPCFT_TEST_CRASH_IN_SAVE="8"), cfg, -signal.SIGKILL)
     root = run / "checkpoints"
     staging = root / "checkpoint-8"
@@ -207,7 +209,18 @@ def test_half_written_checkpoint_is_never_resumed_from_and_is_cleaned(tmp_path, 
 
     summary = train_in_process(cfg)
     assert f"resumed from {root / 'step-00000004'}" in capsys.readouterr().out
-    assert summary["resumed_from"] == str(root / "step-00000004") and summary["steps_this_run"] == STEPS - 4
+    assert summary["resumed_from"] == str(root / "step-00000004") and summary["steps_this_run"] == 4
     assert not list(root.glob("checkpoint-*"))
     assert (root / "step-00000008" / "state.json").is_file() and not (root / "step-00000008" / "marker").exists()
-    assert latest_checkpoint(root) == root / f"step-{STEPS:08d}"
+    assert latest_checkpoint(root) == root / "step-00000008"
+
+    # as if killed between the last checkpoint and final/: transformers would train a 9th step; hpcft does not
+    weights = final_weights(run)
+    shutil.rmtree(run / "final")
+    (run / "summary.json").unlink()
+    again = train_in_process(cfg)
+    assert (again["final_step"], again["steps_this_run"], again["total_steps"]) == (8, 0, 8)
+    assert set(again["eval"]) == {"validation"}
+    assert [r["step"] for r in metrics_rows(run, "train")] == list(range(1, 9)) + list(range(5, 9))
+    rewritten = final_weights(run)
+    assert rewritten.keys() == weights.keys() and all(rewritten[k].equal(v) for k, v in weights.items())

@@ -217,7 +217,12 @@ class TrlRun:
             self.ctx.event("resumed", f"resumed from step {self.start_step}", step=self.start_step,
                            path=str(self.resumed_from))
         t0 = time.time()
-        trainer.train(resume_from_checkpoint=str(self.resumed_from) if self.resumed_from else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(self.resumed_from) if self.resumed_from else None)
+        except NothingLeftToTrain:  # killed after the last step's checkpoint, before final/ was written
+            self.say(f"[hpcft] {self.resumed_from} holds the last step: nothing left to train")
+            if trainer.eval_dataset is not None:
+                trainer.evaluate()  # what the run would have done after its last step
         self.train_time = time.time() - t0
         cb = self.checkpoint_cb
         if cb.stopped_at_warning:
@@ -285,6 +290,11 @@ def use_hpcft_schedule(trainer, training: Any) -> None:
         return trainer.lr_scheduler
 
     trainer.create_scheduler = create_scheduler
+
+
+class NothingLeftToTrain(Exception):
+    """The resumed checkpoint is at (or past) the run's last step. transformers would still run one more step when
+    that step is inside an epoch (max_steps), so the run stops before its first step instead."""
 
 
 def seed_step(seed: int, step: int, rank: int) -> None:
@@ -358,6 +368,10 @@ def make_checkpoint_callback(run: TrlRun):
                 control.should_save = True
             else:
                 self.reason = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.max_steps and state.global_step >= state.max_steps:  # state as restored from a checkpoint
+                raise NothingLeftToTrain()
 
         def on_step_begin(self, args, state, control, **kw):
             self.after_step()  # the previous step's (logged and saved by now)
