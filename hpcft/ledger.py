@@ -198,12 +198,30 @@ class Ledger:
         state: Optional[Sequence[str]] = None,
         owner: Optional[str] = None,
         project: Optional[str] = None,
-        resources: Optional[str] = None,
+        resources: Optional[str | Sequence[str]] = None,
         output: Optional[str] = None,
         executor: Optional[str] = None,
+        since: Optional[datetime] = None,
+        until: Optional[datetime] = None,
+        sort: Sequence[str] = ("-created",),
         limit: Optional[int] = None,
     ) -> List[Job]:
-        """Jobs matching all given filters; name/resources/output are case-insensitive substrings."""
+        """Jobs matching all given filters; name/output are case-insensitive substrings.
+
+        `resources`: `key=value` tokens (a string is split on spaces), each equal to a whole token of the job's
+        resource_spec, case-insensitive: gpus=8 matches `gpus=8`, never `gpus=80`. `since` / `until`: created at or
+        after / before (a naive datetime is UTC). `sort`: id, created, name, state, user, `-` prefix for descending;
+        ties newest first.
+        """
+        from sqlalchemy import literal
+
+        keys = {"id": Job.id, "created": Job.created_at, "name": Job.name, "state": Job.state, "user": Job.owner}
+        order = []
+        for key in sort:
+            col = keys.get(key.lstrip("-"))
+            if col is None:
+                raise ValueError(f"sort key {key!r}: use one of {', '.join(keys)} (prefix - for descending)")
+            order.append(col.desc() if key.startswith("-") else col.asc())  # type: ignore[union-attr]
         q = select(Job)
         if ids:
             q = q.where(Job.id.in_(list(ids)))  # type: ignore[union-attr]
@@ -215,13 +233,19 @@ class Ledger:
             q = q.where(Job.owner == owner)
         if project:
             q = q.where(Job.project == project)
-        if resources:
-            q = q.where(Job.resource_spec.ilike(f"%{resources}%"))  # type: ignore[attr-defined]
+        for tok in (resources.split() if isinstance(resources, str) else resources or ()):
+            tok = tok.replace("!", "!!").replace("%", "!%").replace("_", "!_")  # LIKE wildcards taken literally
+            spaced = literal(" ") + Job.resource_spec + literal(" ")  # concatenation on every SQL dialect
+            q = q.where(spaced.ilike(f"% {tok} %", escape="!"))
         if output:
             q = q.where(Job.output_dir.ilike(f"%{output}%"))  # type: ignore[attr-defined]
         if executor:
             q = q.where(Job.executor == executor)
-        q = q.order_by(Job.id.desc())  # type: ignore[union-attr]
+        if since is not None:
+            q = q.where(Job.created_at >= (since if since.tzinfo else since.replace(tzinfo=timezone.utc)))
+        if until is not None:
+            q = q.where(Job.created_at < (until if until.tzinfo else until.replace(tzinfo=timezone.utc)))
+        q = q.order_by(*order, Job.id.desc())  # type: ignore[union-attr]
         if limit:
             q = q.limit(limit)
         with self.read() as s:

@@ -1,4 +1,4 @@
-"""Job commands: submit, list, show, logs, events, curve, stop, resume, retry, delete, sync."""
+"""Job commands: submit, clone, list, show, logs, events, curve, stop, resume, retry, delete, sync."""
 
 from __future__ import annotations
 
@@ -155,27 +155,56 @@ def _print_new(log: Path, pos: int) -> int:
 
 # ------------------------------------------------------------------------------------------------------ list
 
+SORT_KEYS = ("id", "created", "name", "state", "user")  # Ledger.search(sort=...)
+# the keys of a resource spec (hpcft.jobrecord.resource_spec)
+RESOURCE_KEYS = ("nodes", "gpus", "tasks", "cpus", "mem", "time", "partition", "qos", "priority", "account",
+                 "nodelist", "reservation", "constraint")
+_AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
 @app.command("list")
 def list_(
     state: Optional[List[str]] = typer.Option(None, "--state", "-s", help="queued|running|error|stopped|expired|success"),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="name contains"),
     owner: Optional[str] = typer.Option(None, "--user", "-u", help="owner"),
     project: Optional[str] = typer.Option(None, "--project", "-p"),
-    resources: Optional[str] = typer.Option(None, "--resources", "-r", help="resource spec contains, e.g. gpus=8"),
+    resources: Optional[List[str]] = typer.Option(
+        None, "--resources", "-r", help="key=value, equal to a whole token of the resource spec (gpus=8 never "
+                                         "matches gpus=80); several: all must match"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="output path contains"),
+    since: Optional[str] = typer.Option(None, "--since", help="created at or after: 2025-05-01[T09:30] (local "
+                                                              "time) or a time ago: 30m, 2h, 3d, 1w"),
+    until: Optional[str] = typer.Option(None, "--until", help="created before (same forms as --since)"),
+    sort: List[str] = typer.Option(["-created"], "--sort", help=f"{', '.join(SORT_KEYS)}; - prefix = descending; "
+                                                                 "repeat or comma-separate for several keys"),
     limit: int = typer.Option(50, "--limit"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    as_json: bool = typer.Option(False, "--json", help="a JSON array of jobs (schema: --json-schema)"),
+    json_schema: bool = typer.Option(False, "--json-schema", help="print the JSON Schema of --json and exit"),
 ) -> None:
-    """List and search jobs (newest first)."""
+    """List and search jobs (newest first unless --sort says otherwise)."""
+    from hpcft.cli.jobjson import job_dict
+    from hpcft.cli.jobjson import json_schema as schema_of_json
     from hpcft.states import State
 
+    if json_schema:
+        typer.echo(json.dumps(schema_of_json(), indent=1))
+        return
     for s in state or []:
         if s not in State.__members__:
             raise HpcftError(f"--state {s}: unknown state; use one of {', '.join(State.__members__)}")
-    jobs = _ledger().search(state=state, name=name, owner=owner, project=project, resources=resources,
-                            output=output, limit=limit)
+    tokens = [t for r in resources or [] for t in r.split()]
+    for t in tokens:
+        if t.partition("=")[0].lower() not in RESOURCE_KEYS or not t.partition("=")[2]:
+            raise HpcftError(f"--resources {t}: expected key=value with a key of {', '.join(RESOURCE_KEYS)}; "
+                             "e.g. --resources gpus=8")
+    keys = [k.strip() for s in sort for k in s.split(",") if k.strip()]
+    for k in keys:
+        if k.lstrip("-") not in SORT_KEYS:
+            raise HpcftError(f"--sort {k}: unknown key; use one of {', '.join(SORT_KEYS)} (- prefix: descending)")
+    jobs = _ledger().search(state=state, name=name, owner=owner, project=project, resources=tokens, output=output,
+                            since=_when(since, "--since"), until=_when(until, "--until"), sort=keys, limit=limit)
     if as_json:
-        typer.echo(json.dumps([_job_dict(j) for j in jobs], indent=1, default=str))
+        typer.echo(json.dumps([job_dict(j) for j in jobs], indent=1))
         return
     from rich.table import Table
 
@@ -190,10 +219,21 @@ def list_(
     _console().print(t)
 
 
-def _job_dict(j) -> dict:
-    d = j.model_dump()
-    d.pop("config", None)
-    return d
+def _when(text: Optional[str], option: str):
+    """--since/--until: an ISO date or date-time (local time unless it has an offset) or a time ago (2h, 3d)."""
+    from datetime import datetime, timedelta, timezone
+
+    if text is None:
+        return None
+    t = text.strip()
+    if t[:-1].isdigit() and t[-1:].lower() in _AGO:
+        return datetime.now(timezone.utc) - timedelta(seconds=int(t[:-1]) * _AGO[t[-1].lower()])
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        raise HpcftError(f"{option} {text}: not a date or a time ago; e.g. {option} 2025-05-01, "
+                         f"{option} 2025-05-01T09:30 or {option} 3d (also s, m, h, w)") from None
+    return dt if dt.tzinfo else dt.astimezone()  # naive = this machine's local time
 
 
 # ------------------------------------------------------------------------------------------------------ show
@@ -343,29 +383,137 @@ def retry(max_attempts: int = typer.Option(3, "--max-attempts", help="total atte
     raise typer.Exit(report.exit_code)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def clone(
+    job_id: int = JOB,
+    overrides: Optional[List[str]] = typer.Argument(None, help="changes: key=value ... (no group swaps)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the new config and what changed; create nothing"),
+    wait: bool = typer.Option(False, "--wait", "-w", help="follow the log until the job ends"),
+    name: Optional[str] = typer.Option(None, "--name", help="the new job's name (same as name=...)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Slurm: do not ask after the queue-wait prediction"),
+) -> None:
+    """A new job from JOB's recorded config with changes (training.learning_rate=1e-3 resources.time=02:00:00),
+    validated like `submit`, in its own run directory, recorded as cloned from JOB. A group swap (method=dpo)
+    needs `hpcft submit`."""
+    from hpcft import clone as hclone
+    from hpcft import config as hconfig
+
+    ledger = _ledger()
+    src = ledger.get(job_id)
+    ovs = list(overrides or []) + ([f"name={_quote(name)}"] if name is not None else [])
+    plan = hclone.plan(src, ovs)
+    con = _console()
+    if dry_run:
+        typer.echo(hconfig.to_yaml(plan.configs[0]))
+        for line in hclone.changes(src.config, plan.configs[0]):
+            typer.echo(f"# changed: {line}")
+        typer.echo(f"# would submit one job, a clone of job {job_id}, to the {plan.executor} executor")
+        return
+    if plan.executor == "slurm":
+        _predict_and_confirm(con, plan.configs[0], yes)
+    j = hclone.submit(ledger, src, plan)
+    extra = f" (Slurm {j.slurm_job_id})" if j.slurm_job_id else ""
+    con.print(f"cloned job {job_id} as job [bold]{j.id}[/bold] {j.name}{extra} -> {j.output_dir}")
+    if wait:
+        raise typer.Exit(_wait([j.id], follow=True))
+
+
+def _predict_and_confirm(con, cfg, yes: bool) -> None:
+    """Before a Slurm submission: the queue-wait prediction (advice: never blocks), then `submit?` on a terminal."""
+    from hpcft.cli.slurm_cmds import prediction_line
+    from hpcft.executors.slurm import predict
+
+    try:
+        con.print(prediction_line(predict(cfg)))
+    except HpcftError as e:
+        con.print(f"(no queue-wait prediction: {e})")
+    if not yes and sys.stdin.isatty() and not typer.confirm("submit?", default=True):
+        raise typer.Exit(1)
+
+
 @app.command()
 def delete(job_ids: List[int] = typer.Argument(..., help="job ids"),
-           files: bool = typer.Option(False, "--files", help="also remove the run directories"),
-           force: bool = typer.Option(False, "--force", help="stop live jobs first")) -> None:
-    """Delete jobs (one or many) from the ledger."""
+           purge: bool = typer.Option(False, "--purge", help="also remove the run directories (asks first)"),
+           yes: bool = typer.Option(False, "--yes", "-y", help="--purge without asking"),
+           files: bool = typer.Option(False, "--files", hidden=True, help="old name of --purge"),
+           force: bool = typer.Option(False, "--force", hidden=True, help="accepted, no effect: live jobs are "
+                                                                         "always stopped first")) -> None:
+    """Delete jobs (one or many) from the ledger; live ones are stopped first. --purge also removes their run
+    directories, after listing them with their sizes and asking (--yes: without asking)."""
     import shutil
 
     from hpcft.executors import get_executor
     from hpcft.states import is_terminal
 
     ledger = _ledger()
-    jobs = [ledger.get(j) for j in job_ids]  # all must exist before anything is deleted
+    jobs = [ledger.get(j) for j in dict.fromkeys(job_ids)]  # all must exist before anything is deleted
+    dirs = _run_dirs(ledger, jobs) if purge or files else []
+    if dirs and not yes:
+        total = _fmt_size(sum(size for _, size in dirs))
+        if not sys.stdin.isatty():
+            typer.echo(f"error: --purge would remove {len(dirs)} run director{'y' if len(dirs) == 1 else 'ies'} "
+                       f"({total}); pass --yes to confirm without a terminal (nothing was changed)", err=True)
+            raise typer.Exit(2)
+        for d, size in dirs:
+            typer.echo(f"  {d}  {_fmt_size(size)}")
+        if not typer.confirm(f"delete {len(jobs)} job(s) and remove these {len(dirs)} run directories ({total})?",
+                             default=False):
+            raise typer.Exit(1)
     live = [j for j in jobs if not is_terminal(j.state)]
-    if live and not force:
-        raise HpcftError(f"job(s) {', '.join(str(j.id) for j in live)} still live; stop them or pass --force")
     for j in live:
         get_executor(j.executor).stop(ledger, j)
+        typer.echo(f"job {j.id}: stop requested (it was {j.state})")
+    _wait_for_supervisors([j for j in live if j.executor == "local" and j.pid])
     n = ledger.delete([j.id for j in jobs])
-    if files:
-        for j in jobs:
-            if j.output_dir and Path(j.output_dir).is_dir():
-                shutil.rmtree(j.output_dir, ignore_errors=True)
-    typer.echo(f"deleted {n} job(s)")
+    for d, _ in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    removed = f", removed {len(dirs)} run director{'y' if len(dirs) == 1 else 'ies'}" if dirs else ""
+    typer.echo(f"deleted {n} job(s){removed}")
+
+
+def _run_dirs(ledger, jobs) -> List[tuple]:
+    """[(run directory, bytes)] that --purge removes: each job's output_dir when it is a run directory hpcft wrote
+    (it holds config.yaml) that no job outside `jobs` uses (a shared output_dir is kept, and said so)."""
+    ids = {j.id for j in jobs}
+    out = []
+    for d in dict.fromkeys(Path(j.output_dir) for j in jobs if j.output_dir):
+        if not (d / "config.yaml").is_file():
+            if d.exists():
+                typer.echo(f"keeping {d}: no config.yaml, not a run directory hpcft wrote")
+            continue
+        others = [o.id for o in ledger.search(output=str(d)) if Path(o.output_dir) == d and o.id not in ids]
+        if others:
+            typer.echo(f"keeping {d}: also the run directory of job(s) {', '.join(map(str, others))}")
+            continue
+        out.append((d, sum(p.lstat().st_size for p in d.rglob("*") if not p.is_dir() or p.is_symlink())))
+    return out
+
+
+def _fmt_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _wait_for_supervisors(jobs, timeout: float = 30.0) -> None:
+    """Local jobs being deleted: wait until their supervisors have ended the trainers (SIGTERM, grace, SIGKILL) so
+    that nothing writes into a deleted row or a purged directory; past `timeout`, kill the process group."""
+    import os
+    import signal
+
+    from hpcft.executors.local import _alive
+
+    deadline = time.monotonic() + timeout
+    for j in jobs:
+        while _alive(j.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(j.pid):
+            try:
+                os.killpg(j.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 @app.command()
