@@ -150,10 +150,10 @@ def test_time_limit_warning_requeues_locally_and_loses_no_step(hpcft_home):
 
     common = [*FAST, "training.max_steps=150", "training.epochs=100", "training.learning_rate=1e-2",
               "training.save_strategy=steps", "training.save_interval=1000"]
-    env = dict(os.environ, HPCFT_TEST_STEP_DELAY_S="0.2")
+    env = dict(os.environ, HPCFT_TEST_STEP_DELAY_S="0.4")  # 150 steps >= 60 s: longer than the first window
     sub = lambda *a: subprocess.run(hpcft_cli() + ["submit", *common, *a], capture_output=True, text=True,  # noqa: E731
                                     timeout=120, env=env)
-    r1 = sub("name=requeued", "resources.time=0:45", "resources.signal_grace=15", "resources.on_timeout=requeue",
+    r1 = sub("name=requeued", "resources.time=1:30", "resources.signal_grace=30", "resources.on_timeout=requeue",
              "resources.max_requeues=8")
     r2 = sub("name=uninterrupted", "resources.time=10")
     assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr

@@ -65,7 +65,7 @@ def test_dpo_lora_zero2_two_processes(tmp_path):
     s = _torchrun(run, ["method=dpo", *PREF, "training.learning_rate=5e-3", "deepspeed=zero2"], port=29811)
     # 256 pairs / (batch 8 x 2 ranks) = 16 steps: each rank saw half the epoch (one process would take 32)
     rows = _check_parallel_run(run, s, 16, stage=2)
-    assert s["lora"] is True
+    assert s["method_info"]["lora"] is True
     assert rows[-1]["loss"] < rows[0]["loss"]
     a, b = adapter_and_base_logits(run)
     assert torch.isfinite(a).all() and not torch.allclose(a, b)

@@ -302,6 +302,7 @@ SACCT_ENDS = ("7|7|NODE_FAIL|0:0|None|00:00:40|2026-11-30T14:50:00|2026-11-30T14
 @pytest.mark.parametrize("state,code,cause", [
     ("NODE_FAIL", "0:0", "node_fail"), ("PREEMPTED", "0:0", "preempted"), ("BOOT_FAIL", "0:0", "boot_fail"),
     ("OUT_OF_MEMORY", "0:125", "oom"), ("FAILED", "0:9", "oom"), ("FAILED", "1:0", "exit:1"),
+    ("FAILED", "9:0", "oom"),  # captured: a submitit job whose srun step the memory limit killed (step CANCELLED 0:9)
     ("FAILED", "2:0", "exit:2"), ("FAILED", "137:0", "exit:137"), ("FAILED", "0:15", "signal:15"),
     ("CANCELLED by 0", "0:15", "user_stop"), ("TIMEOUT", "0:0", "timeout"), ("DEADLINE", "0:0", "timeout"),
     ("COMPLETED", "0:0", None), ("RUNNING", "0:0", None), ("PENDING", "0:0", None),
@@ -370,7 +371,8 @@ def _rec(text, jid):
     (SACCT_RUNNING_PENDING, "8", "running", "8|RUNNING|None\n", None),
     (SACCT_RUNNING_PENDING, "8", "running", "8|PENDING|BeginTime\n", ("queued", "requeued by Slurm", "requeued")),
     # plain ends: no squeue needed
-    (SACCT_ENDS, "9", "running", None, ("error", "Slurm FAILED, exit code 0:9", "oom")),
+    (SACCT_ENDS, "9", "running", None, ("error", "killed for exceeding its memory limit (Slurm FAILED, exit code 0:9)",
+                                        "oom")),
     (SACCT_MIXED, "9", "running", None, ("stopped", "Slurm CANCELLED by 0", "user_stop")),
     (SACCT_MIXED, "5", "running", None, ("error", "Slurm FAILED, exit code 3:0", "exit:3")),
     (SACCT_MIXED, "4", "success", None, None),

@@ -254,3 +254,57 @@ def test_entry_exit_codes_tell_bad_input_from_other_failures(tmp_path, capsys):
     (tmp_path / "config2.yaml").write_text(OmegaConf.to_yaml(cfg2))
     assert main(["--config", str(tmp_path / "config2.yaml")]) == exitcodes.FAILED == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def _signal_after(seconds):
+    import signal
+    import threading
+
+    t = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGUSR1))
+    t.start()
+    return t
+
+
+@pytest.fixture
+def restore_sigusr1():
+    import signal
+
+    before = signal.getsignal(signal.SIGUSR1)
+    yield
+    signal.signal(signal.SIGUSR1, before)
+
+
+def test_warning_signal_saves_stops_and_the_rerun_loses_no_step(tmp_path, monkeypatch, restore_sigusr1):
+    """SIGUSR1 (the time-limit warning) mid-run: a checkpoint at the next step boundary, SavedAtWarning (exit 75 in
+    entry.py), no final/; the rerun continues from that very step: every step trained exactly once."""
+    from hpcft.train.checkpoint import latest_checkpoint, read_state
+    from hpcft.train.signals import SavedAtWarning
+
+    monkeypatch.setenv("HPCFT_TEST_STEP_DELAY_S", "0.1")
+    out = tmp_path / "run"
+    cfg = make_cfg(out, "method=lora", "training.max_steps=40", "training.save_strategy=steps",
+                   "training.save_interval=100")
+    timer = _signal_after(3.0)
+    with pytest.raises(SavedAtWarning) as e:
+        train(cfg)
+    timer.cancel()
+    stopped = e.value.step
+    assert 0 < stopped < 40
+    d = latest_checkpoint(out / "checkpoints")
+    assert read_state(d)["step"] == stopped and read_state(d)["reason"] == "warning"
+    assert not (out / "final").exists() and not (out / "summary.json").exists()
+    monkeypatch.delenv("HPCFT_TEST_STEP_DELAY_S")
+    summary, _ = train(make_cfg(out, "method=lora", "training.max_steps=40", "training.save_strategy=steps",
+                                "training.save_interval=100"))
+    assert summary["final_step"] == 40 and summary["resumed_from"] == str(d)
+    assert [r["step"] for r in metrics(out, "train")] == list(range(1, 41))
+
+
+def test_warning_with_checkpoints_off_trains_on(tmp_path, monkeypatch, restore_sigusr1):
+    """Nothing to save: stopping would only lose the work, so the run goes on (and may finish within the grace)."""
+    monkeypatch.setenv("HPCFT_TEST_STEP_DELAY_S", "0.05")
+    out = tmp_path / "run"
+    timer = _signal_after(2.0)
+    summary, _ = train(make_cfg(out, "method=lora", "training.max_steps=60", "training.keep_checkpoints=off"))
+    timer.cancel()
+    assert summary["final_step"] == 60 and not (out / "checkpoints").exists()

@@ -346,6 +346,7 @@ def make_checkpoint_callback(run: TrlRun):
             self.last_path: Optional[Path] = None
             self.last_step = -1
             self.stopped_at_warning = False
+            self.warned_off = False  # said once that the warning is ignored (checkpoints off)
 
         def after_step(self) -> None:
             """The step's fault seam, once its line is logged and its checkpoint (if any) published."""
@@ -359,7 +360,12 @@ def make_checkpoint_callback(run: TrlRun):
             if ckpt.should_save(t.save_strategy, int(t.save_interval), step):
                 self.reason = "interval"
             # a collective on every rank at every step; at the last step training ends anyway
-            if run.flag.agreed() and not control.should_training_stop:
+            if run.flag.agreed() and not control.should_training_stop and not manager.enabled:
+                if not self.warned_off:  # nothing to save: stopping would only lose the work (a requeue restarts)
+                    run.say("[hpcft] time-limit warning, but training.keep_checkpoints=off: nothing to save, "
+                            "training on")
+                    self.warned_off = True
+            elif run.flag.agreed() and not control.should_training_stop:
                 self.reason = "warning"
                 self.stopped_at_warning = True
                 control.should_training_stop = True

@@ -127,6 +127,7 @@ class CausalLMRecipe:
         self.steps_this_run = 0
         self.last_saved: Path | None = None
         self.last_saved_step = -1
+        self.warned_off = False
 
     def log(self, msg: str) -> None:
         if self.ctx.is_main:
@@ -312,6 +313,11 @@ class CausalLMRecipe:
     def stop_at_warning(self, epoch: int, step_in_epoch: int) -> None:
         """The time-limit warning arrived (all ranks agree): save where we are (unless this very step was just
         saved) and stop; entry.py exits 75 and the worker expires or requeues the job."""
+        if not self.manager.enabled:  # nothing to save: stopping would only lose the work (a requeue restarts)
+            if not self.warned_off:
+                self.log("[hpcft] time-limit warning, but training.keep_checkpoints=off: nothing to save, training on")
+                self.warned_off = True
+            return
         path = self.last_saved if self.last_saved_step == self.step else self.save(epoch, step_in_epoch, "warning")
         self.metrics.close()
         dist.barrier()
@@ -342,7 +348,7 @@ class CausalLMRecipe:
                     self.save(epoch, k + 1, "interval")
                 faults.after_step(self.step)
                 if self.warning.agreed() and self.step < self.total_steps:
-                    self.stop_at_warning(epoch, k + 1)
+                    self.stop_at_warning(epoch, k + 1)  # returns only when checkpoints are off
             else:  # the epoch ran to its end
                 self.run_evals(epoch + 1)
                 if ckpt.should_save(t.save_strategy, int(t.save_interval), self.step, epoch_end=epoch + 1):

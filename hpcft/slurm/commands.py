@@ -172,7 +172,9 @@ def parse_exit_code(exit_code: str) -> Tuple[int, int]:
     return (int(code) if code.strip().isdigit() else 0, int(sig) if sig.strip().isdigit() else 0)
 
 
-OOM_SIGNAL = 9  # OverMemoryKill (no cgroups): the job is SIGKILLed and ends FAILED 0:9
+OOM_SIGNAL = 9  # OverMemoryKill (no cgroups): the job is SIGKILLed and ends FAILED 0:9; a job whose srun step was
+# killed so (hpcft's submitit jobs) ends FAILED 9:0 (srun's exit code is the signal); hpcft's own worker never exits 9
+# (a trainer killed by a signal makes it exit 128+N or 247/119)
 
 
 def slurm_cause(slurm_state: str, exit_code: str = "0:0") -> Optional[str]:
@@ -190,7 +192,7 @@ def slurm_cause(slurm_state: str, exit_code: str = "0:0") -> Optional[str]:
     if s == "OUT_OF_MEMORY":
         return S.OOM
     if s in ("FAILED", "SPECIAL_EXIT"):
-        if code == 0 and sig == OOM_SIGNAL:
+        if (code == 0 and sig == OOM_SIGNAL) or (code == OOM_SIGNAL and sig == 0):
             return S.OOM
         if code == 0 and sig:
             return f"signal:{sig}"
@@ -212,6 +214,8 @@ def ledger_reason(rec: SacctRecord) -> str:
         return f"Slurm {rec.state_text}"
     if s in ("TIMEOUT", "DEADLINE"):
         return f"ran past its time limit (Slurm {s})"
+    if rec.ledger_cause == S.OOM:
+        return f"killed for exceeding its memory limit (Slurm {s}, exit code {code}{reason})"
     if SLURM_TO_LEDGER.get(s) == State.error:
         return f"Slurm {s}, exit code {code}{reason}"
     if s == "PENDING":
