@@ -21,7 +21,7 @@ from sqlalchemy import JSON, Column, event as sa_event, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from hpcft import paths
+from hpcft import migrations, paths
 from hpcft.errors import NotFound, StateError
 from hpcft.states import State, can_transition, is_terminal
 
@@ -78,8 +78,18 @@ class Event(SQLModel, table=True):
 _ENGINES: Dict[str, Any] = {}
 
 
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL to connect with: a bare `postgresql://` / `postgres://` URL (libpq style) gets the psycopg
+    (3) driver that hpcft installs; every other URL is used as given."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
 def _engines(url: str):
-    """(reader, writer) engines for a URL, created once per process."""
+    """(reader, writer) engines for a URL, created once per process; the schema is brought to the newest migration
+    (hpcft.migrations: one cheap query when it already is) before they are handed out."""
     if url in _ENGINES:
         return _ENGINES[url]
     if url.startswith("sqlite"):
@@ -105,11 +115,11 @@ def _engines(url: str):
 
             return eng
 
-        pair = (make("BEGIN"), make("BEGIN IMMEDIATE"))
+        pair = (make("BEGIN"), make("BEGIN IMMEDIATE"))  # the writer's BEGIN IMMEDIATE also serialises migrations
     else:
-        eng = create_engine(url, pool_pre_ping=True)
+        eng = create_engine(engine_url(url), pool_pre_ping=True)
         pair = (eng, eng)
-    SQLModel.metadata.create_all(pair[1])
+    migrations.ensure_schema(*pair)
     _ENGINES[url] = pair
     return pair
 

@@ -5,40 +5,14 @@ import pytest
 from hpcft.errors import NotFound, StateError
 from hpcft.ledger import Ledger
 from hpcft.states import State
+from ledger_dbs import BACKENDS, fresh_database
 
 
-MARIADB_SOCKET = "/run/mysqld/mysqld.sock"  # started by scripts/slurm-local up (slurmdbd's database)
-
-
-def _mariadb_url(tmp_path) -> str:
-    """A fresh database on the local MariaDB (as root over its socket), or skip."""
-    import os
-    import subprocess
-
-    if not os.path.exists(MARIADB_SOCKET):
-        pytest.skip("no local MariaDB (scripts/slurm-local up starts one)")
-    pytest.importorskip("pymysql")
-    db = f"hpcft_test_{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
-    r = subprocess.run(["mysql", "-e", f"DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot create a MariaDB database: {r.stderr.decode()[:200]}")
-    return f"mysql+pymysql://root@localhost/{db}?unix_socket={MARIADB_SOCKET}"
-
-
-@pytest.fixture(params=["sqlite", "mariadb"])
+@pytest.fixture(params=BACKENDS)
 def ledger(request, tmp_path):
-    """The same ledger tests on the embedded default (SQLite) and on a server database (MariaDB)."""
-    if request.param == "sqlite":
-        yield Ledger(f"sqlite:///{tmp_path}/ledger.db")
-        return
-    import subprocess
-
-    url = _mariadb_url(tmp_path)
-    led = Ledger(url)
-    yield led
-    led._writer.dispose()
-    db = url.split("/")[-1].split("?")[0]
-    subprocess.run(["mysql", "-e", f"DROP DATABASE IF EXISTS {db}"], capture_output=True)
+    """The same ledger tests on the embedded default (SQLite) and on the server databases (MariaDB, PostgreSQL)."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield Ledger(url)
 
 
 def _job(ledger, **kw):
@@ -190,3 +164,91 @@ def test_concurrent_claims_each_job_exactly_once(ledger, tmp_path):
     for jid in ids:
         assert ledger.get(jid).attempt == 2 and ledger.get(jid).state == "queued"
         assert sum(e.kind == "state" and e.data.get("to") == "queued" for e in ledger.events(jid)) == 1
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL access
+# scripts/postgres-local: peer authentication on the Unix socket (the role IS the Unix user), scram passwords over TCP
+# from PGPASSWORD or ~/.pgpass (never in the URL or a file of ours).
+
+
+def _pg_connect_error(url, **env):
+    """None when `Ledger(url)` works in a fresh process with this environment, else its stderr."""
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    environ.update(env)
+    code = f"from hpcft.ledger import Ledger; print(len(Ledger({url!r}).search()))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
+    return None if r.returncode == 0 else r.stderr
+
+
+def test_postgres_socket_is_peer_authenticated(tmp_path):
+    import getpass
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from ledger_dbs import drop_database, new_database
+
+    url = new_database("postgresql", tmp_path)
+    try:
+        u = make_url(url)
+        if u.host or "host" not in u.query:
+            pytest.skip("HPCFT_TEST_PG_URL is not a Unix-socket URL")
+        eng = create_engine(u)
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql("SELECT current_user").scalar() == getpass.getuser()
+        eng.dispose()
+        other = "postgres" if getpass.getuser() != "postgres" else "root"
+        # naming another role, in the URL or in the environment, is refused by the server
+        assert "Peer authentication failed" in _pg_connect_error(u.set(username=other).render_as_string(False))
+        assert "Peer authentication failed" in _pg_connect_error(url, PGUSER=other)
+    finally:
+        drop_database(url)
+
+
+def test_postgres_tcp_password_from_environment_or_pgpass(tmp_path, monkeypatch):
+    import os
+    import secrets
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from ledger_dbs import pg_admin_engine, drop_database, new_database
+
+    url = new_database("postgresql", tmp_path)
+    db = make_url(url).database
+    role, password = f"hpcft_tcp_{os.getpid()}", secrets.token_urlsafe(18)
+    admin = pg_admin_engine()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    in_db = create_engine(url, isolation_level="AUTOCOMMIT")
+    with in_db.connect() as conn:
+        conn.exec_driver_sql(f"GRANT CREATE ON SCHEMA public TO {role}")  # PostgreSQL 15: only the owner by default
+    in_db.dispose()
+    tcp = f"postgresql+psycopg://{role}@{os.environ.get('HPCFT_TEST_PG_TCP', '127.0.0.1:5432')}/{db}"
+    try:
+        monkeypatch.setenv("PGPASSWORD", password)
+        led = Ledger(tcp)
+        job = _job(led, owner=role)
+        with led._writer.connect() as conn:
+            assert conn.exec_driver_sql("SELECT current_user, inet_server_addr() IS NOT NULL").one() == (role, True)
+        monkeypatch.delenv("PGPASSWORD")
+
+        pgpass = tmp_path / "pgpass"
+        pgpass.write_text(f"*:*:{db}:{role}:{password}\n")
+        pgpass.chmod(0o600)
+        assert _pg_connect_error(tcp, PGPASSFILE=str(pgpass)) is None  # what ~/.pgpass does for a user
+        assert _pg_connect_error(tcp, PGPASSWORD=password) is None
+        assert "password authentication failed" in _pg_connect_error(tcp, PGPASSWORD="wrong")
+        assert "no password supplied" in _pg_connect_error(tcp, PGPASSFILE=str(tmp_path / "none"))
+        assert Ledger(tcp).get(job.id).owner == role
+    finally:
+        drop_database(tcp)
+        drop_database(url)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        admin.dispose()
