@@ -78,10 +78,17 @@ def main(argv: list[str] | None = None) -> int:
                 from hpcft.train.distributed import shutdown
 
                 shutdown()
-            except Exception:
-                pass
+            except Exception as e:  # the run is complete; a teardown failure must not turn it into a failure
+                print(f"[hpcft] note: process group teardown failed ({type(e).__name__}: {e})", flush=True)
         flush_std()
         os._exit(code)
+    if "torch.distributed" in sys.modules:  # one process under DeepSpeed: a process group of one to close
+        from hpcft.train.distributed import shutdown
+
+        try:
+            shutdown()
+        except Exception as e:
+            print(f"[hpcft] note: process group teardown failed ({type(e).__name__}: {e})", flush=True)
     return code
 
 
