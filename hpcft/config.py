@@ -95,6 +95,8 @@ def check_job(cfg: DictConfig) -> None:
     check(cfg.executor in ("auto", "local", "slurm"), "executor", cfg.executor,
           "unknown executor", "use executor=auto|local|slurm")
     check(bool(str(cfg.name).strip()), "name", cfg.name, "must not be empty", "set name=my-run")
+    check(cfg.get("access", "none") in ("none", "ro", "rw"), "access", cfg.get("access"), "unknown access",
+          "use access=none|ro|rw (what the other members of the project may do: nothing, read, read and change)")
 
 
 def check_model(cfg: DictConfig) -> None:

@@ -180,3 +180,22 @@ def retry_failed(ledger, max_attempts: int = 3, states: Sequence[str] = ("error"
             continue
         (report.resubmitted if done is not None else report.taken).append(job.id)
     return report
+
+
+def carry_out_stop_requests(ledger, jobs) -> int:
+    """The owner's side of a read-write member's stop: the acting user's own queued jobs with an open stop request
+    are cancelled (a running one is stopped by its worker within seconds). Returns how many were stopped."""
+    from hpcft.executors import get_executor
+
+    n = 0
+    for job in jobs:
+        if job.owner != ledger.user or job.state != State.queued.value:
+            continue
+        reqs = ledger.open_requests(job.id, "stop")
+        if not reqs:
+            continue
+        get_executor(job.executor).stop(ledger, job)
+        for r in reqs:
+            ledger.request_done(job.id, r, f"cancelled by {job.owner}'s sync while pending")
+        n += 1
+    return n

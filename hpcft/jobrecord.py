@@ -24,6 +24,7 @@ def ledger_fields(cfg: DictConfig) -> Dict[str, Any]:
         name=str(cfg.name),
         description=str(cfg.description or ""),
         project=str(cfg.project),
+        access=str(cfg.get("access") or "none"),
         method=str(cfg.method.name),
         config=OmegaConf.to_container(cfg, resolve=True),
         resources=OmegaConf.to_container(cfg.resources, resolve=True),

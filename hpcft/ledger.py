@@ -31,7 +31,10 @@ def utcnow() -> datetime:
 
 
 def current_user() -> str:
-    return os.environ.get("HPCFT_USER") or getpass.getuser()
+    """The login name; `HPCFT_USER` is honoured only for a single-user SQLite ledger (see Ledger.user)."""
+    if os.environ.get("HPCFT_USER") and paths.db_url().startswith("sqlite"):
+        return os.environ["HPCFT_USER"]
+    return getpass.getuser()
 
 
 class Job(SQLModel, table=True):
@@ -56,6 +59,9 @@ class Job(SQLModel, table=True):
     pid: Optional[int] = None  # local executor: the supervisor's pid (leader of its process group)
     attempt: int = 1
     parent_id: Optional[int] = Field(default=None, index=True)  # the job this one was cloned/derived from
+    # what the other members of the job's project may do with it: none | ro (read) | rw (read and change);
+    # hpcft.access has the rules, and on PostgreSQL the database enforces them (row-level security, `hpcft admin init`)
+    access: str = Field(default="none", sa_column_kwargs={"server_default": "none"})
     created_at: datetime = Field(default_factory=utcnow)
     submitted_at: Optional[datetime] = None
     started_at: Optional[datetime] = None
@@ -73,6 +79,38 @@ class Event(SQLModel, table=True):
     message: str = ""
     attempt: int = 1
     data: Dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class Project(SQLModel, table=True):
+    """A project = a Slurm account; its members may see the jobs shared with it (`hpcft admin sync-projects`)."""
+
+    __tablename__ = "projects"
+
+    name: str = Field(primary_key=True)
+
+
+class ProjectMember(SQLModel, table=True):
+    __tablename__ = "project_members"
+
+    project: str = Field(primary_key=True, foreign_key="projects.name")
+    username: str = Field(primary_key=True, index=True)
+
+
+class Setting(SQLModel, table=True):
+    """Site settings an administrator sets (`sharing`: on | off)."""
+
+    __tablename__ = "settings"
+
+    key: str = Field(primary_key=True)
+    value: str = ""
+
+
+class Admin(SQLModel, table=True):
+    """Ledger administrators: they see and may change every job (`hpcft admin grant`)."""
+
+    __tablename__ = "admins"
+
+    username: str = Field(primary_key=True)
 
 
 _ENGINES: Dict[str, Any] = {}
@@ -145,6 +183,7 @@ class Ledger:
     def __init__(self, url: Optional[str] = None):
         self.url = url or paths.db_url()
         self._reader, self._writer = _engines(self.url)
+        self._user: Optional[str] = None
         self._for_update = not self.url.startswith("sqlite")
 
     # ------------------------------------------------------------------------------------------ sessions
@@ -164,9 +203,107 @@ class Ledger:
 
         return _retry(once)
 
+    # ------------------------------------------------------------------------------------------ who
+    @property
+    def user(self) -> str:
+        """Who is acting. PostgreSQL: the database role of this session (peer authentication makes it the Unix
+        user; an environment variable cannot change it). SQLite: `HPCFT_USER` or the login name (a single-user
+        ledger). Other databases: the login name."""
+        if self._user is None:
+            if self.url.startswith(("postgresql", "postgres")):
+                with self._reader.connect() as c:
+                    self._user = str(c.exec_driver_sql("SELECT session_user").scalar())
+            elif self.url.startswith("sqlite"):
+                self._user = os.environ.get("HPCFT_USER") or getpass.getuser()
+            else:
+                self._user = getpass.getuser()
+        return self._user
+
+    def caller(self):
+        """The acting user with their projects and administrator flag (hpcft.access.Caller)."""
+        from hpcft.access import Caller
+
+        name = self.user
+        with self.read() as s:
+            admin = s.get(Admin, name) is not None
+            projects = frozenset(s.exec(select(ProjectMember.project).where(ProjectMember.username == name)).all())
+        return Caller(name, admin, projects)
+
+    def sharing(self) -> bool:
+        """The administrator's switch: with sharing off every job is private to its owner (and administrators)."""
+        with self.read() as s:
+            row = s.get(Setting, "sharing")
+        return row is None or row.value != "off"
+
+    def set_setting(self, key: str, value: str) -> None:
+        def fn(s: Session) -> None:
+            row = s.get(Setting, key) or Setting(key=key)
+            row.value = value
+            s.add(row)
+
+        self.write(fn)
+
+    def set_projects(self, members: Dict[str, List[str]]) -> None:
+        """Replace the project table with `members` ({project: [usernames]})."""
+        def fn(s: Session) -> None:
+            for m in s.exec(select(ProjectMember)).all():
+                s.delete(m)
+            s.flush()
+            known = {p.name for p in s.exec(select(Project)).all()}
+            for project in sorted(members):
+                if project not in known:
+                    s.add(Project(name=project))
+            s.flush()
+            for project, users in sorted(members.items()):
+                for u in sorted(set(users)):
+                    s.add(ProjectMember(project=project, username=u))
+
+        self.write(fn)
+
+    def projects(self) -> Dict[str, List[str]]:
+        with self.read() as s:
+            rows = s.exec(select(ProjectMember)).all()
+        out: Dict[str, List[str]] = {}
+        for r in rows:
+            out.setdefault(r.project, []).append(r.username)
+        return {k: sorted(v) for k, v in sorted(out.items())}
+
+    def set_admin(self, username: str, admin: bool = True) -> None:
+        def fn(s: Session) -> None:
+            row = s.get(Admin, username)
+            if admin and row is None:
+                s.add(Admin(username=username))
+            elif not admin and row is not None:
+                s.delete(row)
+
+        self.write(fn)
+
+    # ------------------------------------------------------------------------------------------ requests
+    def request(self, job_id: int, action: str, by: str, **data: Any) -> str:
+        """Record a request on another user's job (stop, extend, priority): the job's own worker, or an
+        operator's `hpcft admin apply`, carries it out and records `request_done`. Returns the request id."""
+        import uuid
+
+        rid = uuid.uuid4().hex[:12]
+        self.add_event(job_id, "request", f"{action} requested by {by}", request=rid, action=action, by=by, **data)
+        return rid
+
+    def open_requests(self, job_id: int, action: Optional[str] = None) -> List[Event]:
+        """Requests on a job not yet carried out (oldest first)."""
+        with self.read() as s:
+            q = select(Event).where(Event.job_id == int(job_id), Event.kind.in_(["request", "request_done"]))  # type: ignore[attr-defined]
+            evs = list(s.exec(q.order_by(Event.id)).all())  # type: ignore[arg-type]
+        done = {(e.data or {}).get("request") for e in evs if e.kind == "request_done"}
+        return [e for e in evs if e.kind == "request" and (e.data or {}).get("request") not in done
+                and (action is None or (e.data or {}).get("action") == action)]
+
+    def request_done(self, job_id: int, request: Event, outcome: str) -> None:
+        self.add_event(job_id, "request_done", f"{(request.data or {}).get('action')} requested by "
+                       f"{(request.data or {}).get('by')}: {outcome}", request=(request.data or {}).get("request"))
+
     # ------------------------------------------------------------------------------------------ jobs
     def create_job(self, **fields: Any) -> Job:
-        fields.setdefault("owner", current_user())
+        fields.setdefault("owner", self.user)
         now = utcnow()
         fields.setdefault("submitted_at", now)
 

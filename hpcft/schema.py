@@ -223,6 +223,7 @@ class JobConfig:
     name: str = "${model.name}-${method.name}"
     description: str = ""
     project: str = "default"
+    access: str = "none"  # what the other members of the project may do with this job: none | ro | rw
     executor: str = "auto"  # auto | local | slurm
     output_dir: Optional[str] = None  # default: <HPCFT_HOME>/runs/<job id>-<name>
     model: ModelConfig = MISSING

@@ -43,19 +43,23 @@ def plan(overrides: Sequence[str], multirun: bool = False) -> Plan:
     return Plan(cfgs, points, executors.pop())
 
 
-def _job_final(ref: str, key: str) -> tuple:
-    """(job id, its final model dir) for `job:ID`; ConfigError unless that job succeeded with a final model."""
+def _job_final(ref: str, key: str, access: str = "none") -> tuple:
+    """(job id, its final model dir) for `job:ID`; ConfigError unless that job succeeded with a final model, the
+    acting user may read it, and the new job's `access` is no more open than that job's (hpcft.access)."""
+    from hpcft.access import authorize, cap_to_parent
     from hpcft.ledger import Ledger
 
     try:
         job_id = int(ref[4:])
     except ValueError:
         raise hconfig.ConfigError(f"{key}={ref}: expected job:ID with a numeric id, e.g. {key}=job:12") from None
-    src = Ledger().get(job_id)
+    src, _ = authorize(Ledger(), job_id, "clone")  # building on a job needs read access to it
     final = Path(src.output_dir) / "final"
     if src.state != State.success.value or not final.is_dir():
         raise hconfig.ConfigError(f"{key}={ref}: job {job_id} has no final model (state {src.state}); "
                                   "use a job that ended in success")
+    if key == "model.path":
+        cap_to_parent(access, src.access, job_id)
     return job_id, final
 
 
@@ -64,7 +68,7 @@ def resolve_lineage(cfg: DictConfig) -> DictConfig:
     merged into its base when the job starts. `method.reward_model=job:ID` likewise."""
     path = cfg.model.get("path")
     if isinstance(path, str) and path.startswith("job:"):
-        job_id, final = _job_final(path, "model.path")
+        job_id, final = _job_final(path, "model.path", str(cfg.get("access") or "none"))
         with open_dict(cfg):
             cfg.model.path = str(final)
             cfg.model.source = "pretrained"

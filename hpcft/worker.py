@@ -115,6 +115,23 @@ def after_warning_save(ledger, job_id: int, out: Path) -> str:
     return "expired"
 
 
+REQUEST_POLL_S = 5.0  # how often a running job's worker looks for stop requests from other members
+
+
+def stop_requested(ledger, job_id: int):
+    """The oldest open stop request another member recorded on this job (hpcft.access: read-write members cannot
+    stop another user's job through Slurm, so the job's own worker, which runs as its owner, does), or None."""
+    reqs = ledger.open_requests(job_id, "stop")
+    return reqs[0] if reqs else None
+
+
+def honour_stop(ledger, job_id: int, req, before_start: bool = False) -> None:
+    by = (req.data or {}).get("by", "?")
+    ledger.transition(job_id, State.stopped, f"stopped at the request of {by}" + (" before it started" if
+                      before_start else ""), cause=USER_STOP)
+    ledger.request_done(job_id, req, "stopped" + (" before it started" if before_start else ""))
+
+
 def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
     ledger.add_event(job_id, "finished", f"trainer exited with code {rc}", exit_code=rc)
     if rc == 0:
@@ -146,6 +163,10 @@ def supervise(job_id: int) -> int:
     log = out / "logs" / "job.log"
     limit = parse_duration(job.resources.get("time", "01:00:00"))
     _, _, grace = _timeout_policy(job)
+    req = stop_requested(ledger, job_id)
+    if req is not None:
+        honour_stop(ledger, job_id, req, before_start=True)
+        return 0
     if not ledger.transition(job_id, State.running, "started on the local machine", pid=os.getpid()):
         print(f"job {job_id} is {ledger.get(job_id).state}: not starting", flush=True)
         return 0
@@ -167,7 +188,16 @@ def supervise(job_id: int) -> int:
         deadline = time.monotonic() + limit
         warn_at = deadline - grace if 0 < grace < limit else None
         rc: Optional[int] = None
+        next_poll = time.monotonic() + REQUEST_POLL_S
         while rc is None:
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + REQUEST_POLL_S
+                req = stop_requested(ledger, job_id)
+                if req is not None:
+                    _kill_group(proc)
+                    honour_stop(ledger, job_id, req)
+                    print(f"[hpcft] job {job_id} stopped at the request of {(req.data or {}).get('by')}", flush=True)
+                    return 0
             if stopping["by"] is not None:
                 _kill_group(proc)
                 ledger.transition(job_id, State.stopped, "stopped by user", cause=USER_STOP)
@@ -226,6 +256,10 @@ def _start_attempt(ledger, job_id: int, dist: dict, out: Path) -> bool:
     job = ledger.get(job_id)
     if State(job.state) not in LIVE:
         return False
+    req = stop_requested(ledger, job_id)
+    if req is not None:  # a member asked to stop it while it was pending
+        honour_stop(ledger, job_id, req, before_start=True)
+        return False
     if restarts:
         step = _latest_step(out)
         ledger.add_event(job_id, "restart", f"Slurm restarted the job (restart {restarts}); continuing from "
@@ -265,7 +299,7 @@ def _run_slurm_task(ledger, job_id: int, config_path: Path) -> None:
         proc = subprocess.Popen(trainer_argv(config_path, job_id), env=env, stdout=f, stderr=subprocess.STDOUT)
         previous = _forward(WARNING_SIGNAL, proc)
         try:
-            rc = proc.wait()
+            rc = _wait_honouring_requests(ledger, job_id, proc) if rank == 0 else proc.wait()
         finally:
             signal.signal(WARNING_SIGNAL, previous)
     if rank == 0:
@@ -283,6 +317,27 @@ def _run_slurm_task(ledger, job_id: int, config_path: Path) -> None:
             _finish(ledger, job_id, rc, log)
     if rc not in (0, exitcodes.SAVED_AT_WARNING):
         raise SystemExit(rc)
+
+
+def _wait_honouring_requests(ledger, job_id: int, proc: subprocess.Popen) -> int:
+    """Wait for the trainer; a stop request from another member ends the job: recorded as stopped, then the whole
+    Slurm job is cancelled (this worker runs as the job's owner, whom Slurm lets cancel it)."""
+    from hpcft.slurm import commands as C
+
+    while True:
+        try:
+            return proc.wait(timeout=REQUEST_POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            req = stop_requested(ledger, job_id)
+        except Exception as e:  # the ledger unreachable for a moment must not end the training
+            print(f"[hpcft] note: could not read requests ({type(e).__name__}: {e})", flush=True)
+            continue
+        if req is not None:
+            honour_stop(ledger, job_id, req)
+            C.run(C.scancel_argv([os.environ.get("SLURM_JOB_ID", "")]))
+            return proc.wait()
 
 
 def _forward(signum: int, proc: subprocess.Popen) -> Any:

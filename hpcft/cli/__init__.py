@@ -21,6 +21,7 @@ app = typer.Typer(
 
 from hpcft.cli import jobs as _jobs  # noqa: E402,F401  (registers the commands)
 from hpcft.cli import slurm_cmds as _slurm_cmds  # noqa: E402,F401
+from hpcft.cli import team_cmds as _team_cmds  # noqa: E402,F401
 
 
 def main() -> None:

@@ -25,6 +25,15 @@ def _console():
     return Console(highlight=False, width=width)
 
 
+def _authorized(job_id: int, action: str):
+    """(ledger, job, level): the job if the acting user may `action` it (hpcft.access), else exit 3 in one line."""
+    from hpcft.access import authorize
+
+    ledger = _ledger()
+    job, lvl = authorize(ledger, job_id, action)
+    return ledger, job, lvl
+
+
 def _ledger():
     from hpcft.ledger import Ledger
 
@@ -243,7 +252,7 @@ def show(job_id: int = JOB, config: bool = typer.Option(False, "--config", help=
     """Show one job: state, resources, paths, latest metrics."""
     from hpcft.metrics_io import read_metrics
 
-    j = _ledger().get(job_id)
+    _, j, _ = _authorized(job_id, "show")
     con = _console()
     rows = [
         ("id", j.id), ("name", j.name), ("description", j.description or "-"), ("state", j.state),
@@ -279,8 +288,7 @@ def logs(job_id: int = JOB, follow: bool = typer.Option(False, "-f", "--follow",
     """Print a job's log."""
     from hpcft.states import is_terminal
 
-    ledger = _ledger()
-    j = ledger.get(job_id)
+    ledger, j, _ = _authorized(job_id, "logs")
     log = Path(j.output_dir) / "logs" / ("job.log" if rank == 0 else f"rank-{rank}.log")
     if not log.exists() and not follow:
         raise HpcftError(f"job {job_id}: no log yet at {log} (state {j.state})")
@@ -295,8 +303,7 @@ def logs(job_id: int = JOB, follow: bool = typer.Option(False, "-f", "--follow",
 @app.command()
 def events(job_id: int = JOB, as_json: bool = typer.Option(False, "--json")) -> None:
     """A job's event history (submitted, started, checkpoints, state changes with reasons...)."""
-    ledger = _ledger()
-    ledger.get(job_id)
+    ledger, _, _ = _authorized(job_id, "events")
     evs = ledger.events(job_id)
     if as_json:
         typer.echo(json.dumps([e.model_dump() for e in evs], indent=1, default=str))
@@ -312,7 +319,7 @@ def curve(job_id: int = JOB, png: Optional[Path] = typer.Option(None, "--png", h
     from hpcft.cli.plot import ascii_plot, save_png
     from hpcft.metrics_io import loss_series, read_metrics
 
-    j = _ledger().get(job_id)
+    _, j, _ = _authorized(job_id, "curve")
     series = loss_series(read_metrics(j.output_dir))
     if not series.get("train"):
         raise HpcftError(f"job {job_id}: no training loss recorded yet ({j.output_dir}/metrics.jsonl)")
@@ -331,14 +338,20 @@ def curve(job_id: int = JOB, png: Optional[Path] = typer.Option(None, "--png", h
 @app.command()
 def stop(job_ids: List[int] = typer.Argument(..., help="job ids")) -> None:
     """Stop jobs (a stop you ask for is recorded as `stopped`, never as a failure)."""
+    from hpcft.access import acts_for_owner
     from hpcft.executors import get_executor
     from hpcft.states import is_terminal
 
-    ledger = _ledger()
     for jid in job_ids:
-        j = ledger.get(jid)
+        ledger, j, lvl = _authorized(jid, "stop")
         if is_terminal(j.state):
             typer.echo(f"job {jid} already ended: {j.state}")
+            continue
+        if acts_for_owner(lvl):  # Slurm lets only the owner stop it: the owner's side carries the request out
+            ledger.request(jid, "stop", ledger.user)
+            when = ("its worker stops it within about 10 s" if j.state == "running" else
+                    f"it is cancelled when it starts, or at {j.owner}'s next `hpcft sync`")
+            typer.echo(f"job {jid} runs as {j.owner}: stop requested (recorded); {when}")
             continue
         get_executor(j.executor).stop(ledger, j)  # records the request as a `stop` event
         typer.echo(f"job {jid}: stop requested")
@@ -350,7 +363,8 @@ def resume(job_id: int = JOB, checkpoint: Optional[str] = typer.Option(None, "--
     """Run an ended job again (new attempt, same run dir) from its latest or a chosen checkpoint."""
     from hpcft.jobctl import resume as resume_job
 
-    j = resume_job(_ledger(), job_id, checkpoint)
+    ledger, _, _ = _authorized(job_id, "resume")
+    j = resume_job(ledger, job_id, checkpoint)
     typer.echo(f"job {job_id}: attempt {j.attempt} queued (resume from {j.config['training']['resume_from']})")
     if wait:
         raise typer.Exit(_wait([job_id], follow=True))
@@ -398,8 +412,7 @@ def clone(
     from hpcft import clone as hclone
     from hpcft import config as hconfig
 
-    ledger = _ledger()
-    src = ledger.get(job_id)
+    ledger, src, _ = _authorized(job_id, "clone")
     ovs = list(overrides or []) + ([f"name={_quote(name)}"] if name is not None else [])
     plan = hclone.plan(src, ovs)
     con = _console()
@@ -445,8 +458,15 @@ def delete(job_ids: List[int] = typer.Argument(..., help="job ids"),
     from hpcft.executors import get_executor
     from hpcft.states import is_terminal
 
+    from hpcft.access import AccessDenied, acts_for_owner
+
     ledger = _ledger()
-    jobs = [ledger.get(j) for j in dict.fromkeys(job_ids)]  # all must exist before anything is deleted
+    checked = [_authorized(j, "delete")[1:] for j in dict.fromkeys(job_ids)]  # all exist and may be deleted first
+    for j, lvl in checked:
+        if acts_for_owner(lvl) and not is_terminal(j.state):
+            raise AccessDenied(f"job {j.id} (owner {j.owner}) is {j.state} and runs as {j.owner}: stop it first "
+                               f"(`hpcft stop {j.id}`), delete it once it has ended (nothing was deleted)")
+    jobs = [j for j, _ in checked]
     dirs = _run_dirs(ledger, jobs) if purge or files else []
     if dirs and not yes:
         total = _fmt_size(sum(size for _, size in dirs))
@@ -521,9 +541,13 @@ def sync() -> None:
     """Bring the states of all live jobs in line with reality (safe to run from cron)."""
     from hpcft.executors import get_executor
 
+    from hpcft.jobctl import carry_out_stop_requests
+
     ledger = _ledger()
     live = ledger.live_jobs()
     changed = 0
     for ex in sorted({j.executor for j in live}):
         changed += get_executor(ex).sync(ledger, [j for j in live if j.executor == ex])
-    typer.echo(f"{len(live)} live job(s) checked, {changed} changed")
+    stopped = carry_out_stop_requests(ledger, ledger.live_jobs())
+    typer.echo(f"{len(live)} live job(s) checked, {changed} changed"
+               + (f", {stopped} stopped at other members' request" if stopped else ""))

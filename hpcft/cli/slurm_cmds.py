@@ -19,14 +19,24 @@ def prediction_line(pred) -> str:
             f"{pred.partition or '?'}")
 
 
-def _slurm_job(job_id: int):
+def _slurm_job(job_id: int, action: str):
+    """(ledger, job, level) of a Slurm job the acting user may `action` (hpcft.access; exit 3 otherwise)."""
+    from hpcft.access import authorize
     from hpcft.ledger import Ledger
 
     ledger = Ledger()
-    job = ledger.get(job_id)
+    job, lvl = authorize(ledger, job_id, action)
     if job.executor != "slurm" or not job.slurm_job_id:
         raise HpcftError(f"job {job_id} runs on the {job.executor} executor; this command needs a Slurm job")
-    return ledger, job
+    return ledger, job, lvl
+
+
+def _request_for_owner(ledger, job, action: str, what: str, **data) -> None:
+    """A read-write member's change to someone else's job: Slurm lets only its owner and operators change it, so
+    it is recorded as a request that an operator's `hpcft admin apply` (cron) carries out."""
+    ledger.request(job.id, action, ledger.user, **data)
+    typer.echo(f"job {job.id} runs as {job.owner}: {what} requested (recorded, not yet applied); a Slurm operator's "
+               "`hpcft admin apply` (cron) applies it, usually within minutes; `hpcft events` shows when")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -46,9 +56,13 @@ def extend(job_id: int = typer.Argument(..., help="job id"),
     from hpcft.executors.slurm import extend as slurm_extend
     from hpcft.states import is_terminal
 
-    ledger, job = _slurm_job(job_id)
+    from hpcft.access import acts_for_owner
+
+    ledger, job, lvl = _slurm_job(job_id, "extend")
     if is_terminal(job.state):
         raise HpcftError(f"job {job_id} already ended ({job.state}); its time limit cannot change")
+    if acts_for_owner(lvl):
+        return _request_for_owner(ledger, job, "extend", f"time limit {time}", time=time)
     typer.echo(f"job {job_id}: time limit now {slurm_extend(ledger, job, time)}")
 
 
@@ -59,9 +73,13 @@ def priority(job_id: int = typer.Argument(..., help="job id"),
     from hpcft.executors.slurm import set_priority
     from hpcft.states import is_terminal
 
-    ledger, job = _slurm_job(job_id)
+    from hpcft.access import acts_for_owner
+
+    ledger, job, lvl = _slurm_job(job_id, "priority")
     if is_terminal(job.state):
         raise HpcftError(f"job {job_id} already ended ({job.state}); its priority cannot change")
+    if acts_for_owner(lvl):
+        return _request_for_owner(ledger, job, "priority", f"priority {level}", level=level)
     set_priority(ledger, job, level)
     typer.echo(f"job {job_id}: priority {level}")
 

@@ -442,6 +442,24 @@ def update_nice_argv(job_id: str, nice: int) -> List[str]:
     return ["scontrol", "update", f"JobId={job_id}", f"Nice={int(nice)}"]
 
 
+def assoc_argv() -> List[str]:
+    """Slurm's associations: which users belong to which account (hpcft's projects)."""
+    return ["sacctmgr", "--noheader", "--parsable2", "show", "assoc", "format=Account,User"]
+
+
+def parse_assoc(out: str, skip_accounts: Sequence[str] = ("root",)) -> Dict[str, List[str]]:
+    """{account: [users]} from `assoc_argv` output (account-only rows and the `root` account skipped)."""
+    members: Dict[str, List[str]] = {}
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2 or not parts[0] or not parts[1] or parts[0] in skip_accounts:
+            continue
+        members.setdefault(parts[0], [])
+        if parts[1] not in members[parts[0]]:
+            members[parts[0]].append(parts[1])
+    return {k: sorted(v) for k, v in sorted(members.items())}
+
+
 def requeue_argv(job_id: str) -> List[str]:
     """Put a running job back in the queue (a job's owner may; the job restarts from scratch in Slurm's eyes)."""
     return ["scontrol", "requeue", str(job_id)]
