@@ -4,6 +4,8 @@ The #SBATCH lines come from `hpcft.slurm.sbatch` (the one mapping of resources t
 embedded as a quoted heredoc (no expansion) and written to the run directory when the job starts; the worker then
 runs under srun (`python -m hpcft.worker register-and-run --config <run_dir>/config.yaml`), registering the job in
 the ledger with its SLURM_JOB_ID. Every value that reaches the shell is quoted (shlex) or refused (ConfigError).
+The run directory is private (0700, `hpcft.files.make_run_dir`); the script names the ledger by its URL without any
+password (`paths.public_db_url`): the job authenticates with PGPASSWORD or ~/.pgpass on the compute node.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpcft import paths
+from hpcft.files import make_run_dir
 from hpcft.slurm.sbatch import safe_job_name, sbatch_options, to_lines
 
 TEMPLATES = {"single": "single_node.sbatch.j2", "multi": "multi_node.sbatch.j2"}
@@ -57,7 +60,7 @@ def render(cfg: DictConfig, priority_policy: Optional[str] = None, script_hint: 
     opts = sbatch_options(cfg.resources, job_name=str(cfg.name), output=str(run_dir / "logs" / "slurm-%j.out"),
                           priority_policy=priority_policy)
     if create_dirs:
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)  # 0700, with logs/
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if not config_yaml.endswith("\n"):
         config_yaml += "\n"
@@ -69,7 +72,7 @@ def render(cfg: DictConfig, priority_policy: Optional[str] = None, script_hint: 
         nodes=nodes,
         sbatch_lines=to_lines(opts),
         run_dir=shlex.quote(str(run_dir)),
-        db_url=shlex.quote(paths.db_url()),
+        db_url=shlex.quote(paths.public_db_url(paths.db_url())),  # never a password: PGPASSWORD / ~/.pgpass
         python=shlex.quote(sys.executable),
         delimiter=_delimiter(config_yaml),
         config_yaml=config_yaml,

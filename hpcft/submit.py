@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from hpcft import config as hconfig
 from hpcft import paths
 from hpcft.errors import HpcftError, SchedulerError
+from hpcft.files import make_run_dir
 from hpcft.jobrecord import ledger_fields, resource_spec  # noqa: F401  (re-exported)
 from hpcft.states import SUBMIT_FAILED, State
 
@@ -92,7 +93,7 @@ def create_jobs(ledger, p: Plan) -> List[Any]:
         job = ledger.create_job(**ledger_fields(cfg), executor=p.executor, state=State.queued.value)
         out = Path(cfg.output_dir) if cfg.output_dir else paths.runs_root() / f"{job.id}-{slug(cfg.name)}"
         out = out.expanduser().resolve()
-        (out / "logs").mkdir(parents=True, exist_ok=True)
+        make_run_dir(out)  # 0700 + logs/: private until shared (hpcft.files.share_run_dir)
         with open_dict(cfg):
             cfg.output_dir = str(out)
         write_config(cfg, out)

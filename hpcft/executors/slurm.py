@@ -1,5 +1,7 @@
 """The Slurm executor: submitit submits `hpcft.worker.run_in_allocation(job_id, db_url)` into every task.
 
+- The ledger URL handed to the job (pickled by submitit into the run directory) carries no password
+  (`paths.public_db_url`): the job authenticates with PGPASSWORD or ~/.pgpass on the compute node.
 - Resources go through `hpcft.slurm.sbatch.sbatch_options` (the one mapping) and are handed to submitit: options
   submitit knows become its parameters, the rest `additional_parameters`.
 - A sweep (several jobs with the same sbatch options) is ONE Slurm job array (`executor.batch()`); each point
@@ -22,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from hpcft.errors import ConfigError, SchedulerError
 from hpcft.executors.base import Executor
 from hpcft.ledger import current_user
+from hpcft.paths import public_db_url
 from hpcft.slurm import commands as C
 from hpcft.slurm.sbatch import (PRIORITIES, PRIORITY_NICE, PRIORITY_QOS, Options, default_policy, safe_job_name,
                                 sbatch_options, to_argv)
@@ -79,6 +82,7 @@ class SlurmExecutor(Executor):
             opts.pop("job-name", None)  # an array takes its first point's name: group by resources only
             groups.setdefault(tuple(opts.items()), []).append(job)
 
+        url = public_db_url(ledger.url)  # pickled into the run dir by submitit: never a password (PGPASSWORD/.pgpass)
         out = []
         for group in groups.values():
             first = group[0]
@@ -94,10 +98,10 @@ class SlurmExecutor(Executor):
             ex.update_parameters(**native, additional_parameters=extra, array_parallelism=len(group))
             try:
                 if len(group) == 1:
-                    submitted = [ex.submit(run_in_allocation, first.id, ledger.url)]
+                    submitted = [ex.submit(run_in_allocation, first.id, url)]
                 else:  # ONE sbatch --array; the Job objects get their ids ("123_0", ...) when the block ends
                     with ex.batch():
-                        submitted = [ex.submit(run_in_allocation, job.id, ledger.url) for job in group]
+                        submitted = [ex.submit(run_in_allocation, job.id, url) for job in group]
             except (submitit.core.utils.FailedSubmissionError, subprocess.CalledProcessError, OSError) as e:
                 msg = str(e).strip().splitlines()
                 raise SchedulerError(f"sbatch refused the job: {_sbatch_reason(msg)}") from None
