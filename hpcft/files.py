@@ -80,6 +80,8 @@ def setfacl_argv(path, readers: Sequence[str], writers: Sequence[str], drop: Ite
     entries = acl_entries(readers, writers, owner)
     if entries:
         argv += ["-m", ",".join(entries)]
+    if not drop and not entries:
+        return []  # nothing to add or remove
     return argv + ["--", str(path)]
 
 
@@ -154,6 +156,8 @@ def share_run_dir(path, readers: Sequence[str], writers: Sequence[str]) -> List[
     if listing.returncode != 0 and not listing.stdout.strip():  # (a writer's unreadable files: keep what it read)
         raise _failed(getfacl_argv(path), path, listing)
     argv = setfacl_argv(path, readers, writers, drop=parse_acl_users(listing.stdout), owner=owner)
+    if not argv:
+        return []
     proc = _run(argv, path)
     if proc.returncode == 0:
         return []

@@ -321,7 +321,7 @@ class Ledger:
         with self.read() as s:
             job = s.get(Job, int(job_id))
         if job is None:
-            raise NotFound(f"job {job_id}: not in the ledger ({self.url}); see `hpcft list`")
+            raise NotFound(f"job {job_id}: not in the ledger ({paths.public_db_url(self.url)}); see `hpcft list`")
         return job
 
     def update(self, job_id: int, **fields: Any) -> Job:

@@ -240,8 +240,15 @@ def supervise(job_id: int) -> int:
 
 def run_in_allocation(job_id: int, db_url: str) -> None:
     """Run a ledger job's trainer in this Slurm task (called by submitit in every task of the job)."""
-    os.environ["HPCFT_DB_URL"] = db_url
     from hpcft.ledger import Ledger
+    from hpcft.paths import public_db_url
+
+    # the URL handed over carries no password (hpcft.paths.public_db_url); one inherited from the submitter's
+    # environment for the same database does, and is the one to connect with
+    inherited = os.environ.get("HPCFT_DB_URL")
+    if not inherited or public_db_url(inherited) != db_url:
+        os.environ["HPCFT_DB_URL"] = db_url
+    db_url = os.environ["HPCFT_DB_URL"]
 
     ledger = Ledger(db_url)
     job = ledger.get(job_id)

@@ -37,10 +37,10 @@ def share(job_id: int = typer.Argument(..., help="job id"),
             parent = None
         if parent is not None:
             access.cap_to_parent(level, parent.access, parent.id)
+    note = _share_files(ledger, job, level)  # first: a refused ACL change leaves the ledger as it was
     ledger.update(job_id, access=level)
     ledger.add_event(job_id, "share", f"shared {level} with project {job.project} by {ledger.user}", access=level,
                      by=ledger.user)
-    note = _share_files(ledger, job, level)
     typer.echo(f"job {job_id}: access {level} for the members of project {job.project}{note}")
 
 

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hpcft.errors import ConfigError, SchedulerError
 from hpcft.executors.base import Executor
+from hpcft.files import make_run_dir
 from hpcft.ledger import current_user
 from hpcft.paths import public_db_url
 from hpcft.slurm import commands as C
@@ -92,7 +93,7 @@ class SlurmExecutor(Executor):
             else:
                 folder = Path(first.output_dir).parent / f"slurm-array-{first.id}"
                 opts["job-name"] = safe_job_name(f"{first.name}-sweep")
-            folder.mkdir(parents=True, exist_ok=True)
+            make_run_dir(folder)  # private like the run directories (0700): array task logs too
             native, extra = _submitit_parameters(opts)
             ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
             ex.update_parameters(**native, additional_parameters=extra, array_parallelism=len(group))
