@@ -37,11 +37,28 @@ def plan(overrides: Sequence[str], multirun: bool = False) -> Plan:
     points = expand(overrides) if multirun else [list(overrides)]
     if not multirun and len(expand(overrides)) > 1:
         raise HpcftError("these overrides describe a sweep (a=1,2); add -m/--multirun to submit a job array")
-    cfgs = [resolve_lineage(hconfig.load(p)) for p in points]
+    cfgs = [resolve_project(resolve_lineage(hconfig.load(p))) for p in points]
     executors = {resolve_name(c.executor) for c in cfgs}
     if len(executors) > 1:
         raise HpcftError("a sweep must run on one executor; do not sweep over `executor`")
     return Plan(cfgs, points, executors.pop())
+
+
+def resolve_project(cfg: DictConfig) -> DictConfig:
+    """Projects are Slurm accounts: `project` left at its default becomes `resources.account` when set, else the
+    submitting user's project when the ledger knows exactly one (`hpcft admin sync-projects`)."""
+    if str(cfg.get("project") or "default") != "default":
+        return cfg
+    project = cfg.resources.get("account")
+    if not project:
+        from hpcft.ledger import Ledger
+
+        mine = sorted(Ledger().caller().projects)
+        project = mine[0] if len(mine) == 1 else None
+    if project:
+        with open_dict(cfg):
+            cfg.project = str(project)
+    return cfg
 
 
 def _job_final(ref: str, key: str, access: str = "none") -> tuple:
