@@ -58,8 +58,14 @@ def wait_state(job_id, states, timeout=300):
 
 @pytest.fixture(scope="module")
 def jobs(team):  # noqa: F811
-    subprocess.run(["psql", "-X", "-h", SOCKDIR, "-d", "hpcft", "-c", f"DROP DATABASE IF EXISTS {DB}"],
-                   capture_output=True, timeout=60)
+    for u in (ALICE, BOB, CAROL):  # jobs left by an earlier run
+        subprocess.run(["scancel", "-u", u], capture_output=True, timeout=60)
+    for _ in range(30):  # the cancelled jobs' connections go away within seconds
+        drop = subprocess.run(["psql", "-X", "-h", SOCKDIR, "-d", "hpcft", "-c", f"DROP DATABASE IF EXISTS {DB}"],
+                              capture_output=True, text=True, timeout=60)
+        if drop.returncode == 0:
+            break
+        time.sleep(2)
     r = subprocess.run(["psql", "-X", "-h", SOCKDIR, "-d", "hpcft", "-c", f"CREATE DATABASE {DB}"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -72,7 +78,8 @@ def jobs(team):  # noqa: F811
     assert r.returncode == 0, r.stdout + r.stderr
     ids = {j["name"]: j["id"] for j in json.loads(hp(ALICE, "list", "--json").stdout)}
     wait_state(ids["running"], {"running"})
-    return ids["finished"], ids["running"]
+    yield ids["finished"], ids["running"]
+    subprocess.run(["scancel", "-u", ALICE], capture_output=True, timeout=60)
 
 
 def refused(r, *words):

@@ -329,7 +329,15 @@ def curve(job_id: int = JOB, png: Optional[Path] = typer.Option(None, "--png", h
     for split in ("validation", "test"):
         if split in series:
             typer.echo(f"{split} loss by epoch: " + ", ".join(f"{y:.4f}" for y in series[split][1]))
-    path = save_png(series, png or Path(j.output_dir) / "loss.png", f"job {j.id} {j.name}")
+    if png is None:  # into the run directory, or (someone else's job, shared read-only) under your own HPCFT_HOME
+        import os
+
+        from hpcft import paths
+
+        run_dir = Path(j.output_dir)
+        png = run_dir / "loss.png" if os.access(run_dir, os.W_OK) else paths.home() / "plots" / f"{j.id}-loss.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+    path = save_png(series, png, f"job {j.id} {j.name}")
     typer.echo(f"PNG: {path}")
 
 
