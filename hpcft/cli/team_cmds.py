@@ -133,4 +133,5 @@ def admin_apply() -> None:
             applied.append(f"job {job.id}: {action} for {data.get('by')}: {outcome}")
     for line in applied:
         typer.echo(line)
-    typer.echo(f"applied {len(applied)} request(s)")
+    refused = sum(": refused: " in line for line in applied)
+    typer.echo(f"carried out {len(applied)} request(s): {len(applied) - refused} applied, {refused} refused by Slurm")
