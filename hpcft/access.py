@@ -120,3 +120,20 @@ def acts_for_owner(lvl: str) -> bool:
     action becomes a request that the owner's side carries out (the job's worker, the owner's sync, or an
     operator's `hpcft admin apply`)."""
     return lvl == "rw"
+
+
+def share_run_dir(ledger, job, level: str) -> list:
+    """The run directory follows the ledger: readable (ro) or writable (rw) by the other members of the job's project
+    (none, or sharing switched off: by nobody else). Returns the users it is now shared with."""
+    from pathlib import Path
+
+    from hpcft import files
+
+    out = Path(job.output_dir or "")
+    if not job.output_dir or not out.is_dir():
+        return []
+    others = [u for u in ledger.projects().get(job.project, []) if u != job.owner]
+    if level == "none" or not ledger.sharing():
+        others = []
+    files.share_run_dir(out, readers=others if level == "ro" else [], writers=others if level == "rw" else [])
+    return others

@@ -111,6 +111,10 @@ def create_jobs(ledger, p: Plan) -> List[Any]:
         out = Path(cfg.output_dir) if cfg.output_dir else paths.runs_root() / f"{job.id}-{slug(cfg.name)}"
         out = out.expanduser().resolve()
         make_run_dir(out)  # 0700 + logs/: private until shared (hpcft.files.share_run_dir)
+        if job.access != "none":  # shared from the start: the files follow the ledger
+            from hpcft.access import share_run_dir
+
+            share_run_dir(ledger, ledger.update(job.id, output_dir=str(out)), job.access)
         with open_dict(cfg):
             cfg.output_dir = str(out)
         write_config(cfg, out)

@@ -37,29 +37,12 @@ def share(job_id: int = typer.Argument(..., help="job id"),
             parent = None
         if parent is not None:
             access.cap_to_parent(level, parent.access, parent.id)
-    note = _share_files(ledger, job, level)  # first: a refused ACL change leaves the ledger as it was
+    others = access.share_run_dir(ledger, job, level)  # first: a refused ACL change leaves the ledger as it was
+    note = f"; run directory shared with {', '.join(others)}" if others else "; run directory private"
     ledger.update(job_id, access=level)
     ledger.add_event(job_id, "share", f"shared {level} with project {job.project} by {ledger.user}", access=level,
                      by=ledger.user)
     typer.echo(f"job {job_id}: access {level} for the members of project {job.project}{note}")
-
-
-def _share_files(ledger, job, level: str) -> str:
-    """The run directory follows the ledger: readable (ro) or writable (rw) by the project's other members."""
-    from pathlib import Path
-
-    try:
-        from hpcft.files import share_run_dir
-    except ImportError:
-        return ""
-    out = Path(job.output_dir)
-    if not job.output_dir or not out.is_dir():
-        return ""
-    others = [u for u in ledger.projects().get(job.project, []) if u != job.owner]
-    if level == "none" or not ledger.sharing():
-        others = []
-    share_run_dir(out, readers=others if level == "ro" else [], writers=others if level == "rw" else [])
-    return f"; run directory {out} {'shared with ' + ', '.join(others) if others else 'private'}"
 
 
 @admin.command("init")

@@ -46,9 +46,7 @@ class LocalExecutor(Executor):
         return started
 
     def stop(self, ledger, job) -> None:
-        from hpcft.ledger import current_user
-
-        user = current_user()
+        user = ledger.user
         ledger.add_event(job.id, "stop", f"stop requested by {user}", user=user, pid=job.pid)
         ledger.transition(job.id, State.stopped, "stopped by user", cause=USER_STOP)
         if job.pid:

@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from hpcft.errors import ConfigError, SchedulerError
 from hpcft.executors.base import Executor
 from hpcft.files import make_run_dir
-from hpcft.ledger import current_user
 from hpcft.paths import public_db_url
 from hpcft.slurm import commands as C
 from hpcft.slurm.sbatch import (PRIORITIES, PRIORITY_NICE, PRIORITY_QOS, Options, default_policy, safe_job_name,
@@ -123,9 +122,9 @@ class SlurmExecutor(Executor):
 
     # ------------------------------------------------------------------------------------------ stop
     def stop(self, ledger, job) -> None:
-        user = current_user()
-        ledger.add_event(job.id, "stop", f"stop requested by {user}", user=user, slurm_job_id=job.slurm_job_id)
+        user = ledger.user
         if not job.slurm_job_id:
+            ledger.add_event(job.id, "stop", f"stop requested by {user}", user=user)
             ledger.transition(job.id, State.stopped, f"stopped by {user} before it reached Slurm",
                               cause=USER_STOP)
             return
@@ -133,9 +132,10 @@ class SlurmExecutor(Executor):
             C.run(C.scancel_argv([job.slurm_job_id]))
         except SchedulerError as e:
             if not re.search(r"already completing or completed|invalid job id", str(e), re.IGNORECASE):
-                raise
+                raise  # refused (e.g. not the owner): nothing is recorded as if the stop had happened
             self.sync(ledger, [job])  # it ended before the stop arrived: record how it ended
             return
+        ledger.add_event(job.id, "stop", f"stop requested by {user}", user=user, slurm_job_id=job.slurm_job_id)
         # scancel answers 0 even for a job that had already ended: record what Slurm knows now, and a job that
         # was still pending is stopped at once (Slurm's accounting may not show the cancel yet)
         self.sync(ledger, [ledger.get(job.id)])
@@ -213,7 +213,7 @@ def extend(ledger, job, time: str) -> str:
     resources = dict(job.resources or {}, time=new)
     ledger.update(job.id, resources=resources)
     ledger.add_event(job.id, "extend", f"time limit set to {new} (asked {value})", requested=value, time=new,
-                     user=current_user())
+                     user=ledger.user)
     return new
 
 
@@ -232,7 +232,7 @@ def set_priority(ledger, job, level: str, policy: Optional[str] = None) -> None:
     C.run(argv)
     ledger.update(job.id, resources=dict(job.resources or {}, priority=level))
     ledger.add_event(job.id, "priority", f"priority set to {level} ({argv[-1]})", level=level, slurm=argv[-1],
-                     user=current_user())
+                     user=ledger.user)
 
 
 @dataclass
