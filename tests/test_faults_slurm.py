@@ -366,7 +366,9 @@ def test_node_failure_requeues_and_resumes(phase2, reference):
     REPORT[name] = {"steps_lost": lost}
 
 
-def test_report():
-    """The figures for README's reliability section (printed; -s shows them)."""
-    print("\nfault-injection report:", json.dumps(REPORT, indent=1))
+def test_report(tmp_path_factory):
+    """The figures for README's reliability section (printed with -s, and written next to the test's tmp dirs)."""
+    text = json.dumps(REPORT, indent=1)
+    print("\nfault-injection report:", text)
+    (tmp_path_factory.getbasetemp() / "fault-report.json").write_text(text)
     assert REPORT, "no scenario ran"
