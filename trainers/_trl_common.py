@@ -16,8 +16,6 @@ summary.json; the base model of a config-built model lives in base/ (hpcft.train
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -234,17 +232,12 @@ class TrlRun:
         """final/: the model (full HF weights, or the peft adapter) + tokenizer, written to final.tmp and renamed
         (a crash while saving never leaves a half-written final/)."""
         final = self.out / "final"
-        tmp = final.with_name("final.tmp")
-        if self.ctx.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
+        tmp = ckpt.staging_for(final) if self.ctx.is_main else final.with_name("final.tmp")
         dist.barrier()
         trainer.save_model(str(tmp))  # every rank (DeepSpeed gathers); only the main process writes
         if self.ctx.is_main:
             tokenizer.save_pretrained(str(tmp))
-            ckpt.fsync_tree(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            ckpt.publish_dir(tmp, final)
         dist.barrier()
         return str(final)
 

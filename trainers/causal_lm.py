@@ -11,8 +11,6 @@ Launch: hpcft submit method=lora data=tiny_sft   (or: python -m hpcft.train.entr
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -393,13 +391,9 @@ def save_final(engine, tok, final: Path, ctx) -> None:
     Under ZeRO-3 the partitioned weights are gathered first (pitfall 5)."""
     state = engine.zero3_state_dict()
     if ctx.is_main:
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = ckpt.staging_for(final)
         kwargs = {"state_dict": state} if state is not None else {}
         engine.module.save_pretrained(str(tmp), safe_serialization=True, **kwargs)
         tok.save_pretrained(str(tmp))
-        ckpt.fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        ckpt.publish_dir(tmp, final)
     dist.barrier()

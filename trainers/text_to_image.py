@@ -559,15 +559,11 @@ class T2ITrainer:
         final = self.out / "final"
         hashes = dist.all_gather_object(params_hash(unet))
         if self.ctx.is_main:
-            tmp = final.with_name("final.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            tmp = ckpt.staging_for(final)
             self.save_lora(tmp)
             self.c["tokenizer"].save_pretrained(str(tmp / "tokenizer"))
             (tmp / "hpcft_base.json").write_text(json.dumps({"base": self.base, "lora": LORA_FILE}) + "\n")
-            ckpt.fsync_tree(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            ckpt.publish_dir(tmp, final)
         summary = make_summary(
             method="t2i_lora", final_step=self.step, total_steps=self.total_steps, epochs=self.epochs,
             steps_this_run=steps_this_run, train_time_s=train_time, train_history=history, evals=self.evals,

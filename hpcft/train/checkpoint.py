@@ -58,6 +58,25 @@ def fsync_tree(path: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
+def staging_for(final: Path) -> Path:
+    """An empty `<final>.tmp` next to `final` to write a directory into before `publish_dir` (main rank)."""
+    tmp = Path(final).with_name(Path(final).name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish_dir(tmp: Path, final: Path) -> Path:
+    """Make a fully written directory `final` in one step (fsync, then rename over the old one): a crash leaves
+    either the old `final` or none, never half of a new one. Used for every trainer's `final/`."""
+    fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)
