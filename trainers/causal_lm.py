@@ -97,13 +97,16 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def token_loss(logits, labels):
-    """(mean next-token cross-entropy over label tokens, number of label tokens)."""
+    """(mean next-token cross-entropy over label tokens, number of label tokens).
+
+    The labels are shifted (not the logits: no copy of the batch x sequence x vocab tensor) and counted where they
+    are (pass them on the CPU, as collate makes them: no device sync); they move to the logits' device here."""
     import torch.nn.functional as F
 
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
+    shift_labels = F.pad(labels[:, 1:], (0, 1), value=D.IGNORE)
     n = int((shift_labels != D.IGNORE).sum())
-    total = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+    total = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
+                            shift_labels.to(logits.device, non_blocking=True).reshape(-1),
                             ignore_index=D.IGNORE, reduction="sum")
     return total / max(n, 1), n
 
@@ -225,26 +228,28 @@ class CausalLMRecipe:
         self.ctx.event("resumed", f"resumed from step {self.step}", step=self.step, path=str(d))
 
     # ------------------------------------------------------------------------------------------------ steps
-    def train_step(self, micro: list[list[int]]) -> tuple[float, int]:
-        """One optimizer step over its micro-batches: (mean loss on this rank, tokens seen)."""
-        loss_acc, n_tok = 0.0, 0
+    def train_step(self, micro: list[list[int]]):
+        """One optimizer step over its micro-batches: (mean loss on this rank as a 0-d tensor on the device, tokens
+        seen). The loss stays on the device (no sync per micro-batch); log_step reads it only when it logs."""
+        loss_acc, n_tok = None, 0
         for mb in micro:
             batch = D.collate([self.train_set.samples[i] for i in mb], self.pad_id)
             labels = batch.pop("labels")
-            n_tok += int(batch["attention_mask"].sum())
+            n_tok += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
             logits = self.engine(**batch).logits
-            loss, _ = token_loss(logits, labels.to(self.engine.device))
-            loss_acc += float(loss.detach()) / len(micro)
+            loss, _ = token_loss(logits, labels)
+            part = loss.detach() / len(micro)
+            loss_acc = part if loss_acc is None else loss_acc + part
             self.engine.backward(loss, len(micro))
         self.engine.optimizer_step()
         return loss_acc, n_tok
 
-    def log_step(self, epoch: int, k: int, n_batches: int, micro, loss: float, n_tok: int, lr: float,
+    def log_step(self, epoch: int, k: int, n_batches: int, micro, loss, n_tok: int, lr: float,
                  dt: float) -> None:
         t = self.t
         if self.step % int(t.log_interval) != 0 and self.step != self.total_steps:
             return
-        loss_g, tok_g = dist.all_reduce_sum([loss, float(n_tok)])
+        loss_g, tok_g = dist.all_reduce_sum([float(loss), float(n_tok)])
         rec = {"type": "train", "step": self.step, "epoch": round(epoch + (k + 1) / n_batches, 4),
                "loss": loss_g / self.ctx.world_size, "lr": lr, "tokens_per_s": tok_g / dt,
                "peak_mem_mb": peak_mem_mb()}
@@ -268,7 +273,7 @@ class CausalLMRecipe:
                 batch = D.collate([split.samples[i] for i in order[b0:b0 + bs]], self.pad_id)
                 labels = batch.pop("labels").clone()
                 labels[[j for j, keep in enumerate(real[b0:b0 + bs]) if not keep]] = D.IGNORE
-                mean, n = token_loss(self.engine(**batch).logits, labels.to(self.engine.device))
+                mean, n = token_loss(self.engine(**batch).logits, labels)
                 loss_sum += float(mean) * n
                 n_tok += n
         loss_sum, n_tok = dist.all_reduce_sum([loss_sum, float(n_tok)])
