@@ -120,7 +120,10 @@ def submit(ledger, source, p: hsubmit.Plan):
     """Create the clone (hpcft.submit.create_jobs), record where it came from, hand it to the executor. A failed
     hand-over marks the clone `error` with why, as `hpcft submit` does."""
     from hpcft.executors import get_executor
+    from hpcft.jobctl import refuse_foreign_remote_code
 
+    if not any(o.lstrip("+~").startswith("model.trust_remote_code=") for o in p.overrides[0]):
+        refuse_foreign_remote_code(ledger, source, "clone")  # enabling it yourself (the override) is yours to do
     (job,) = hsubmit.create_jobs(ledger, p)
     cfg, overrides = p.configs[0], p.overrides[0]
     job = ledger.update(job.id, parent_id=cfg.model.get("parent_job") or source.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -39,6 +40,8 @@ def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictC
     register_resolvers()
     schema.register()
     overrides = list(overrides)
+    for ov in overrides:
+        refuse_interpolation(ov)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base=None, config_dir=str(paths.conf_dir()), job_name="hpcft"):
@@ -54,6 +57,17 @@ def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictC
     except OmegaConfBaseException as e:
         raise ConfigError(_first_line(e)) from None
     return cfg
+
+
+def refuse_interpolation(override: str) -> None:
+    """Values given on the command line are stored literally: a `${...}` interpolation (`${oc.env:SECRET}` would
+    store an environment variable in the ledger) is refused with one line naming the key. The configs hpcft ships
+    under conf/ keep theirs (`${model.name}`, `${hpcft_asset:...}`)."""
+    key, sep, value = override.partition("=")
+    if sep and "${" in value:
+        key = key.lstrip("+~")
+        raise ConfigError(f"{key}: ${{...}} interpolation is not allowed in a value given on the command line "
+                          f"({value[:60]!r}); write the value literally")
 
 
 def _first_line(e: BaseException) -> str:
@@ -88,13 +102,76 @@ def _file(key: str, value: Optional[str], required: bool) -> None:
         check(not required, key, value, "is required", f"set {key}=/path/to/file.jsonl")
         return
     p = Path(os.path.expanduser(str(value)))
+    check(not p.is_dir(), key, value, "is a directory", f"set {key} to a JSONL file")
     check(p.is_file(), key, value, "file not found", f"set {key} to an existing JSONL file")
+    check(os.access(p, os.R_OK), key, value, "not readable", f"make {key} readable (chmod u+r) or copy it")
+
+
+SCAN_LINES = 200  # the data lines checked at submit (the trainer reads them all)
+
+
+def _scan_jsonl(key: str, value: Optional[str], fields: tuple) -> None:
+    """The first SCAN_LINES lines of a JSONL data file: UTF-8, one JSON object per line, with the format's fields."""
+    if value is None or not str(value).endswith((".jsonl", ".json")):
+        return
+    import json
+
+    need = [f for f in fields if not f.endswith("?")][:1]  # the format's main field (methods read the others)
+    with open(os.path.expanduser(str(value)), "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if n > SCAN_LINES:
+                break
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                check(False, key, value, f"line {n} is not valid UTF-8 (byte {e.start})", "save the file as UTF-8")
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as e:
+                check(False, key, value, f"line {n} is not valid JSON ({str(e).split(':')[0]})",
+                      "fix or remove that line")
+            check(isinstance(rec, dict), key, value, f"line {n} is not a JSON object", "one {...} object per line")
+            missing = [f for f in need if f not in rec]
+            check(not missing, key, value, f"line {n} has no field {', '.join(missing)}",
+                  f"every line needs {', '.join(need)}")
+
+
+_NAME_OK = re.compile(r"[\w.+@:,= -]+")
+NAME_MAX, DESCRIPTION_MAX = 128, 2000
+# output_dir may not point into the system's own directories
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root/.ssh", "/run", "/sbin", "/sys",
+               "/usr", "/var/lib", "/var/spool")
+
+
+def _text(key: str, value: object, limit: int) -> str:
+    """A free-text value that is valid UTF-8, one line without control characters, at most `limit` long."""
+    s = str(value)
+    shown = ascii(s[:40]) + ("..." if len(s) > 40 else "")
+    check(not any("\ud800" <= c <= "\udfff" for c in s), key, shown, "not valid UTF-8",
+          f"write {key} in UTF-8")
+    check(not any(ord(c) < 32 or ord(c) == 127 for c in s), key, shown,
+          "contains a newline or another control character", f"write {key} on one line")
+    check(len(s) <= limit, key, shown, f"{len(s)} characters, at most {limit} allowed", f"shorten {key}")
+    return s
 
 
 def check_job(cfg: DictConfig) -> None:
     check(cfg.executor in ("auto", "local", "slurm"), "executor", cfg.executor,
           "unknown executor", "use executor=auto|local|slurm")
     check(bool(str(cfg.name).strip()), "name", cfg.name, "must not be empty", "set name=my-run")
+    name = _text("name", cfg.name, NAME_MAX)
+    check(bool(_NAME_OK.fullmatch(name)), "name", ascii(name), "may hold only letters, digits, spaces and . _ - + @ : , =",
+          "e.g. name=my-run (put free text in --description)")
+    if cfg.get("description") is not None:
+        _text("description", cfg.description, DESCRIPTION_MAX)
+    if cfg.get("output_dir"):
+        out = Path(os.path.expanduser(str(cfg.output_dir))).resolve()
+        check(not any(out == Path(d) or Path(d) in out.parents for d in SYSTEM_DIRS), "output_dir", cfg.output_dir,
+              "a system directory", "use a directory under your home or scratch space")
+        check(not out.exists() or out.is_dir(), "output_dir", cfg.output_dir, "exists and is not a directory",
+              "choose another output_dir")
     check(cfg.get("access", "none") in ("none", "ro", "rw"), "access", cfg.get("access"), "unknown access",
           "use access=none|ro|rw (what the other members of the project may do: nothing, read, read and change)")
 
@@ -156,6 +233,12 @@ def check_data(cfg: DictConfig) -> None:
     _file("data.test", d.test, required=False)
 
 
+def scan_data(cfg: DictConfig) -> None:
+    """After the method's checks: the first lines of every data file parse (hpcft.config._scan_jsonl)."""
+    for k in ("train", "validation", "test"):
+        _scan_jsonl(f"data.{k}", cfg.data.get(k), schema.DATA_FORMATS.get(str(cfg.data.format), ()))
+
+
 def check_deepspeed(cfg: DictConfig) -> None:
     stage = cfg.deepspeed.get("stage")
     check(stage is None or stage in (0, 1, 2, 3), "deepspeed.stage", stage, "unknown ZeRO stage",
@@ -171,12 +254,17 @@ def check_resources(cfg: DictConfig) -> None:
           "e.g. resources.tasks_per_node=8")
     check(r.cpus_per_task >= 1, "resources.cpus_per_task", r.cpus_per_task, "must be >= 1",
           "e.g. resources.cpus_per_task=8")
+    for key, most in (("nodes", 4096), ("gpus_per_node", 64), ("tasks_per_node", 1024), ("cpus_per_task", 1024)):
+        check(r[key] <= most, f"resources.{key}", r[key], f"more than {most}, surely a typo", "ask for less")
     try:
         limit = parse_duration(r.time)
     except ValueError:
         limit = None
     check(limit is not None, "resources.time", r.time, "not a Slurm time limit",
           "use HH:MM:SS, D-HH:MM:SS or minutes")
+    check(limit > 0, "resources.time", r.time, "must be longer than 0", "e.g. resources.time=01:00:00")
+    check(limit <= 365 * 86400, "resources.time", r.time, "longer than a year, surely a typo",
+          "e.g. resources.time=2-00:00:00")
     check(r.priority in ("low", "normal", "high"), "resources.priority", r.priority, "unknown priority",
           "use low|normal|high")
     check(r.gpu_directive in ("gres", "gpus-per-node"), "resources.gpu_directive", r.gpu_directive,
@@ -202,6 +290,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     for rule in COMMON_RULES:
         rule(cfg)
     check_method(cfg)
+    scan_data(cfg)
     return cfg
 
 

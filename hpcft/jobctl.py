@@ -78,6 +78,19 @@ def _aware(dt: Optional[datetime]) -> Optional[datetime]:
     return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
 
 
+# ------------------------------------------------------------------------------------------------ remote code
+
+def refuse_foreign_remote_code(ledger, job, action: str) -> None:
+    """A job whose config sets model.trust_remote_code=true runs model code from the model's repository: only the
+    user who enabled it (the job's owner, who submitted that config) may run it again. AccessDenied otherwise."""
+    from hpcft.access import AccessDenied
+
+    model = (job.config or {}).get("model") or {}
+    if model.get("trust_remote_code") and ledger.user != job.owner:
+        raise AccessDenied(f"job {job.id}: model.trust_remote_code=true was enabled by {job.owner}; only {job.owner} "
+                           f"may {action} it (it would run the model's code as {ledger.user})")
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 def _claim_and_submit(ledger, job, checkpoint: Optional[str], reason: str, cause: Optional[str]):
@@ -111,6 +124,7 @@ def resume(ledger, job_id: int, checkpoint: Optional[str] = None, reason: Option
     job = ledger.get(job_id)
     if not is_terminal(job.state):
         raise HpcftError(f"job {job_id} is {job.state}; only an ended job can be resumed (stop it first)")
+    refuse_foreign_remote_code(ledger, job, "resume")
     if checkpoint and not Path(checkpoint).is_dir():
         raise HpcftError(f"--checkpoint {checkpoint}: not a directory; see {job.output_dir}/checkpoints")
     why = reason or f"resumed from {Path(checkpoint).resolve() if checkpoint else 'latest'}"
@@ -165,6 +179,8 @@ def retry_failed(ledger, max_attempts: int = 3, states: Sequence[str] = ("error"
     for job in jobs:
         cause = causes.get(job.id)
         ok, why = retry_verdict(cause, oom=oom, exit_codes=codes, time_limit=time_limit)
+        if ok and (job.config or {}).get("model", {}).get("trust_remote_code") and job.owner != ledger.user:
+            ok = False  # refuse_foreign_remote_code: only its owner may run that code again
         if not ok or job.attempt >= max_attempts:
             report.not_retryable.append(job.id)
             continue

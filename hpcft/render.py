@@ -66,7 +66,7 @@ def render(cfg: DictConfig, priority_policy: Optional[str] = None, script_hint: 
         config_yaml += "\n"
     nodes = int(opts["nodes"] or 1)
     template = _env().get_template(TEMPLATES["multi" if nodes > 1 else "single"])
-    return template.render(
+    text = template.render(
         job_name=opts["job-name"],
         script_hint=shlex.quote(safe_job_name(script_hint)),
         nodes=nodes,
@@ -77,3 +77,9 @@ def render(cfg: DictConfig, priority_policy: Optional[str] = None, script_hint: 
         delimiter=_delimiter(config_yaml),
         config_yaml=config_yaml,
     )
+    if cfg.model.get("trust_remote_code"):  # who enabled it: the trainer refuses to run that code as anyone else
+        from hpcft.train.modeling import REMOTE_CODE_BY, acting_user
+
+        line = f"export HPCFT_DB_URL={shlex.quote(paths.public_db_url(paths.db_url()))}\n"
+        text = text.replace(line, line + f"export {REMOTE_CODE_BY}={shlex.quote(acting_user())}\n", 1)
+    return text

@@ -43,16 +43,81 @@ MANAGED = {
     "signal": "resources.signal_grace", "requeue": "resources.on_timeout",
 }
 
-# Further sbatch long options accepted in `resources.extra` (sbatch 22.05 `--help`, minus the managed ones and
-# those that would change what hpcft runs: --wrap, --chdir, --export, --parsable, --test-only, --wait, ...).
-EXTRA_ALLOWED = frozenset("""
-acctg-freq batch bb bbf begin cluster-constraint clusters comment container contiguous core-spec cores-per-socket
-cpu-freq cpus-per-gpu deadline delay-boot dependency distribution exclude extra-node-info get-user-env gid
-gpu-bind gpu-freq gpus-per-socket gpus-per-task gres-flags hint hold ignore-pbs kill-on-invalid-dep licenses
-mail-type mail-user mcs-label mem-bind mem-per-cpu mem-per-gpu mincpus network no-kill no-requeue open-mode
-overcommit oversubscribe power prefer profile propagate reboot sockets-per-node spread-job
-switches thread-spec threads-per-core tmp uid use-min-nodes wckey
-""".split())
+# The sbatch long options an ordinary user may set through `resources.extra`, each with what it does (sbatch 22.05
+# man page). Not here: the managed ones above, those that change who the job runs as or with which privileges
+# (REFUSED_EXTRA), and those that would change what hpcft runs (--wrap, --chdir, --export, --parsable, --wait ...).
+EXTRA_ALLOWED: Dict[str, str] = {
+    "acctg-freq": "accounting and profiling sampling intervals",
+    "batch": "node features the batch step's node must have",
+    "begin": "do not start before this time",
+    "cluster-constraint": "federation: clusters with these features",
+    "clusters": "submit to one of these clusters",
+    "comment": "an arbitrary comment shown by squeue/sacct",
+    "contiguous": "allocate contiguous nodes",
+    "core-spec": "cores reserved for system use on each node",
+    "cores-per-socket": "nodes with at least this many cores per socket",
+    "cpu-freq": "CPU frequency / governor for the job's steps",
+    "cpus-per-gpu": "CPUs per allocated GPU",
+    "deadline": "remove the job if it cannot end before this time",
+    "delay-boot": "do not reboot nodes for node features after this delay",
+    "dependency": "start after other jobs (afterok:ID ...)",
+    "distribution": "task distribution across nodes and sockets",
+    "exclude": "nodes the job must not run on",
+    "extra-node-info": "sockets:cores:threads node restrictions",
+    "gpu-bind": "bind tasks to GPUs",
+    "gpu-freq": "GPU frequency",
+    "gpus-per-socket": "GPUs per socket",
+    "gpus-per-task": "GPUs per task",
+    "gres-flags": "generic resource task binding options",
+    "hint": "task binding hint (compute_bound, memory_bound, nomultithread)",
+    "hold": "submit held (release with scontrol release)",
+    "ignore-pbs": "ignore #PBS lines",
+    "kill-on-invalid-dep": "cancel the job if its dependency can never be met",
+    "licenses": "licenses the job needs",
+    "mail-type": "events that send mail (BEGIN, END, FAIL ...)",
+    "mail-user": "who gets that mail",
+    "mem-bind": "memory binding",
+    "mem-per-cpu": "memory per CPU (instead of resources.mem)",
+    "mem-per-gpu": "memory per GPU (instead of resources.mem)",
+    "mincpus": "minimum CPUs per node",
+    "network": "network/switch options",
+    "no-kill": "do not kill the job when one of its nodes fails",
+    "open-mode": "append or truncate the log files",
+    "overcommit": "overcommit resources",
+    "oversubscribe": "share nodes with other jobs",
+    "power": "power management flags",
+    "prefer": "preferred (not required) node features",
+    "profile": "acct_gather profiling (energy, task, lustre, network)",
+    "propagate": "resource limits propagated to the compute nodes",
+    "sockets-per-node": "nodes with at least this many sockets",
+    "spread-job": "spread the job over as many nodes as possible",
+    "switches": "maximum number of leaf switches",
+    "thread-spec": "threads reserved for system use on each node",
+    "threads-per-core": "threads per core",
+    "tmp": "minimum temporary disk space per node",
+    "use-min-nodes": "prefer the smaller node count of a range",
+    "wckey": "workload characterization key",
+}
+
+# Options `resources.extra` refuses with the reason (identity, privileges, or what runs).
+REFUSED_EXTRA: Dict[str, str] = {
+    "uid": "runs the job as another user (administrators only)",
+    "gid": "runs the job with another group (administrators only)",
+    "get-user-env": "loads another user's login environment (administrators only)",
+    "reboot": "reboots the nodes (administrators only)",
+    "mcs-label": "sets the job's security label",
+    "container": "runs the job inside a container image instead of hpcft's worker",
+    "bb": "burst-buffer directives run stage-in/stage-out commands",
+    "bbf": "reads burst-buffer directives from a file",
+    "export": "changes the environment hpcft's worker runs with",
+    "export-file": "changes the environment hpcft's worker runs with",
+    "chdir": "changes the directory the job runs in", "D": "changes the directory the job runs in",
+    "wrap": "replaces the script hpcft runs",
+    "input": "feeds a file to the job's stdin", "i": "feeds a file to the job's stdin",
+    "parsable": "changes sbatch's output hpcft parses", "test-only": "submits nothing",
+    "wait": "blocks the submission", "W": "blocks the submission",
+    "no-requeue": "conflicts with resources.on_timeout",
+}
 
 WARNING_SIGNAL = "USR1"  # hpcft.train.signals.WARNING_SIGNAL
 
@@ -204,6 +269,9 @@ def sbatch_options(
         where = f"resources.extra.{k}"
         if name in MANAGED:
             raise ConfigError(f"{where}: --{name} is set by {MANAGED[name]}; set it there instead")
+        if name in REFUSED_EXTRA:
+            raise ConfigError(f"{where}: --{name} {REFUSED_EXTRA[name]}; hpcft never passes it through "
+                              f"(README: resources.extra)")
         if not _NAME_RE.match(name) or name not in EXTRA_ALLOWED:
             raise ConfigError(f"{where}: not an sbatch option hpcft passes through; "
                               f"use one of: {', '.join(sorted(EXTRA_ALLOWED))}")

@@ -7,8 +7,37 @@ other ranks) loads it from a path like any pretrained model.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional
+
+REMOTE_CODE_BY = "HPCFT_REMOTE_CODE_BY"  # set by `hpcft render`: who enabled model.trust_remote_code
+
+
+def acting_user() -> str:
+    """Who runs this process, as the ledger names them (hpcft.ledger.Ledger.user)."""
+    try:
+        from hpcft.ledger import Ledger
+
+        return Ledger().user
+    except Exception:  # no ledger reachable: the login name (what SQLite would use)
+        import getpass
+
+        return os.environ.get("HPCFT_USER") or getpass.getuser()
+
+
+def trust_remote_code(model_cfg: Any) -> bool:
+    """model.trust_remote_code, refused (ConfigError) when the user who enabled it is not the one running it."""
+    if not model_cfg.get("trust_remote_code"):
+        return False
+    by = os.environ.get(REMOTE_CODE_BY)
+    if by and by != acting_user():
+        from hpcft.errors import ConfigError
+
+        raise ConfigError(f"model.trust_remote_code=true was enabled by {by}; refusing to run the model's code as "
+                          f"{acting_user()} (only {by} may run this job)")
+    return True
+
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -29,7 +58,7 @@ def load_tokenizer(model_cfg: Any, path: Optional[str] = None):
     else:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=bool(model_cfg.get("trust_remote_code")))
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code(model_cfg))
         if tok.chat_template is None:
             from hpcft.train.tokenizer import CHAT_TEMPLATE
 
@@ -90,7 +119,7 @@ def merge_adapter(model_cfg: Any, adapter: Path, dest: Path) -> Path:
 
     base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(model_cfg.dtype),
-                                                 trust_remote_code=bool(model_cfg.trust_remote_code))
+                                                 trust_remote_code=trust_remote_code(model_cfg))
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tmp = dest.with_name(dest.name + ".tmp")
     merged.save_pretrained(tmp)
@@ -104,7 +133,7 @@ def load_causal_lm(model_cfg: Any, path: str, quantization: Any = None, device_m
     """AutoModelForCausalLM from `path`, optionally quantized with bitsandbytes (QLoRA)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = {"dtype": torch_dtype(model_cfg.dtype), "trust_remote_code": bool(model_cfg.trust_remote_code)}
+    kwargs: dict = {"dtype": torch_dtype(model_cfg.dtype), "trust_remote_code": trust_remote_code(model_cfg)}
     if model_cfg.get("attn_implementation"):
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if quantization is not None:
