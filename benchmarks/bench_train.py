@@ -1,0 +1,370 @@
+"""The same fine-tuning job three ways on this CPU: hpcft, a bare transformers+peft loop, and LLaMA-Factory.
+
+One random-init Llama of about 10M parameters (hidden 384, 6 layers, intermediate 1024, hpcft's byte tokenizer
+saved with it) written once as a Hugging Face directory; one alpaca-style data set (written here); the same LoRA
+rank/alpha/dropout/targets, batch, sequence length, learning rate (constant, no warmup, no weight decay, grad-norm
+clip 1.0) and number of steps for all three. Each run is a separate process with the same OMP_NUM_THREADS, and
+the runs alternate (A B C A B C ...), so that load from other work on the machine hits all of them alike.
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 10] [--repeats 2] [--threads 1] [--methods lora,full]
+
+- hpcft: `python -m hpcft.train.entry --config RUN/config.yaml`, exactly what a job runs (local or Slurm).
+- bare: the loop a user would write with transformers + peft (this file, `--bare`).
+- LLaMA-Factory: `llamafactory==0.9.5` installed by this script into its own venv (default
+  /tmp/hpcft-bench-llamafactory, next to CPU torch 2.13.0; torchvision removed and an empty torchaudio package,
+  see /work/shared/notes/cpu-ml-stack.md), run through `llamafactory.train.tuner.run_exp` with a callback that
+  times each optimizer step and counts non-padding tokens (attention_mask) in a forward pre-hook. Gradient
+  checkpointing is turned off for it (its default is on, the others have none); skipped with a message when it
+  cannot be installed.
+
+Reported per way and method: steady-state tokens/s (non-padding tokens, median over the last two thirds of the
+steps, medians over repeats), whole-job wall time including start-up, peak RSS of the process, final loss; and
+the ratios hpcft / bare and hpcft / LLaMA-Factory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 6,
+        "num_key_value_heads": 6, "max_position_embeddings": 512, "tie_word_embeddings": False}
+LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+SEQ, BATCH, LR = 128, 4, 1e-4
+LF_VENV = Path("/tmp/hpcft-bench-llamafactory")
+LF_VERSION = "0.9.5"
+TORCH = "torch==2.13.0"
+
+
+# ------------------------------------------------------------------------------------------------- shared inputs
+
+def make_model(d: Path) -> Path:
+    if (d / "config.json").exists():
+        return d
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(ROOT))
+    from hpcft.train.tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, **ARCH)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    tmp = d.with_name(d.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(d)
+    return d
+
+
+def make_data(path: Path, n: int = 512) -> Path:
+    rnd = random.Random(0)
+    words = ("the a of model data train token layer batch step loss rank node slurm queue memory gradient "
+             "adapter weight").split()
+    with open(path, "w") as f:
+        for i in range(n):
+            out = " ".join(rnd.choice(words) for _ in range(rnd.randint(8, 16)))
+            rec = {"instruction": f"Describe item {i}.", "input": "" if i % 2 else f"context {i % 7}", "output": out}
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def n_params(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def run_proc(argv: list, env: dict, log: Path, timeout: int = 900) -> tuple[int, float, float]:
+    """(exit code, wall seconds, peak RSS MiB of the process) for one whole job."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, wall, ru.ru_maxrss / 1024
+
+
+def steady(tps: list) -> float:
+    return statistics.median(tps[len(tps) // 3:])
+
+
+# ------------------------------------------------------------------------------------------------- hpcft
+
+def hpcft_run(work: Path, method: str, model_dir: Path, data: Path, steps: int, env: dict, tag: str) -> dict:
+    import shutil
+
+    from omegaconf import OmegaConf, open_dict
+
+    sys.path.insert(0, str(ROOT))
+    import hpcft.config
+
+    out = work / f"hpcft-{method}-{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    ov = ["model=tiny", "model.source=pretrained", f"model.path={model_dir}", f"model.tokenizer={model_dir}",
+          f"method={method}", "data=custom", f"data.train={data}", "data.format=alpaca", "resources=local",
+          f"training.sequence_length={SEQ}", f"training.batch_size={BATCH}", f"training.max_steps={steps}",
+          f"training.learning_rate={LR}", "training.warmup_ratio=0", "training.lr_decay_ratio=1",
+          "training.weight_decay=0", "training.max_grad_norm=1.0", "training.log_interval=1",
+          "training.keep_checkpoints=off", "training.save_strategy=steps", "training.save_interval=100000"]
+    if method == "lora":
+        ov += [f"method.lora.rank={LORA['rank']}", f"method.lora.alpha={LORA['alpha']}",
+               f"method.lora.dropout={LORA['dropout']}"]
+    cfg = hpcft.config.load(ov)
+    with open_dict(cfg):
+        cfg.output_dir = str(out)
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    rc, wall, rss = run_proc([sys.executable, "-m", "hpcft.train.entry", "--config", str(out / "config.yaml")],
+                             env, out / "run.log")
+    if rc != 0:
+        return {"failed": rc, "log": str(out / "run.log")}
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    tr = [r for r in recs if r.get("type") == "train"]
+    return {"tps": steady([r["tokens_per_s"] for r in tr]), "wall": wall, "rss": rss, "loss": tr[-1]["loss"]}
+
+
+# ------------------------------------------------------------------------------------------------- bare loop
+
+ALPACA_IN = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+ALPACA = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def bare_main(spec: dict) -> None:
+    """What a user writes with transformers + peft: tokenize, shuffle, pad, AdamW, clip, step."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(42)
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model.config.use_cache = False
+    if spec["method"] == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"],
+                                                 lora_dropout=LORA["dropout"], target_modules=LORA["targets"],
+                                                 task_type="CAUSAL_LM"))
+    samples = []
+    for line in open(spec["data"]):
+        r = json.loads(line)
+        prompt = (ALPACA_IN if r.get("input") else ALPACA).format(**r)
+        p = [tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
+        a = tok(r["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = (p + a)[:SEQ]
+        samples.append((ids, ([-100] * len(p) + a)[:SEQ]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
+    order = list(range(len(samples)))
+    random.Random(42).shuffle(order)
+    model.train()
+    log = []
+    for step in range(spec["steps"]):
+        t0 = time.perf_counter()
+        batch = [samples[i] for i in order[step * BATCH:(step + 1) * BATCH]]
+        n = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [tok.pad_token_id] * (n - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (n - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (n - len(ids)) for ids, _ in batch])
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        lv = float(loss)
+        dt = time.perf_counter() - t0
+        log.append({"step": step + 1, "loss": lv, "tokens_per_s": int(mask.sum()) / dt})
+    Path(spec["out"]).write_text(json.dumps(log))
+
+
+def bare_run(work: Path, method: str, model_dir: Path, data: Path, steps: int, env: dict, tag: str) -> dict:
+    out = work / f"bare-{method}-{tag}.json"
+    spec = {"model": str(model_dir), "data": str(data), "method": method, "steps": steps, "out": str(out)}
+    rc, wall, rss = run_proc([sys.executable, __file__, "--bare", json.dumps(spec)], env,
+                             work / f"bare-{method}-{tag}.log")
+    if rc != 0:
+        return {"failed": rc, "log": str(work / f"bare-{method}-{tag}.log")}
+    log = json.loads(out.read_text())
+    return {"tps": steady([r["tokens_per_s"] for r in log]), "wall": wall, "rss": rss, "loss": log[-1]["loss"]}
+
+
+# ------------------------------------------------------------------------------------------------- LLaMA-Factory
+
+LF_RUNNER = textwrap.dedent('''
+    import json, sys, time
+    from transformers import TrainerCallback
+    from llamafactory.train.tuner import run_exp
+
+    args, out = json.loads(sys.argv[1]), sys.argv[2]
+    log, state = [], {"tok": 0, "t0": 0.0, "hooked": False}
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, a, s, c, model=None, **kw):
+            if model is not None and not state["hooked"]:
+                def pre(mod, fargs, fkw):
+                    m = fkw.get("attention_mask")
+                    if m is not None:
+                        state["tok"] += int(m.sum())
+                model.register_forward_pre_hook(pre, with_kwargs=True)
+                state["hooked"] = True
+        def on_step_begin(self, a, s, c, **kw):
+            state["tok"], state["t0"] = 0, time.perf_counter()
+        def on_step_end(self, a, s, c, **kw):
+            log.append({"step": s.global_step, "tokens_per_s": state["tok"] / (time.perf_counter() - state["t0"])})
+
+    run_exp(args, callbacks=[Timer()])
+    json.dump(log, open(out, "w"))
+''')
+
+
+def lf_python() -> Path | None:
+    """The LLaMA-Factory venv's python, installing it first when needed; None (with a message) when impossible."""
+    import shutil
+
+    py = LF_VENV / "bin" / "python"
+    ready = LF_VENV / "hpcft-bench-ready"  # written after a checked install: the import takes long to probe
+    probe = [str(py), "-c", "import llamafactory.train.tuner"]
+    if ready.exists():
+        return py
+    print(f"installing llamafactory=={LF_VERSION} into {LF_VENV} (a few minutes) ...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(LF_VENV)], check=True)
+        pip = [str(py), "-m", "pip", "install", "-q"]
+        subprocess.run(pip + [TORCH], check=True)  # first, pinned: any other spec may pull a CUDA build
+        cons = LF_VENV / "constraints.txt"
+        cons.write_text(TORCH + "\n")
+        subprocess.run(pip + [f"llamafactory=={LF_VERSION}", "-c", str(cons)], check=True)
+        # the torchvision and torchaudio pip brings do not match torch 2.13 (their C++ ops fail to load): remove
+        # both; llamafactory imports torchaudio, so an empty package stands in for it
+        subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio"], check=False)
+        site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        ta = Path(site) / "torchaudio"
+        shutil.rmtree(ta, ignore_errors=True)
+        ta.mkdir()
+        (ta / "__init__.py").write_text("")
+        r = subprocess.run(probe, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "import failed")
+        ready.write_text(f"llamafactory=={LF_VERSION} {TORCH}\n")
+    except Exception as e:  # noqa: BLE001 - any failure means: skip the peer, say why
+        print(f"LLaMA-Factory skipped: cannot install it ({e})", flush=True)
+        return None
+    return py
+
+
+def lf_run(py: Path, work: Path, method: str, model_dir: Path, data: Path, steps: int, env: dict, tag: str) -> dict:
+    import shutil
+
+    ddir = work / "lf-data"
+    if not (ddir / "dataset_info.json").exists():
+        ddir.mkdir(exist_ok=True)
+        shutil.copy(data, ddir / "train.jsonl")
+        (ddir / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": "train.jsonl"}}))
+    out = work / f"lf-{method}-{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    args = {"model_name_or_path": str(model_dir), "stage": "sft", "do_train": True, "finetuning_type": method,
+            "dataset": "bench", "dataset_dir": str(ddir), "template": "alpaca", "cutoff_len": SEQ,
+            "output_dir": str(out), "per_device_train_batch_size": BATCH, "gradient_accumulation_steps": 1,
+            "learning_rate": LR, "max_steps": steps, "lr_scheduler_type": "constant", "warmup_ratio": 0.0,
+            "weight_decay": 0.0, "max_grad_norm": 1.0, "logging_steps": 1, "save_strategy": "no",
+            "report_to": "none", "seed": 42, "disable_gradient_checkpointing": True, "bf16": False,
+            "fp16": False, "overwrite_output_dir": True, "overwrite_cache": True, "dataloader_num_workers": 0,
+            "preprocessing_num_workers": 1, "plot_loss": False}
+    if method == "lora":
+        args.update({"lora_rank": LORA["rank"], "lora_alpha": LORA["alpha"], "lora_dropout": LORA["dropout"],
+                     "lora_target": ",".join(LORA["targets"])})
+    runner = work / "lf_runner.py"
+    runner.write_text(LF_RUNNER)
+    steps_out = work / f"lf-{method}-{tag}.json"
+    rc, wall, rss = run_proc([str(py), str(runner), json.dumps(args), str(steps_out)],
+                             dict(env, DISABLE_VERSION_CHECK="1"), work / f"lf-{method}-{tag}.log")
+    if rc != 0:
+        return {"failed": rc, "log": str(work / f"lf-{method}-{tag}.log")}
+    log = json.loads(steps_out.read_text())
+    hist = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    losses = [h["loss"] for h in hist if "loss" in h]
+    return {"tps": steady([r["tokens_per_s"] for r in log]), "wall": wall, "rss": rss, "loss": losses[-1]}
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/hpcft-bench-train")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every run")
+    ap.add_argument("--methods", default="lora,full")
+    ap.add_argument("--no-peer", action="store_true", help="skip LLaMA-Factory")
+    ap.add_argument("--bare", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.bare:
+        bare_main(json.loads(a.bare))
+        return 0
+    t_all = time.perf_counter()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = make_model(work / "model")
+    data = make_data(work / "train.jsonl")
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads), HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", HPCFT_HOME=str(work / "home"))
+    py = None if a.no_peer else lf_python()
+    ways = {"hpcft": lambda m, t: hpcft_run(work, m, model_dir, data, a.steps, env, t),
+            "bare": lambda m, t: bare_run(work, m, model_dir, data, a.steps, env, t)}
+    if py is not None:
+        ways["llamafactory"] = lambda m, t: lf_run(py, work, m, model_dir, data, a.steps, env, t)
+    methods = a.methods.split(",")
+    res: dict = {(w, m): [] for w in ways for m in methods}
+    for rep in range(a.repeats):  # A B C A B C: the machine's load hits every way alike
+        for m in methods:
+            for w, fn in ways.items():
+                r = fn(m, str(rep))
+                print(json.dumps({"way": w, "method": m, "repeat": rep, **r}), flush=True)
+                res[(w, m)].append(r)
+    print(f"\n## bench_train ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={a.threads}, "
+          f"{n_params(model_dir) / 1e6:.1f}M-param Llama, seq {SEQ}, batch {BATCH}, lr {LR}, {a.steps} steps, "
+          f"LoRA r{LORA['rank']}, medians of {a.repeats})\n")
+    print("| method | way | tokens/s | wall (s) | peak RSS (MiB) | final loss | tokens/s vs hpcft |")
+    print("|---|---|---|---|---|---|---|")
+    for m in methods:
+        ok = {w: [r for r in res[(w, m)] if "failed" not in r] for w in ways}
+        med = {w: {k: statistics.median(r[k] for r in rs) for k in ("tps", "wall", "rss", "loss")}
+               for w, rs in ok.items() if rs}
+        for w in ways:
+            if w not in med:
+                print(f"| {m} | {w} | failed: {res[(w, m)][0].get('log')} | | | | |")
+                continue
+            x = med[w]
+            rel = f"{x['tps'] / med['hpcft']['tps']:.3f}" if "hpcft" in med else "-"
+            print(f"| {m} | {w} | {x['tps']:,.0f} | {x['wall']:.1f} | {x['rss']:.0f} | {x['loss']:.4f} | {rel} |")
+        if "hpcft" in med:
+            for w in med:
+                if w != "hpcft":
+                    print(f"{m}: hpcft / {w} tokens/s = {med['hpcft']['tps'] / med[w]['tps']:.3f}, "
+                          f"wall = {med['hpcft']['wall'] / med[w]['wall']:.3f}")
+    print(f"\nwhole script: {time.perf_counter() - t_all:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
