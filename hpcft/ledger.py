@@ -400,9 +400,10 @@ class Ledger:
             q = q.where(Job.created_at >= (since if since.tzinfo else since.replace(tzinfo=timezone.utc)))
         if until is not None:
             q = q.where(Job.created_at < (until if until.tzinfo else until.replace(tzinfo=timezone.utc)))
+        if limit:  # sort and cut the ids alone, then read those rows: the sort never carries the JSON columns
+            top = q.with_only_columns(Job.id).order_by(*order, Job.id.desc()).limit(limit)  # type: ignore[union-attr]
+            q = select(Job).where(Job.id.in_(top.scalar_subquery()))  # type: ignore[union-attr]
         q = q.order_by(*order, Job.id.desc())  # type: ignore[union-attr]
-        if limit:
-            q = q.limit(limit)
         with self.read() as s:
             return list(s.exec(q).all())
 
