@@ -402,7 +402,8 @@ class Ledger:
             q = q.where(Job.created_at < (until if until.tzinfo else until.replace(tzinfo=timezone.utc)))
         if limit:  # sort and cut the ids alone, then read those rows: the sort never carries the JSON columns
             top = q.with_only_columns(Job.id).order_by(*order, Job.id.desc()).limit(limit)  # type: ignore[union-attr]
-            q = select(Job).where(Job.id.in_(top.scalar_subquery()))  # type: ignore[union-attr]
+            # ids from a derived table: MariaDB refuses LIMIT inside an IN subquery
+            q = select(Job).where(Job.id.in_(select(top.subquery().c.id)))  # type: ignore[union-attr]
         q = q.order_by(*order, Job.id.desc())  # type: ignore[union-attr]
         with self.read() as s:
             return list(s.exec(q).all())
@@ -455,7 +456,10 @@ class Ledger:
             src = State(job.state)
             if src == to:
                 return False
-            if not can_transition(src, to):
+            if not can_transition(src, to) or (is_terminal(src) and to == State.queued):
+                # a new attempt of an ended job is only ever taken with `claim` (compare-and-set on state and
+                # attempt): a late writer that read the job while it was live (a `sync` seeing Slurm requeue it
+                # just as its worker recorded the end) must not resurrect it
                 if strict:
                     raise StateError(f"job {job_id} is {src}: cannot become {to}")
                 return False
@@ -467,9 +471,6 @@ class Ledger:
                 job.started_at = now
             if is_terminal(to):
                 job.finished_at = now
-            if to == State.queued and is_terminal(src):
-                job.attempt += 1
-                job.started_at = job.finished_at = None
             for k, v in fields.items():
                 setattr(job, k, v)
             s.add(job)

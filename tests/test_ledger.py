@@ -56,12 +56,17 @@ def test_first_terminal_state_wins(ledger):
         ledger.transition(j.id, State.success, strict=True)
 
 
-def test_retry_is_a_new_attempt(ledger):
+def test_retry_is_a_new_attempt_taken_only_by_claim(ledger):
     j = _job(ledger)
     ledger.transition(j.id, State.error, "boom")
-    assert ledger.transition(j.id, State.queued, "retry")
+    # a late writer (a sync that saw the job live) cannot resurrect an ended job with a plain transition
+    assert not ledger.transition(j.id, State.queued, "requeued by Slurm")
+    with pytest.raises(StateError):
+        ledger.transition(j.id, State.queued, strict=True)
+    assert ledger.get(j.id).attempt == 1
+    assert ledger.claim(j.id, State.error, 1, "retry")
     j = ledger.get(j.id)
-    assert j.attempt == 2 and j.finished_at is None
+    assert j.attempt == 2 and j.finished_at is None and j.state == "queued"
 
 
 def test_delete_many(ledger):
