@@ -51,6 +51,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], job_id: int) -> N
     parser = OverridesParser.create()
     groups = {p.name for p in paths.conf_dir().iterdir() if p.is_dir()}
     for text in overrides:
+        hconfig.refuse_interpolation(text)  # stored literally, as with `submit`
         try:
             o = parser.parse_override(text)
         except Exception as e:  # hydra's OverrideParseException

@@ -93,6 +93,7 @@ def test_clone_dry_run_shows_the_changes_and_creates_nothing(hpcft_home):
                    "job with `hpcft submit method=dpo ...` instead"),
     ("+experiment=dpo_tiny", "error: +experiment=dpo_tiny: a config group cannot be swapped"),
     ("training.epochs=1,2", "error: training.epochs=1,2: a clone is one job; sweep with `hpcft submit -m`"),
+    ("description=${oc.env:HOME}", "error: description: ${...} interpolation is not allowed"),
 ])
 def test_clone_refuses_a_bad_override_in_one_line_and_creates_nothing(override, first, hpcft_home):
     src = recorded_job()
