@@ -99,13 +99,27 @@ def sh(*argv, check=True):
     return r.stdout
 
 
-def start_now_when_pending(sid, timeout=240):
-    """A requeued job waits ~2 min (BeginTime) before it is eligible again: let it start now (as root)."""
+def start_now_when_pending(sid, timeout=240, node=None):
+    """A requeued job waits ~2 min (BeginTime) before it is eligible again: let it start now (as root). A launch
+    that fails while the node comes back leaves it held ("launch failed requeued held") and the node drained: as an
+    operator would, resume the node and release the job, until it runs again (or has ended)."""
     def pending():
         st = sh("squeue", "-h", "-j", sid, "-o", "%T", check=False).strip()
         return st == "PENDING"
     wait_for(pending, f"Slurm job {sid} pending again", timeout, every=1.0, sync=False)
-    sh("scontrol", "update", f"JobId={sid}", "StartTime=now")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = sh("squeue", "-h", "-j", sid, "-o", "%T|%r", check=False).strip()
+        if not st.startswith("PENDING"):
+            return
+        if node and sh("sinfo", "-h", "-n", node, "-o", "%t", check=False).strip() in ("drain", "drng", "down",
+                                                                                       "down*", "drain*"):
+            sh("scontrol", "update", f"NodeName={node}", "State=RESUME", check=False)
+        if "held" in st:
+            sh("scontrol", "release", sid, check=False)
+        sh("scontrol", "update", f"JobId={sid}", "StartTime=now", check=False)
+        time.sleep(3)
+    raise AssertionError(f"Slurm job {sid} did not start again: {st}")
 
 
 def events(name) -> str:
@@ -358,7 +372,7 @@ def test_node_failure_requeues_and_resumes(phase2, reference):
         last = latest_step(out)
     finally:
         sh("scontrol", "update", "NodeName=n1", "State=RESUME", check=False)
-    start_now_when_pending(sid)
+    start_now_when_pending(sid, node="n1")
     j = wait_state(name, ENDED)
     lost = finished_like_reference(name, reference, max_lost=max(before - last, 10) + 10)
     ev = events(name)
