@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -376,7 +377,8 @@ def test_node_failure_requeues_and_resumes(phase2, reference):
     j = wait_state(name, ENDED)
     lost = finished_like_reference(name, reference, max_lost=max(before - last, 10) + 10)
     ev = events(name)
-    assert "requeued by Slurm" in ev and "Slurm restarted the job (restart 1)" in ev, ev
+    # restart 1, or 2 when a relaunch on the node coming back failed first (Slurm then holds and requeues it again)
+    assert "requeued by Slurm after node failure" in ev and re.search(r"Slurm restarted the job \(restart \d\)", ev), ev
     REPORT[name] = {"steps_lost": lost}
 
 
