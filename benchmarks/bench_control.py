@@ -26,7 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-HPCFT = str(VENV_BIN / "hpcft")
+# the installed console script; `python -m hpcft` where hpcft is on PYTHONPATH only (a machine without a venv)
+HPCFT = [str(VENV_BIN / "hpcft")] if (VENV_BIN / "hpcft").exists() else [sys.executable, "-m", "hpcft"]
 SLURM_CMDS = ("sacct", "squeue", "sbatch", "scancel", "scontrol", "sinfo", "sprio", "sshare")
 
 
@@ -121,10 +122,10 @@ def main() -> int:
     py = sys.executable
     try:
         # ---------------------------------------------------------------- 3. start-up (empty ledger)
-        timed([HPCFT, "list"], env)  # creates the empty ledger
-        st = side_by_side({"python -c pass": [py, "-c", "pass"], "hpcft --help": [HPCFT, "--help"],
-                           "hpcft list (empty)": [HPCFT, "list"],
-                           "hpcft submit --dry-run": [HPCFT, "submit", "--dry-run", "executor=local"]},
+        timed([*HPCFT, "list"], env)  # creates the empty ledger
+        st = side_by_side({"python -c pass": [py, "-c", "pass"], "hpcft --help": [*HPCFT, "--help"],
+                           "hpcft list (empty)": [*HPCFT, "list"],
+                           "hpcft submit --dry-run": [*HPCFT, "submit", "--dry-run", "executor=local"]},
                           env, a.repeats)
 
         # ---------------------------------------------------------------- 1. ledger of N jobs
@@ -136,9 +137,9 @@ def main() -> int:
         t = time.perf_counter()
         fill_ledger(a.jobs, live_array, a.live)
         fill_s = time.perf_counter() - t
-        ls = side_by_side({"python -c pass": [py, "-c", "pass"], "hpcft list": [HPCFT, "list"],
-                           "hpcft list --json": [HPCFT, "list", "--json"],
-                           "hpcft list --state running": [HPCFT, "list", "--state", "running"]}, env, a.repeats)
+        ls = side_by_side({"python -c pass": [py, "-c", "pass"], "hpcft list": [*HPCFT, "list"],
+                           "hpcft list --json": [*HPCFT, "list", "--json"],
+                           "hpcft list --state running": [*HPCFT, "list", "--state", "running"]}, env, a.repeats)
         sync = None
         if have_slurm:
             counter = tmp / "slurm-calls.log"
@@ -148,7 +149,7 @@ def main() -> int:
             times = []
             for _ in range(a.repeats):
                 counter.write_text("")
-                times.append(timed([HPCFT, "sync"], senv))
+                times.append(timed([*HPCFT, "sync"], senv))
                 counts.append(counter.read_text().split())
             sync = (statistics.median(times), counts)
 

@@ -85,13 +85,19 @@ def plan(job, overrides: Sequence[str]) -> hsubmit.Plan:
     """The validated plan of one new job: `job`'s recorded config, reset to a fresh run, with `overrides`."""
     from hpcft.executors import resolve_name
 
+    from hpcft.hydra_app import HYDRA_METHOD
+
     overrides = list(overrides)
+    if job.method == HYDRA_METHOD:  # the recorded config is the app's, not a job config
+        raise ConfigError(f"job {job.id} is a point of a Hydra app's sweep; run the app again with the overrides "
+                          "you want (python app.py -m ... hydra/launcher=hpcft)")
     cfg = on_schema(job.id, job.config)
     keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
     cfg.output_dir = None  # its own run directory: <runs>/<new id>-<name>
     cfg.training.resume_from = schema.TrainingConfig.resume_from  # a fresh start (nothing to resume there)
     if "model.path" in keys:
         cfg.model.parent_job = None  # another model: the old lineage no longer holds (job:ID sets a new one)
+        cfg.model.asset = None  # (likewise asset:NAME)
     apply_overrides(cfg, overrides, job.id)
     try:
         OmegaConf.resolve(cfg)

@@ -15,6 +15,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 from hpcft import exitcodes
 from hpcft import states as S
 from hpcft.errors import HpcftError, StateError
+from hpcft.hydra_app import HYDRA_METHOD
 from hpcft.states import State, is_terminal
 
 # causes `hpcft retry` resubmits without being asked: the job did nothing wrong
@@ -89,6 +90,9 @@ def refuse_foreign_remote_code(ledger, job, action: str) -> None:
     if model.get("trust_remote_code") and ledger.user != job.owner:
         raise AccessDenied(f"job {job.id}: model.trust_remote_code=true was enabled by {job.owner}; only {job.owner} "
                            f"may {action} it (it would run the model's code as {ledger.user})")
+    if job.method == HYDRA_METHOD and ledger.user != job.owner:  # the owner's pickled task, never run as another
+        raise AccessDenied(f"job {job.id}: a point of {job.owner}'s Hydra app; only {job.owner} may {action} it (it "
+                           f"would run {job.owner}'s code as {ledger.user})")
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -102,13 +106,16 @@ def _claim_and_submit(ledger, job, checkpoint: Optional[str], reason: str, cause
     from hpcft.executors import get_executor
     from hpcft.submit import write_config
 
+    trainer = job.method != HYDRA_METHOD  # a Hydra app's point runs its saved task again: no trainer config
     cfg = OmegaConf.create(job.config)
-    OmegaConf.update(cfg, "training.resume_from", str(Path(checkpoint).resolve()) if checkpoint else "latest",
-                     force_add=True)
+    if trainer:
+        OmegaConf.update(cfg, "training.resume_from", str(Path(checkpoint).resolve()) if checkpoint else "latest",
+                         force_add=True)
     if not ledger.claim(job.id, job.state, job.attempt, reason, cause=cause, config=OmegaConf.to_container(cfg)):
         return None
     try:
-        write_config(cfg, Path(job.output_dir))
+        if trainer:
+            write_config(cfg, Path(job.output_dir))
         return get_executor(job.executor).submit(ledger, [ledger.get(job.id)])[0]
     except Exception as e:
         lines = [x.strip() for x in str(e).splitlines() if x.strip()]
@@ -125,9 +132,13 @@ def resume(ledger, job_id: int, checkpoint: Optional[str] = None, reason: Option
     if not is_terminal(job.state):
         raise HpcftError(f"job {job_id} is {job.state}; only an ended job can be resumed (stop it first)")
     refuse_foreign_remote_code(ledger, job, "resume")
+    if checkpoint and job.method == HYDRA_METHOD:
+        raise HpcftError(f"--checkpoint: job {job_id} is a point of a Hydra app's sweep; it runs its task again "
+                         "from the start (drop --checkpoint)")
     if checkpoint and not Path(checkpoint).is_dir():
         raise HpcftError(f"--checkpoint {checkpoint}: not a directory; see {job.output_dir}/checkpoints")
-    why = reason or f"resumed from {Path(checkpoint).resolve() if checkpoint else 'latest'}"
+    why = reason or ("run again" if job.method == HYDRA_METHOD else
+                     f"resumed from {Path(checkpoint).resolve() if checkpoint else 'latest'}")
     done = _claim_and_submit(ledger, job, checkpoint, why, cause)
     if done is None:
         raise StateError(f"job {job_id}: another resume/retry took attempt {job.attempt + 1} first; see "
@@ -179,7 +190,8 @@ def retry_failed(ledger, max_attempts: int = 3, states: Sequence[str] = ("error"
     for job in jobs:
         cause = causes.get(job.id)
         ok, why = retry_verdict(cause, oom=oom, exit_codes=codes, time_limit=time_limit)
-        if ok and (job.config or {}).get("model", {}).get("trust_remote_code") and job.owner != ledger.user:
+        if ok and job.owner != ledger.user and ((job.config or {}).get("model", {}).get("trust_remote_code")
+                                                or job.method == HYDRA_METHOD):
             ok = False  # refuse_foreign_remote_code: only its owner may run that code again
         if not ok or job.attempt >= max_attempts:
             report.not_retryable.append(job.id)

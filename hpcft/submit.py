@@ -7,9 +7,9 @@ value anywhere in a sweep creates nothing.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -28,6 +28,7 @@ class Plan:
     configs: List[DictConfig]
     overrides: List[List[str]]
     executor: str
+    sweep: List[Dict[str, Any]] = field(default_factory=list)  # per point of a sweep: its values (name_points)
 
 
 def plan(overrides: Sequence[str], multirun: bool = False) -> Plan:
@@ -41,7 +42,21 @@ def plan(overrides: Sequence[str], multirun: bool = False) -> Plan:
     executors = {resolve_name(c.executor) for c in cfgs}
     if len(executors) > 1:
         raise HpcftError("a sweep must run on one executor; do not sweep over `executor`")
-    return Plan(cfgs, points, executors.pop())
+    return Plan(cfgs, points, executors.pop(), name_points(cfgs, points) if len(points) > 1 else [])
+
+
+def name_points(cfgs: List[DictConfig], points: List[List[str]]) -> List[Dict[str, Any]]:
+    """Name each point of a sweep by its swept values (`quickstart-tiny-lora lr=2e-3`, hpcft.sweep.point_name; an
+    explicit name keeps it and gets the values too). Returns what create_jobs records of each point."""
+    from hpcft.sweep import label, point_name, swept_values
+
+    info = []
+    for cfg, values in zip(cfgs, swept_values(points), strict=True):
+        base = str(cfg.name)
+        with open_dict(cfg):
+            cfg.name = point_name(base, values, hconfig.NAME_MAX)
+        info.append({"base": base, "values": values, "label": label(values)})
+    return info
 
 
 def resolve_project(cfg: DictConfig) -> DictConfig:
@@ -92,6 +107,10 @@ def resolve_lineage(cfg: DictConfig) -> DictConfig:
             cfg.model.source = "pretrained"
             cfg.model.tokenizer = str(final)
             cfg.model.parent_job = job_id
+    elif isinstance(path, str) and path.startswith("asset:"):  # a published model (hpcft.registry)
+        from hpcft.registry import resolve_model_path
+
+        resolve_model_path(cfg)
     rm = cfg.method.get("reward_model")
     if isinstance(rm, str) and rm.startswith("job:"):
         with open_dict(cfg):
@@ -120,6 +139,13 @@ def create_jobs(ledger, p: Plan) -> List[Any]:
         write_config(cfg, out)
         job = ledger.update(job.id, output_dir=str(out), config=OmegaConf.to_container(cfg, resolve=True))
         ledger.add_event(job.id, "submitted", f"to the {p.executor} executor", executor=p.executor)
+        if p.sweep:  # point k of the sweep named by its first job's id (`hpcft sweep ID`)
+            from hpcft.sweep_ledger import record_point
+
+            record_point(ledger, job.id, jobs[0].id if jobs else job.id, len(jobs), len(p.configs), p.sweep[len(jobs)])
+        if cfg.model.get("asset"):  # model.path=asset:NAME (hpcft.registry): the lineage, as an event too
+            ledger.add_event(job.id, "asset", f"starts from model asset {cfg.model.asset} ({cfg.model.path})",
+                             asset=str(cfg.model.asset), path=str(cfg.model.path))
         jobs.append(job)
     return jobs
 
@@ -137,10 +163,17 @@ def submit(p: Plan, ledger=None) -> List[Any]:
     from hpcft.ledger import Ledger
 
     ledger = ledger or Ledger()
-    executor = get_executor(p.executor)
-    jobs = create_jobs(ledger, p)
+    get_executor(p.executor)  # an unknown executor fails before any row is created
+    return hand_over(ledger, p.executor, create_jobs(ledger, p))
+
+
+def hand_over(ledger, executor_name: str, jobs: Sequence[Any]) -> List[Any]:
+    """Give queued ledger jobs to an executor (several = one Slurm array). A failed hand-over marks them `error`
+    with why (cause submit_failed) and raises. Also used by hpcft.hydra_app for a Hydra app's sweep points."""
+    from hpcft.executors import get_executor
+
     try:
-        return executor.submit(ledger, jobs)
+        return get_executor(executor_name).submit(ledger, jobs)
     except Exception as e:
         lines = [x.strip() for x in str(e).splitlines() if x.strip()]
         why = next((x for x in lines if "error" in x.lower()), lines[0] if lines else repr(e))
@@ -148,4 +181,4 @@ def submit(p: Plan, ledger=None) -> List[Any]:
             ledger.transition(j.id, State.error, f"submission failed: {why}", cause=SUBMIT_FAILED)
         if isinstance(e, HpcftError):
             raise
-        raise SchedulerError(f"submission to {p.executor} failed: {why}") from e
+        raise SchedulerError(f"submission to {executor_name} failed: {why}") from e

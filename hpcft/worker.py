@@ -135,8 +135,12 @@ def honour_stop(ledger, job_id: int, req, before_start: bool = False) -> None:
 def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
     ledger.add_event(job_id, "finished", f"trainer exited with code {rc}", exit_code=rc)
     if rc == 0:
-        ledger.transition(job_id, State.success, "trainer finished")
+        changed = ledger.transition(job_id, State.success, "trainer finished")
         print(f"[hpcft] job {job_id} finished: success", flush=True)
+        if changed:  # publish.auto=true: into the model registry; never raises, never changes the job's state
+            from hpcft.registry import auto_publish
+
+            auto_publish(ledger, job_id)
         return 0
     reason = f"trainer exited with code {rc}"
     if rc < 0:
@@ -240,6 +244,7 @@ def supervise(job_id: int) -> int:
 
 def run_in_allocation(job_id: int, db_url: str) -> None:
     """Run a ledger job's trainer in this Slurm task (called by submitit in every task of the job)."""
+    from hpcft.hydra_app import HYDRA_METHOD, point_argv
     from hpcft.ledger import Ledger
     from hpcft.paths import public_db_url
 
@@ -252,7 +257,9 @@ def run_in_allocation(job_id: int, db_url: str) -> None:
 
     ledger = Ledger(db_url)
     job = ledger.get(job_id)
-    _run_slurm_task(ledger, job_id, Path(job.output_dir) / "config.yaml")
+    # a point of a user's Hydra app sweep (hydra/launcher=hpcft) runs that app's task instead of the trainer
+    argv = point_argv(job.output_dir) if job.method == HYDRA_METHOD else None
+    _run_slurm_task(ledger, job_id, Path(job.output_dir) / "config.yaml", argv)
 
 
 def _start_attempt(ledger, job_id: int, dist: dict, out: Path) -> bool:
@@ -292,7 +299,8 @@ def _requeue_slurm_job(ledger, job_id: int) -> None:
                           f"{job_id}` continues from the saved checkpoint", cause=TIMEOUT)
 
 
-def _run_slurm_task(ledger, job_id: int, config_path: Path) -> None:
+def _run_slurm_task(ledger, job_id: int, config_path: Path, argv: Optional[List[str]] = None) -> None:
+    """Run the trainer (or `argv`, e.g. a Hydra app's point) in this task; rank 0 records the states."""
     dist = slurm_env.dist_env()
     rank = int(dist["RANK"])
     out = config_path.parent
@@ -303,7 +311,8 @@ def _run_slurm_task(ledger, job_id: int, config_path: Path) -> None:
     env = dict(os.environ, **dist, HPCFT_DB_URL=ledger.url, PYTHONUNBUFFERED="1")
     log = out / "logs" / ("job.log" if rank == 0 else f"rank-{rank}.log")
     with open(log, "a") as f:
-        proc = subprocess.Popen(trainer_argv(config_path, job_id), env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv or trainer_argv(config_path, job_id), env=env, stdout=f,
+                                stderr=subprocess.STDOUT)
         previous = _forward(WARNING_SIGNAL, proc)
         try:
             rc = _wait_honouring_requests(ledger, job_id, proc) if rank == 0 else proc.wait()

@@ -30,3 +30,13 @@ def test_wheel_carries_configs_and_finds_them(tmp_path):
     conf_dir, train = out.stdout.split()
     assert conf_dir.startswith(str(target)) and conf_dir.endswith("hpcft/_conf")
     assert train.startswith(str(target))
+
+    # the Hydra launcher plugin (hydra/launcher=hpcft) in the namespace package hydra_plugins, found by Hydra's scan
+    assert "hydra_plugins/hpcft_launcher/hpcft_launcher.py" in names and "hydra_plugins/__init__.py" not in names
+    code = ("from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+            "import hydra_plugins.hpcft_launcher as m; print(m.__file__); "
+            "print(','.join(c.__name__ for c in Plugins.instance().discover(Launcher)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    where, launchers = out.stdout.split()
+    assert where.startswith(str(target)) and "HpcftLauncher" in launchers.split(",")

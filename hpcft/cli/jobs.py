@@ -99,6 +99,9 @@ def submit(
         trainer = METHODS[plan.configs[0].method.name]
         typer.echo(f"# would submit {what} to the {plan.executor} executor; each runs {trainer} "
                    f"(method {plan.configs[0].method.name}) via `python -m hpcft.train.entry`")
+        from hpcft.train.datacheck import preview_lines  # records, format, one rendered example per the data
+
+        typer.echo("\n".join(preview_lines(plan.configs[0])))
         if plan.executor == "slurm":
             from hpcft.slurm.sbatch import sbatch_options, to_lines
 
@@ -138,7 +141,7 @@ def _wait(job_ids: List[int], follow: bool) -> int:
             jobs = [ledger.get(i) for i in job_ids]
             if follow:
                 pos = _print_new(Path(jobs[0].output_dir) / "logs" / "job.log", pos)
-            if all(is_terminal(j.state) for j in jobs):
+            if all(is_terminal(j.state) for j in jobs) and not _auto_publishing(ledger, jobs):
                 break
             if time.monotonic() - last_sync > 10:  # keep states honest (dead supervisor, Slurm end states)
                 for ex in {j.executor for j in jobs}:
@@ -153,6 +156,15 @@ def _wait(job_ids: List[int], follow: bool) -> int:
     for j in jobs:
         typer.echo(f"job {j.id} {j.name}: {j.state}" + (f" ({j.state_reason})" if j.state_reason else ""))
     return 0 if all(j.state == "success" for j in jobs) else 1
+
+
+def _auto_publishing(ledger, jobs) -> bool:
+    """A succeeded job with publish.auto=true whose automatic publish has not ended yet (hpcft.registry)."""
+    if not any(j.state == "success" and ((j.config or {}).get("publish") or {}).get("auto") for j in jobs):
+        return False
+    from hpcft.registry import auto_publish_pending
+
+    return any(auto_publish_pending(ledger, j) for j in jobs)
 
 
 def _print_new(log: Path, pos: int) -> int:
@@ -378,11 +390,13 @@ def stop(job_ids: List[int] = typer.Argument(..., help="job ids")) -> None:
 def resume(job_id: int = JOB, checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="checkpoint dir (default: latest)"),
            wait: bool = typer.Option(False, "--wait", "-w")) -> None:
     """Run an ended job again (new attempt, same run dir) from its latest or a chosen checkpoint."""
+    from hpcft.hydra_app import HYDRA_METHOD
     from hpcft.jobctl import resume as resume_job
 
     ledger, _, _ = _authorized(job_id, "resume")
     j = resume_job(ledger, job_id, checkpoint)
-    typer.echo(f"job {job_id}: attempt {j.attempt} queued (resume from {j.config['training']['resume_from']})")
+    frm = (j.config.get("training") or {}).get("resume_from") if j.method != HYDRA_METHOD else None
+    typer.echo(f"job {job_id}: attempt {j.attempt} queued " + (f"(resume from {frm})" if frm else "(runs again)"))
     if wait:
         raise typer.Exit(_wait([job_id], follow=True))
 
