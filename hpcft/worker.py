@@ -187,8 +187,9 @@ def supervise(job_id: int) -> int:
     signal.signal(signal.SIGINT, on_term)
     env = dict(os.environ, HPCFT_DB_URL=ledger.url, PYTHONUNBUFFERED="1")
     while True:
-        proc = subprocess.Popen(trainer_argv(out / "config.yaml", job_id), env=env, start_new_session=True,
-                                stdout=sys.stdout, stderr=sys.stderr)
+        relay = WarningRelay(group=True)
+        proc = relay.popen(trainer_argv(out / "config.yaml", job_id), env=env, start_new_session=True,
+                           stdout=sys.stdout, stderr=sys.stderr)
         deadline = time.monotonic() + limit
         warn_at = deadline - grace if 0 < grace < limit else None
         rc: Optional[int] = None
@@ -212,10 +213,8 @@ def supervise(job_id: int) -> int:
                 warn_at = None
                 ledger.add_event(job_id, "warning", f"time limit in {grace} s: asked the trainer to save and stop",
                                  grace=grace)
-                try:
-                    os.killpg(proc.pid, WARNING_SIGNAL)
-                except ProcessLookupError:
-                    pass
+                relay.warn()
+            relay.pump()
             if now > deadline:
                 _kill_group(proc)
                 ledger.transition(job_id, State.expired, f"ran past its time limit {format_duration(limit)}",
@@ -310,14 +309,15 @@ def _run_slurm_task(ledger, job_id: int, config_path: Path, argv: Optional[List[
         return
     env = dict(os.environ, **dist, HPCFT_DB_URL=ledger.url, PYTHONUNBUFFERED="1")
     log = out / "logs" / ("job.log" if rank == 0 else f"rank-{rank}.log")
-    with open(log, "a") as f:
-        proc = subprocess.Popen(argv or trainer_argv(config_path, job_id), env=env, stdout=f,
-                                stderr=subprocess.STDOUT)
-        previous = _forward(WARNING_SIGNAL, proc)
-        try:
-            rc = _wait_honouring_requests(ledger, job_id, proc) if rank == 0 else proc.wait()
-        finally:
-            signal.signal(WARNING_SIGNAL, previous)
+    relay = WarningRelay()
+    previous = relay.install()  # from before the trainer starts: a warning now must not kill this worker either
+    try:
+        with open(log, "a") as f:
+            proc = relay.popen(argv or trainer_argv(config_path, job_id), env=env, stdout=f,
+                               stderr=subprocess.STDOUT)
+            rc = _wait_honouring_requests(ledger, job_id, proc, relay, requests=rank == 0)
+    finally:
+        signal.signal(WARNING_SIGNAL, previous)
     if rank == 0:
         if rc == exitcodes.SAVED_AT_WARNING:
             ledger.add_event(job_id, "finished", "trainer saved a checkpoint at the time-limit warning", exit_code=rc)
@@ -335,16 +335,24 @@ def _run_slurm_task(ledger, job_id: int, config_path: Path, argv: Optional[List[
         raise SystemExit(rc)
 
 
-def _wait_honouring_requests(ledger, job_id: int, proc: subprocess.Popen) -> int:
-    """Wait for the trainer; a stop request from another member ends the job: recorded as stopped, then the whole
-    Slurm job is cancelled (this worker runs as the job's owner, whom Slurm lets cancel it)."""
+def _wait_honouring_requests(ledger, job_id: int, proc: subprocess.Popen, relay: Optional[WarningRelay] = None,
+                             requests: bool = True) -> int:
+    """Wait for the trainer, relaying a pending time-limit warning once it listens; with `requests` (rank 0) a stop
+    request from another member ends the job: recorded as stopped, then the whole Slurm job is cancelled (this
+    worker runs as the job's owner, whom Slurm lets cancel it)."""
     from hpcft.slurm import commands as C
 
+    next_poll = time.monotonic() + REQUEST_POLL_S
     while True:
+        if relay is not None:
+            relay.pump()
         try:
-            return proc.wait(timeout=REQUEST_POLL_S)
+            return proc.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
             pass
+        if not requests or time.monotonic() < next_poll:
+            continue
+        next_poll = time.monotonic() + REQUEST_POLL_S
         try:
             req = stop_requested(ledger, job_id)
         except Exception as e:  # the ledger unreachable for a moment must not end the training
@@ -356,16 +364,59 @@ def _wait_honouring_requests(ledger, job_id: int, proc: subprocess.Popen) -> int
             return proc.wait()
 
 
-def _forward(signum: int, proc: subprocess.Popen) -> Any:
-    """Pass `signum` on to the trainer (Slurm signals every process of the step, but a worker that does not handle
-    SIGUSR1 would die of it; forwarding also covers process trackers that reach only the task's first process)."""
-    def handler(_s, _f):
+def _listening(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (Linux: the SigCgt mask of /proc/PID/status; elsewhere
+    assumed)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        return True
+    return True
+
+
+class WarningRelay:
+    """Passes the time-limit warning on to the trainer, never before the trainer listens for it.
+
+    The trainer starts with the signal ignored (`popen`: an ignored signal stays ignored through exec) until
+    `hpcft.train.entry` installs its handler, first thing: Slurm may send `--signal=USR1@N` up to a minute early,
+    and to every process of the step, and a trainer still importing torch would die of it. A warning that arrives
+    while the trainer does not listen yet stays pending; `pump()` (called from the wait loops) delivers it as soon
+    as the trainer's handler is there. `group`: signal the trainer's process group (local executor)."""
+
+    def __init__(self, signum: int = WARNING_SIGNAL, group: bool = False) -> None:
+        self.signum, self.group = signum, group
+        self.proc: Optional[subprocess.Popen] = None
+        self.pending = False
+
+    def popen(self, argv, **kw) -> subprocess.Popen:
+        """Start the trainer with the signal ignored, then relay it from this process."""
+        previous = signal.signal(self.signum, signal.SIG_IGN)
         try:
-            proc.send_signal(signum)
+            self.proc = subprocess.Popen(argv, **kw)
+        finally:
+            signal.signal(self.signum, previous)
+        return self.proc
+
+    def warn(self) -> None:
+        self.pending = True
+        self.pump()
+
+    def pump(self) -> None:
+        proc = self.proc
+        if not self.pending or proc is None or proc.poll() is not None or not _listening(proc.pid, self.signum):
+            return
+        try:
+            os.killpg(proc.pid, self.signum) if self.group else proc.send_signal(self.signum)
         except ProcessLookupError:
             pass
+        self.pending = False
 
-    return signal.signal(signum, handler)
+    def install(self) -> Any:
+        """Relay the signal when this process gets it (Slurm signals the worker too); returns the old handler."""
+        return signal.signal(self.signum, lambda _s, _f: self.warn())
 
 
 def register_and_run(config_path: Path) -> int:

@@ -39,9 +39,27 @@ class WarningFlag:
         return self._agreed
 
 
+_early: Optional[WarningFlag] = None
+
+
+def install_early() -> WarningFlag:
+    """The first thing `hpcft.train.entry` does, before importing torch: from here on the warning is caught (the
+    trainer starts with it ignored, see `hpcft.worker.WarningRelay`), and one that arrives while the model is still
+    being built is kept for the trainer's flag (`install`)."""
+    global _early
+    _early = WarningFlag().install()
+    return _early
+
+
 def install() -> WarningFlag:
-    """The process's warning flag, with the handler installed (call once, in the main thread)."""
-    return WarningFlag().install()
+    """The trainer's warning flag, with the handler installed (call once, in the main thread); raised already when
+    the warning came after `install_early`."""
+    global _early
+    flag = WarningFlag().install()
+    if _early is not None and _early.raised:
+        flag.raised, flag.signum = True, _early.signum
+    _early = None
+    return flag
 
 
 class SavedAtWarning(Exception):
