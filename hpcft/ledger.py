@@ -62,7 +62,7 @@ class Job(SQLModel, table=True):
     # what the other members of the job's project may do with it: none | ro (read) | rw (read and change);
     # hpcft.access has the rules, and on PostgreSQL the database enforces them (row-level security, `hpcft admin init`)
     access: str = Field(default="none", sa_column_kwargs={"server_default": "none"})
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, index=True)  # `hpcft list` sorts by it (0004)
     submitted_at: Optional[datetime] = None
     started_at: Optional[datetime] = None
     finished_at: Optional[datetime] = None
@@ -112,6 +112,8 @@ class Admin(SQLModel, table=True):
 
     username: str = Field(primary_key=True)
 
+
+from hpcft.registry_db import ModelAsset  # noqa: E402,F401  (the model registry's table: hpcft.registry)
 
 _ENGINES: Dict[str, Any] = {}
 
@@ -445,6 +447,7 @@ class Ledger:
         terminal state.
         """
         to = State(to)
+        ended: List[Job] = []  # the row as this transition ended it (for hpcft.notify)
 
         def fn(s: Session) -> bool:
             q = select(Job).where(Job.id == int(job_id))
@@ -477,9 +480,15 @@ class Ledger:
             msg = f"{src} -> {to}" + (f": {reason}" if reason else "")
             s.add(Event(job_id=job.id, kind="state", message=msg, attempt=job.attempt,
                         data=_state_data(src, to, reason, source, cause)))
+            ended[:] = [job] if is_terminal(to) else []
             return True
 
-        return self.write(fn)
+        changed = self.write(fn)
+        if changed and ended:  # only the process whose transition recorded the end sends (exactly once)
+            from hpcft.notify import job_ended
+
+            job_ended(self, ended[0], cause)
+        return changed
 
     def claim(
         self,

@@ -1,0 +1,290 @@
+"""Notifications when a job ends (hpcft.notify), through real apprise to a real local HTTP receiver.
+
+Fast part: the ledger hook on SQLite and PostgreSQL (exactly one message when processes race to record different end
+states, none for a user's stop or a state left out of `notify.on`), what the message says, a receiver that is down
+or never answers (bounded wait, the job's state untouched, a `notify_failed` event) and the user defaults file.
+End to end: real jobs through the CLI: success, error and a stop on the local executor, a time-limit expiry on the
+real local Slurm cluster; the receiver gets exactly one message for each end state and none for the stop.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import hpcft_cli
+from hpcft.ledger import Ledger
+from hpcft.states import USER_STOP, State
+from ledger_dbs import fresh_database
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that keeps every JSON message apprise posts to it."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+        received = self.messages
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"json://127.0.0.1:{self.server.server_address[1]}/hpcft"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def about(self, job_id: int) -> list:
+        return [m for m in self.messages if m["title"].startswith(f"hpcft job {job_id} ")]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def make_job(ledger, tmp_path, urls, on=("success", "error", "expired"), timeout=5, name="nt"):
+    out = tmp_path / f"run-{name}"
+    out.mkdir(exist_ok=True)
+    cfg = {"name": name, "notify": {"urls": list(urls), "on": list(on), "timeout": timeout}}
+    return ledger.create_job(name=name, method="lora", executor="local", output_dir=str(out), config=cfg)
+
+
+def kinds(ledger, job_id):
+    return [e.kind for e in ledger.events(job_id)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_racing_writers_send_exactly_one_message(backend, tmp_path, receiver):
+    """A job's worker and `sync` record different end states at the same moment (threads, each through its own
+    database connection): the compare-and-set transition lets one win, and only the winner sends: one message,
+    about the state the ledger kept."""
+    with fresh_database(backend, tmp_path) as url:
+        ledger = Ledger(url)
+        job = make_job(ledger, tmp_path, [receiver.url])
+        assert ledger.transition(job.id, State.running, "started")
+        go = threading.Barrier(3)
+        won = {}
+
+        def race(to):
+            writer = Ledger(url)
+            go.wait()
+            won[to] = writer.transition(job.id, to, f"recorded by the {to} writer", source="race")
+
+        threads = [threading.Thread(target=race, args=(s,)) for s in ("success", "error", "expired")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(won.values()) == [False, False, True], won
+        final = ledger.get(job.id).state
+        assert won[final]
+        msgs = receiver.about(job.id)
+        assert len(msgs) == 1, msgs
+        assert msgs[0]["title"] == f"hpcft job {job.id} nt: {final}"
+        assert f"reason: recorded by the {final} writer" in msgs[0]["message"]
+        assert kinds(ledger, job.id).count("notified") == 1
+
+
+def test_message_says_what_happened_and_filters(hpcft_home, tmp_path, receiver):
+    ledger = Ledger()
+    job = make_job(ledger, tmp_path, [receiver.url])
+    out = Path(job.output_dir)
+    with open(out / "metrics.jsonl", "w") as f:
+        for step, loss in ((1, 3.5), (2, 2.25)):
+            f.write(json.dumps({"type": "train", "step": step, "loss": loss}) + "\n")
+        f.write(json.dumps({"type": "validation", "step": 2, "loss": 9.0}) + "\n")
+        f.write('{"type": "train", "step": 3, "lo')  # a line being written: skipped
+    assert ledger.transition(job.id, State.running, "started")
+    time.sleep(1.1)
+    assert ledger.transition(job.id, State.success, "trainer finished")
+    assert not ledger.transition(job.id, State.success, "again")  # same state: nothing new, nothing sent
+    assert not ledger.transition(job.id, State.error, "late sync")  # first end state wins: nothing sent
+    (msg,) = receiver.about(job.id)
+    assert msg["type"] == "success" and msg["title"] == f"hpcft job {job.id} nt: success"
+    lines = msg["message"].splitlines()
+    assert lines[:4] == [f"job: {job.id}", "name: nt", "state: success", "reason: trainer finished"]
+    elapsed = lines[4].split(": ", 1)[1]
+    assert elapsed.startswith("00:00:0") and elapsed != "00:00:00", lines[4]
+    assert lines[5:] == ["last loss: 2.2500 (step 2)", f"outputs: {out}"]
+    ev = next(e for e in ledger.events(job.id) if e.kind == "notified")
+    assert ev.data == {"state": "success", "services": ["json"]} and receiver.url not in ev.message
+
+    # a stop the user asked for: never; a state left out of notify.on: not either
+    stop = make_job(ledger, tmp_path, [receiver.url], name="stopped")
+    assert ledger.transition(stop.id, State.stopped, "stopped by user", cause=USER_STOP)
+    picky = make_job(ledger, tmp_path, [receiver.url], on=["error"], name="picky")
+    assert ledger.transition(picky.id, State.success, "trainer finished")
+    expired = make_job(ledger, tmp_path, [receiver.url], name="late")
+    assert ledger.transition(expired.id, State.expired, "time limit", cause="timeout")
+    assert receiver.about(stop.id) == [] and receiver.about(picky.id) == []
+    (late,) = receiver.about(expired.id)
+    assert late["type"] == "warning" and "elapsed: did not start" in late["message"]
+    assert "last loss: none recorded" in late["message"]
+    assert "notified" not in kinds(ledger, stop.id) + kinds(ledger, picky.id)
+
+
+def test_receiver_down_or_silent_leaves_the_job_alone(hpcft_home, tmp_path, receiver):
+    ledger = Ledger()
+    down = make_job(ledger, tmp_path, [f"json://127.0.0.1:{closed_port()}/x", receiver.url], name="down")
+    assert ledger.transition(down.id, State.error, "trainer exited with code 1", cause="exit:1")
+    j = ledger.get(down.id)
+    assert (j.state, j.state_reason) == ("error", "trainer exited with code 1")
+    assert len(receiver.about(down.id)) == 1  # the receiver that is up still gets it
+    (ev,) = [e for e in ledger.events(down.id) if e.kind == "notify_failed"]
+    assert ev.data["state"] == "error" and "127.0.0.1" in ev.data["error"]
+    assert "notified" not in kinds(ledger, down.id)
+
+    # a receiver that takes the connection and never answers: the wait is bounded by notify.timeout
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        slow = make_job(ledger, tmp_path, [f"json://127.0.0.1:{silent.getsockname()[1]}/x"], timeout=1,
+                        name="silent")
+        t0 = time.monotonic()
+        assert ledger.transition(slow.id, State.success, "trainer finished")
+        took = time.monotonic() - t0
+        # the next job to end in this process (a `sync` ending many) does not wait for it again
+        again = make_job(ledger, tmp_path, [slow.config["notify"]["urls"][0]], timeout=1, name="again")
+        t0 = time.monotonic()
+        assert ledger.transition(again.id, State.error, "trainer exited with code 1")
+        took_again = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert took < 2.5 and took_again < 0.5, (took, took_again)
+    assert ledger.get(slow.id).state == "success"
+    (ev,) = [e for e in ledger.events(slow.id) if e.kind == "notify_failed"]
+    assert "no answer within 1 s" in ev.data["error"]
+    (ev,) = [e for e in ledger.events(again.id) if e.kind == "notify_failed"]
+    assert "skipped json: no answer earlier in this process" in ev.data["error"]
+
+
+def test_user_defaults_file(hpcft_home, receiver):
+    from hpcft import config
+    from hpcft.errors import ConfigError
+
+    hpcft_home.mkdir(parents=True, exist_ok=True)
+    f = hpcft_home / "notify.yaml"
+    f.write_text(f"urls:\n  - {receiver.url}\non: [error, expired]\n")  # unquoted `on:` (YAML 1.1 boolean) works
+    cfg = config.load([])
+    assert list(cfg.notify.urls) == [receiver.url] and list(cfg.notify.on) == ["error", "expired"]
+    cfg = config.load(["notify.on=[success]"])  # the command line wins, key by key
+    assert list(cfg.notify.urls) == [receiver.url] and list(cfg.notify.on) == ["success"]
+    assert list(config.load(["notify.urls=[]"]).notify.urls) == []  # no message for this job
+    f.write_text("url: [ntfy://ntfy.sh/x]\n")
+    with pytest.raises(ConfigError, match=r"notify.yaml: unknown key url; the keys are urls, on, timeout"):
+        config.load([])
+    f.write_text("urls:\n  - nosuchservice://x\n")
+    with pytest.raises(ConfigError, match=r"notify.urls: nosuchservice://\.\.\. is not a URL apprise can send to"):
+        config.load([])
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+
+LOCAL = ["executor=local", "training.sequence_length=64", "training.batch_size=8"]
+
+
+def cli(args, timeout=300):
+    return subprocess.run(hpcft_cli() + args, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def by_name() -> dict:
+    r = cli(["list", "--json", "--limit", "100"])
+    assert r.returncode == 0, r.stderr
+    return {j["name"]: j for j in json.loads(r.stdout)}
+
+
+def submit(*args):
+    r = cli(["submit", *args, "--yes"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+
+
+@pytest.mark.train
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_real_jobs_success_error_expired_and_a_stop(slurm_cluster, hpcft_home, tmp_path, receiver):
+    """One message each for a local success and a local error (sent by the job's worker) and a Slurm time-limit
+    expiry (Slurm kills the job; `sync` records and sends it); none for the stop; a receiver that is down changes
+    nothing."""
+    down = f"json://127.0.0.1:{closed_port()}/down"
+    notify = f"notify.urls=[{receiver.url}]"
+    data = tmp_path / "train.jsonl"  # valid at submit, broken before the trainer reads it: a runtime error
+    data.write_text('{"prompt": "a", "response": "b"}\n' * 2)
+
+    def submit_local(*args):
+        submit(*LOCAL, *args)
+        if "name=nt-error" in args:
+            data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+
+    expire = threading.Thread(target=submit, args=(  # Slurm's shortest time limit is a minute: submit it first
+        "executor=slurm", "training.sequence_length=64", "training.batch_size=8", "training.epochs=1000",
+        "resources.time=1", "resources.signal_grace=0", "name=nt-expire", notify))
+    expire.start()
+    with ThreadPoolExecutor(3) as pool:  # the local ones side by side
+        list(pool.map(lambda args: submit_local(*args), [
+            ("training.max_steps=3", "name=nt-success", f"notify.urls=[{receiver.url},{down}]"),
+            ("data=custom", f"data.train={data}", "data.format=prompt_response", "name=nt-error", notify),
+            ("training.epochs=500", "name=nt-stop", notify)]))
+    expire.join()
+    deadline = time.time() + 120
+    while by_name()["nt-stop"]["state"] != "running":
+        assert time.time() < deadline, by_name()["nt-stop"]
+        time.sleep(0.5)
+    assert cli(["stop", str(by_name()["nt-stop"]["id"])]).returncode == 0
+
+    ended = {"success", "error", "stopped", "expired"}
+    deadline = time.time() + 300
+    while True:
+        assert cli(["sync"]).returncode == 0  # records the Slurm job's TIMEOUT as expired
+        jobs = by_name()
+        if all(j["state"] in ended for j in jobs.values()):
+            break
+        assert time.time() < deadline, {n: j["state"] for n, j in jobs.items()}
+        time.sleep(2)
+    assert cli(["sync"]).returncode == 0
+    time.sleep(2)  # a late, second message would arrive now
+
+    states = {n: j["state"] for n, j in jobs.items()}
+    assert states == {"nt-expire": "expired", "nt-success": "success", "nt-error": "error", "nt-stop": "stopped"}
+    got = {n: receiver.about(j["id"]) for n, j in jobs.items()}
+    assert {n: len(m) for n, m in got.items()} == {"nt-expire": 1, "nt-success": 1, "nt-error": 1, "nt-stop": 0}
+    (ok,) = got["nt-success"]
+    assert "state: success" in ok["message"] and f"outputs: {jobs['nt-success']['output_dir']}" in ok["message"]
+    assert float(ok["message"].split("last loss: ")[1].split()[0]) > 0
+    assert "state: error" in got["nt-error"][0]["message"] and "train.jsonl:2" in got["nt-error"][0]["message"]
+    exp = got["nt-expire"][0]["message"]
+    assert "state: expired" in exp and "time limit" in exp and "last loss: none" not in exp
+    events = {n: cli(["events", str(j["id"])]).stdout for n, j in jobs.items()}
+    assert "notify_failed" in events["nt-success"] and "success" == states["nt-success"]  # the down receiver
+    for n in ("nt-error", "nt-expire"):
+        assert "notified" in events[n] and "notify_failed" not in events[n], events[n]
+    assert "notif" not in events["nt-stop"]
