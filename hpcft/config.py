@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -79,6 +79,8 @@ def _first_line(e: BaseException) -> str:
     key = next((x.split(":", 1)[1].strip() for x in lines[1:] if x.startswith("full_key:")), None)
     if "Could not override" in msg or "not in struct" in msg or "Key '" in msg and "not" in msg:
         msg += " (no such key: check the spelling, see all keys with `hpcft submit --dry-run`)"
+    if "is not a ListConfig" in msg and key:  # key=value where a list is expected
+        msg = f"{key}: expected a list; write {key}=[a,b] (brackets, comma-separated; [] = empty)"
     return f"{key}: {msg}" if key and key not in msg else msg
 
 
@@ -95,47 +97,6 @@ def _missing_option_message(e: Exception, overrides: List[str]) -> str:
 # ---------------------------------------------------------------------------------------------------- validation
 # validate = the common rules below (every method), then the method's own (hpcft.methods via schema.METHOD_SPECS).
 # Every refusal is one line `key=value: problem; fix` (ConfigError: exit code 2, nothing created).
-
-
-def _file(key: str, value: Optional[str], required: bool) -> None:
-    if value is None:
-        check(not required, key, value, "is required", f"set {key}=/path/to/file.jsonl")
-        return
-    p = Path(os.path.expanduser(str(value)))
-    check(not p.is_dir(), key, value, "is a directory", f"set {key} to a JSONL file")
-    check(p.is_file(), key, value, "file not found", f"set {key} to an existing JSONL file")
-    check(os.access(p, os.R_OK), key, value, "not readable", f"make {key} readable (chmod u+r) or copy it")
-
-
-SCAN_LINES = 200  # the data lines checked at submit (the trainer reads them all)
-
-
-def _scan_jsonl(key: str, value: Optional[str], fields: tuple) -> None:
-    """The first SCAN_LINES lines of a JSONL data file: UTF-8, one JSON object per line, with the format's fields."""
-    if value is None or not str(value).endswith((".jsonl", ".json")):
-        return
-    import json
-
-    need = [f for f in fields if not f.endswith("?")][:1]  # the format's main field (methods read the others)
-    with open(os.path.expanduser(str(value)), "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            if n > SCAN_LINES:
-                break
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                check(False, key, value, f"line {n} is not valid UTF-8 (byte {e.start})", "save the file as UTF-8")
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                check(False, key, value, f"line {n} is not valid JSON ({str(e).split(':')[0]})",
-                      "fix or remove that line")
-            check(isinstance(rec, dict), key, value, f"line {n} is not a JSON object", "one {...} object per line")
-            missing = [f for f in need if f not in rec]
-            check(not missing, key, value, f"line {n} has no field {', '.join(missing)}",
-                  f"every line needs {', '.join(need)}")
 
 
 _NAME_OK = re.compile(r"[\w.+@:,= -]+")
@@ -188,6 +149,10 @@ def check_model(cfg: DictConfig) -> None:
               "set model.path=/local/dir or a hub id")
     check(mo.dtype in ("float32", "bfloat16", "float16"), "model.dtype", mo.dtype, "unknown dtype",
           "use float32|bfloat16|float16")
+    attn = mo.get("attn_implementation")
+    check(attn in ATTN_IMPLEMENTATIONS, "model.attn_implementation", attn, "unknown attention implementation",
+          "use " + "|".join(a for a in ATTN_IMPLEMENTATIONS if a) + " or null (flash_attention_2 on a GPU with "
+          "flash-attn installed, else sdpa)")
 
 
 def check_training(cfg: DictConfig) -> None:
@@ -210,33 +175,41 @@ def check_training(cfg: DictConfig) -> None:
           "e.g. training.weight_decay=0.01")
     check(t.max_grad_norm >= 0, "training.max_grad_norm", t.max_grad_norm, "must be >= 0 (0 = no clipping)",
           "e.g. training.max_grad_norm=1.0")
-    check(t.precision in ("fp32", "bf16", "fp16"), "training.precision", t.precision, "unknown precision",
-          "use fp32|bf16|fp16")
+    check(t.precision in ("auto", "fp32", "bf16", "fp16"), "training.precision", t.precision, "unknown precision",
+          "use auto|fp32|bf16|fp16")
     check(t.save_strategy in ("steps", "epoch"), "training.save_strategy", t.save_strategy, "unknown strategy",
           "use training.save_strategy=steps|epoch")
     check(t.save_interval >= 1, "training.save_interval", t.save_interval, "must be >= 1",
           "e.g. training.save_interval=100")
+    check(t.monitor_interval == 0 or t.monitor_interval >= 0.1, "training.monitor_interval", t.monitor_interval,
+          "must be 0 (off) or at least 0.1 seconds", "e.g. training.monitor_interval=5")
     keep = str(t.keep_checkpoints)
     check(keep in ("off", "all") or (keep.isdigit() and int(keep) >= 1), "training.keep_checkpoints", keep,
           "must be off, all or a positive number", "e.g. training.keep_checkpoints=3")
     if t.resume_from not in (None, "latest"):
         check(Path(str(t.resume_from)).is_dir(), "training.resume_from", t.resume_from,
               "checkpoint directory not found", "use training.resume_from=latest or an existing checkpoint dir")
+    if t.get("report_to"):  # known trackers, each installed (hpcft.train.trackers; no tracker is imported here)
+        from hpcft.train.trackers import check_report_to
+
+        check_report_to(t.report_to)
 
 
 def check_data(cfg: DictConfig) -> None:
     d = cfg.data
     check(d.format in schema.DATA_FORMATS, "data.format", d.format, "unknown format",
           "use data.format=" + "|".join(schema.DATA_FORMATS))
-    _file("data.train", d.train, required=True)
-    _file("data.validation", d.validation, required=False)
-    _file("data.test", d.test, required=False)
+    from hpcft.train.datacheck import check_sources
+
+    check_sources(cfg)  # every split readable (file, save_to_disk dir, cached hub id); columns, template known
 
 
 def scan_data(cfg: DictConfig) -> None:
-    """After the method's checks: the first lines of every data file parse (hpcft.config._scan_jsonl)."""
-    for k in ("train", "validation", "test"):
-        _scan_jsonl(f"data.{k}", cfg.data.get(k), schema.DATA_FORMATS.get(str(cfg.data.format), ()))
+    """After the method's checks: the first records of every split parse, in a format the method trains on, with
+    that format's fields (hpcft.train.datacheck: one located line per problem)."""
+    from hpcft.train.datacheck import scan
+
+    scan(cfg)
 
 
 def check_deepspeed(cfg: DictConfig) -> None:
@@ -281,7 +254,37 @@ def check_resources(cfg: DictConfig) -> None:
           "e.g. resources.max_requeues=3")
 
 
-COMMON_RULES = (check_job, check_model, check_training, check_data, check_deepspeed, check_resources)
+def check_notify(cfg: DictConfig) -> None:
+    from hpcft import notify
+
+    notify.check(cfg)  # notify.on among success|error|expired, URLs apprise can parse
+
+
+def check_publish(cfg: DictConfig) -> None:
+    from hpcft import registry
+
+    registry.check_publish(cfg)  # publish.name a registry name, publish.visibility project|all
+
+
+COMMON_RULES = (check_job, check_model, check_training, check_data, check_deepspeed, check_resources, check_notify,
+                check_publish)
+
+
+ATTN_IMPLEMENTATIONS = (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def auto_precision(gpus_per_node: int) -> str:
+    """What training.precision=auto means: bf16 on a job that asks for GPUs, fp32 on CPU."""
+    return "bf16" if int(gpus_per_node or 0) > 0 else "fp32"
+
+
+def resolve_auto(cfg: DictConfig) -> DictConfig:
+    """training.precision=auto -> its value for the job's resources, stored in the job's config, so that every
+    reader (the trainers, the DeepSpeed config, the memory estimate) sees one resolved value. Idempotent."""
+    t = cfg.get("training")
+    if t is not None and t.get("precision") == "auto":
+        t.precision = auto_precision(cfg.resources.get("gpus_per_node", 0))
+    return cfg
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -289,14 +292,18 @@ def validate(cfg: DictConfig) -> DictConfig:
     line naming the key and the fix; light (no torch), so it runs at submit before anything is created."""
     for rule in COMMON_RULES:
         rule(cfg)
+    resolve_auto(cfg)
     check_method(cfg)
     scan_data(cfg)
     return cfg
 
 
 def load(overrides: Iterable[str] = ()) -> DictConfig:
-    """compose + validate."""
-    return validate(compose(overrides))
+    """compose + validate (with the user's notification defaults, hpcft.notify.apply_defaults)."""
+    from hpcft import notify
+
+    overrides = list(overrides)
+    return validate(notify.apply_defaults(compose(overrides), overrides))
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -28,8 +28,11 @@ class ModelConfig:
     arch: Dict[str, Any] = field(default_factory=dict)  # transformers config kwargs, incl. model_type
     dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False
+    # null: flash_attention_2 on a GPU where the flash-attn package imports, else sdpa (hpcft.train.modeling);
+    # or eager | sdpa | flash_attention_2 | flash_attention_3 | flex_attention
     attn_implementation: Optional[str] = None
     parent_job: Optional[int] = None  # set by hpcft when model.path=job:ID (lineage); not for users
+    asset: Optional[str] = None  # "NAME@VERSION", set by hpcft when model.path=asset:NAME[@V] (lineage); not for users
 
 
 @dataclass
@@ -94,19 +97,22 @@ class T2ILoraMethodConfig(MethodConfig):
     guidance_scale: float = 5.0
 
 
-# The one table of data formats: `data.format` -> the fields of one JSONL record ("?" = optional). `auto` detects
-# the format from the first record.
+# The one table of data formats: `data.format` -> the fields of one record ("?" = optional). `auto` detects
+# the format from the first record; `data.columns` maps other field names (hpcft.train.formats).
 DATA_FORMATS: Dict[str, Tuple[str, ...]] = {
     "auto": (),
     "text": ("text",),
-    "prompt_response": ("prompt", "response"),
-    "alpaca": ("instruction", "input?", "output"),
-    "messages": ("messages",),
-    "preference": ("prompt", "chosen", "rejected"),
+    "prompt_response": ("prompt", "response", "system?"),
+    "alpaca": ("instruction", "input?", "output", "system?"),
+    "messages": ("messages",),  # OpenAI style [{"role","content"}], system prompts and several turns
+    "sharegpt": ("conversations", "system?"),  # [{"from": human|gpt|system|..., "value"}]
+    "preference": ("prompt", "chosen", "rejected"),  # strings or messages
+    "sharegpt_preference": ("conversations", "chosen", "rejected"),  # chosen/rejected: {"from": "gpt", "value"}
     "prompt": ("prompt",),
     "image_caption": ("image", "caption"),
 }
-SFT_FORMATS = ("prompt_response", "alpaca", "messages")
+SFT_FORMATS = ("prompt_response", "alpaca", "messages", "sharegpt")
+PREFERENCE_FORMATS = ("preference", "sharegpt_preference")
 
 
 @dataclass(frozen=True)
@@ -126,9 +132,9 @@ METHOD_SPECS: Dict[str, Method] = {m.name: m for m in (
     Method("full", MethodConfig, "trainers.causal_lm", ("text",) + SFT_FORMATS, rules.full_rules),
     Method("lora", MethodConfig, "trainers.causal_lm", ("text",) + SFT_FORMATS, rules.lora_rules),
     Method("qlora", MethodConfig, "trainers.causal_lm", ("text",) + SFT_FORMATS, rules.qlora_rules),
-    Method("reward", RewardMethodConfig, "trainers.reward", ("preference",), rules.reward_rules),
-    Method("dpo", DPOMethodConfig, "trainers.dpo", ("preference",), rules.dpo_rules),
-    Method("grpo", GRPOMethodConfig, "trainers.grpo", ("prompt", "prompt_response", "preference"),
+    Method("reward", RewardMethodConfig, "trainers.reward", PREFERENCE_FORMATS, rules.reward_rules),
+    Method("dpo", DPOMethodConfig, "trainers.dpo", PREFERENCE_FORMATS, rules.dpo_rules),
+    Method("grpo", GRPOMethodConfig, "trainers.grpo", ("prompt", "prompt_response") + PREFERENCE_FORMATS,
            rules.grpo_rules),
     Method("t2i_lora", T2ILoraMethodConfig, "trainers.text_to_image", ("image_caption",), rules.t2i_lora_rules),
 )}
@@ -159,6 +165,7 @@ class ResourcesConfig:
     name: str = MISSING
     nodes: int = 1
     gpus_per_node: int = 0
+    gpu_mem: Optional[float] = None  # GiB per GPU; submit refuses a job whose memory estimate exceeds it (null: no check)
     tasks_per_node: int = 1  # processes per node (one per GPU on GPU nodes)
     cpus_per_task: int = 1
     mem: Optional[str] = None  # e.g. "32G" (per node)
@@ -182,15 +189,44 @@ class ResourcesConfig:
 
 
 @dataclass
+class ColumnsConfig:
+    """data.columns: which of your fields holds each of hpcft's (null: the field has hpcft's name), e.g.
+    data.columns.prompt=question data.columns.response=answer."""
+
+    text: Optional[str] = None
+    prompt: Optional[str] = None
+    response: Optional[str] = None
+    instruction: Optional[str] = None
+    input: Optional[str] = None
+    output: Optional[str] = None
+    system: Optional[str] = None
+    messages: Optional[str] = None
+    conversations: Optional[str] = None
+    chosen: Optional[str] = None
+    rejected: Optional[str] = None
+    image: Optional[str] = None
+    caption: Optional[str] = None
+
+
+@dataclass
 class DataConfig:
-    """Training / validation / test files. JSONL: {"text"} for pretraining; {"prompt","response"},
-    alpaca {"instruction","input","output"} or chat {"messages"} for SFT."""
+    """Training / validation / test data (hpcft.train.sources): a JSONL, JSON-array, Parquet or CSV file, a
+    directory written by `datasets.save_to_disk`, or hf:OWNER/NAME[:SPLIT] from the local Hugging Face datasets
+    cache. Checked at submit: every split opens, its first records parse and have the format's fields."""
 
     name: str = MISSING
     train: str = MISSING
     validation: Optional[str] = None
     test: Optional[str] = None
-    format: str = "auto"  # auto | text | prompt_response | alpaca | messages | preference | prompt | image_caption
+    format: str = "auto"  # auto | one of DATA_FORMATS
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)  # your field names (hpcft.train.formats)
+    # prompt_response / alpaca records: chat (the tokenizer's chat template) | alpaca | none | auto (chat when the
+    # tokenizer has a chat template of its own, else alpaca for alpaca records and none for prompt/response)
+    template: str = "auto"
+    # pretraining: tokenize once into a memory-mapped token file shared by ranks and later runs; false: every rank
+    # tokenizes into memory
+    memmap: bool = True
+    token_cache_dir: Optional[str] = None  # where token files live (default <HPCFT_HOME>/cache/tokens; shared)
 
 
 @dataclass
@@ -205,7 +241,8 @@ class TrainingConfig:
     lr_decay_ratio: float = 0.1  # cosine decay to learning_rate * ratio; 1.0 = constant
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 when resources.gpus_per_node > 0, else fp32; resolved at submit) | fp32 | bf16 | fp16
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
     save_strategy: str = "epoch"  # steps | epoch
     save_interval: int = 1  # every N steps or N epochs
     keep_checkpoints: str = "all"  # off | all | N
@@ -216,6 +253,40 @@ class TrainingConfig:
     log_interval: int = 1
     num_workers: int = 0
     log_sample_ids: bool = False  # write the sample ids of every step into metrics.jsonl (resume checks)
+    # several short samples per sequence of sequence_length tokens (causal-LM methods), each attending only to
+    # itself with position ids restarting: fewer padding tokens
+    packing: bool = False
+    # experiment trackers fed the same series as metrics.jsonl and the resolved config, from rank 0
+    # (hpcft.train.trackers): tensorboard | mlflow | wandb (offline unless WANDB_MODE says otherwise); [] = none
+    report_to: List[str] = field(default_factory=list)
+    # seconds between resource samples (cpu, memory, disk, network, GPU) of every rank into <run>/monitor/
+    # (hpcft.monitor; `hpcft top`, `hpcft monitor`); 0 = off
+    monitor_interval: float = 5.0
+
+
+@dataclass
+class PublishConfig:
+    """Publish the final model into the model registry when the job succeeds (hpcft.registry; `hpcft publish` does
+    it by hand). A failed publish never changes the job's state: it is an event and an asset row `publish_failed`."""
+
+    auto: bool = False
+    name: Optional[str] = None  # the asset's name (default: the job's name, as a registry name)
+    description: Optional[str] = None  # default: the job's description
+    visibility: str = "project"  # project (the members of the job's project) | all (everyone)
+
+
+NOTIFY_STATES = ("success", "error", "expired")  # the end states a notification can be sent for
+
+
+@dataclass
+class NotifyConfig:
+    """A message when the job ends (hpcft.notify, through apprise: email, Slack, ntfy, webhooks, ...). Defaults for
+    every job come from `$HPCFT_HOME/notify.yaml`; a key given on the command line wins. A stop you asked for is
+    never notified; a receiver that is down never changes the job's state (it is a `notify_failed` event)."""
+
+    urls: List[str] = field(default_factory=list)  # apprise URLs, e.g. ntfy://ntfy.sh/my-topic, json://host/path
+    on: List[str] = field(default_factory=lambda: list(NOTIFY_STATES))  # among success | error | expired
+    timeout: int = 10  # seconds the sending process waits for the receivers at most
 
 
 @dataclass
@@ -232,6 +303,8 @@ class JobConfig:
     data: DataConfig = MISSING
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
 
 def register() -> None:

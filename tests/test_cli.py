@@ -24,7 +24,8 @@ def _modules_imported(argv, env):
     return line[-1][5:]
 
 
-@pytest.mark.parametrize("argv", [["hpcft", "--help"], ["hpcft", "list"], ["hpcft", "submit", "--help"]])
+@pytest.mark.parametrize("argv", [["hpcft", "--help"], ["hpcft", "list"], ["hpcft", "submit", "--help"],
+                                  ["hpcft", "sweep"]])
 def test_light_commands_never_import_torch(argv, hpcft_home, monkeypatch):
     import os
 

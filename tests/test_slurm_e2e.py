@@ -50,7 +50,7 @@ def test_submit_through_slurm_ends_success(slurm_cluster, hpcft_home):
 
 def test_two_node_deepspeed_zero2_lora(slurm_cluster, hpcft_home):
     r = run(["submit", *FAST, "resources.nodes=2", "resources.tasks_per_node=1", "deepspeed=zero2",
-             "training.max_steps=6", "--wait"])
+             "training.max_steps=6", "training.monitor_interval=0.5", "--wait"])
     (job,) = jobs()
     out = Path(job["output_dir"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr + (out / "logs" / "rank-1.log").read_text()[-3000:]
@@ -62,20 +62,81 @@ def test_two_node_deepspeed_zero2_lora(slurm_cluster, hpcft_home):
     show = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "NNodes", "-j", job["slurm_job_id"]],
                           capture_output=True, text=True).stdout.split()
     assert show and show[0] == "2"
+    check_two_node_monitoring(job, out)
+
+
+def check_two_node_monitoring(job, out: Path):
+    """hpcft.monitor sampled both nodes (Slurm's names n1, n2: one host runs both slurmd) and Slurm's sstat;
+    `hpcft top` and `hpcft monitor` show them."""
+    from hpcft.monitor import node_samples, read_samples, read_sstat, series
+
+    samples = read_samples(out)
+    assert {(r["node"], r["rank"]) for r in samples} == {("n1", 0), ("n2", 1)}, samples[:2]
+    nodes = node_samples(samples)
+    assert sorted(nodes) == ["n1", "n2"] and all(len(v) >= 2 for v in nodes.values())
+    for key in ("cpu_percent", "mem_used_mb", "net_recv_mb_s", "net_sent_mb_s"):
+        assert sorted(series(samples, key, True)) == ["n1", "n2"], key
+    assert max(max(ys) for _, ys in series(samples, "net_recv_mb_s", True).values()) > 0  # gloo between ranks
+    assert min(r["mem_used_mb"] for v in nodes.values() for r in v) > 0
+    steps = {r["step"] for r in read_sstat(out)}
+    assert f"{job['slurm_job_id']}.0" in steps, steps  # submitit's srun step, which runs the trainers
+    top = run(["top", str(job["id"]), "--once"])
+    assert top.returncode == 0, top.stderr
+    rows = [x.split() for x in top.stdout.splitlines() if x.startswith(("n1 ", "n2 "))]
+    assert [(x[0], x[1]) for x in rows] == [("n1", "0"), ("n2", "1")], top.stdout
+    assert "step 6" in top.stdout and "Slurm sstat" in top.stdout, top.stdout
+    png = out / "monitor-test.png"
+    mon = run(["monitor", str(job["id"]), "--png", str(png)])
+    assert mon.returncode == 0, mon.stderr
+    for title in ("node CPU", "node memory used", "network received", "network sent"):
+        assert {x.split()[len(title.split())] for x in mon.stdout.splitlines() if x.startswith(title + " ")} == {
+            "n1", "n2"}, (title, mon.stdout)
+    assert png.stat().st_size > 10_000
 
 
 def test_multirun_sweep_is_one_array_and_returns_at_once(slurm_cluster, hpcft_home):
     t0 = time.time()
-    r = run(["submit", "-m", *FAST, "training.max_steps=3", "method.lora.rank=4,8"])
+    fast = [o for o in FAST if not o.startswith("training.learning_rate=")]
+    r = run(["submit", "-m", *fast, "training.max_steps=3", "training.learning_rate=1e-3,2e-3,5e-3"])
     submit_s = time.time() - t0
     assert r.returncode == 0, r.stderr
     js = jobs()
-    assert len(js) == 2
+    assert len(js) == 3
     assert len({j["array_job_id"] for j in js}) == 1 and js[0]["array_job_id"]
-    assert sorted(j["array_task_id"] for j in js) == [0, 1]
+    assert sorted(j["array_task_id"] for j in js) == [0, 1, 2]
+    # each point named by its swept value; the array by the sweep's name
+    assert sorted(j["name"] for j in js) == ["tiny-lora lr=1e-3", "tiny-lora lr=2e-3", "tiny-lora lr=5e-3"]
+    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName", "-j", js[0]["array_job_id"]],
+                          capture_output=True, text=True).stdout.split()
+    assert acct and set(acct) == {"tiny-lora-sweep"}, acct
     ended = wait_all_ended({j["id"] for j in js})
-    assert [j["state"] for j in ended] == ["success", "success"], ended
+    assert [j["state"] for j in ended] == ["success"] * 3, ended
     assert submit_s < 120  # sanity, not a benchmark: submission did not wait for training
+
+    # `hpcft sweep ID` (any point's id names the sweep): the points side by side, best validation loss first
+    from hpcft.metrics_io import read_metrics
+
+    first = min(j["id"] for j in js)
+    table = run(["sweep", str(max(j["id"] for j in js))])
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0] == f"sweep {first}: tiny-lora, 3 points, best first by validation loss (lowest)", lines
+    assert lines[1].split() == ["JOB", "lr", "STATE", "STEP", "TRAIN", "LOSS", "BEST", "VAL", "LOSS", "AT", "STEP"]
+    rows = [ln.split() for ln in lines[2:5]]
+    by_id = {j["id"]: j for j in js}
+    best = {}
+    for j in js:
+        recs = read_metrics(j["output_dir"])
+        best[j["id"]] = min(r["loss"] for r in recs if r["type"] == "eval" and r["split"] == "validation")
+        assert [r for r in recs if r["type"] == "train"][-1]["step"] == 3
+    assert [int(r[0]) for r in rows] == sorted(best, key=best.get)  # best first
+    for job_id, lr, state, step, _train_loss, val, _at in rows:
+        assert by_id[int(job_id)]["name"] == f"tiny-lora lr={lr}" and state == "success" and step == "3"
+        assert float(val) == pytest.approx(best[int(job_id)], abs=1e-4)
+    top = min(best, key=best.get)
+    assert lines[5].startswith(f"best: job {top} {by_id[top]['name']} (validation loss ")
+    listed = run(["sweep"]).stdout.splitlines()
+    assert listed[1].split() == [str(first), "tiny-lora", "3", "3", "success"], listed
 
 
 def test_rendered_script_runs_with_plain_sbatch(slurm_cluster, hpcft_home, tmp_path):

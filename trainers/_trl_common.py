@@ -55,7 +55,8 @@ def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **met
         max_grad_norm=t.max_grad_norm,  # 0 = no clipping
         bf16=t.precision == "bf16",
         fp16=t.precision == "fp16",
-        gradient_checkpointing=False,
+        gradient_checkpointing=bool(t.get("gradient_checkpointing")),
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.get("gradient_checkpointing") else None,
         use_cpu=not device_has_gpu(),
         report_to="none",
         disable_tqdm=True,
@@ -98,7 +99,8 @@ def deepspeed_dict(cfg: DictConfig, ctx: RunContext) -> Optional[Dict[str, Any]]
 
 def prepare(cfg: DictConfig, ctx: RunContext, loader) -> tuple:
     """The shared start of a trl trainer: method checks, seed, base model path, tokenizer, train and eval datasets
-    (`loader(path)` reads one split). Returns (output_dir, base_path, tokenizer, train_dataset, eval_datasets)."""
+    (`loader(path, role)` reads one split; role: train | validation | test). Returns (output_dir, base_path,
+    tokenizer, train_dataset, eval_datasets)."""
     import torch
 
     from hpcft.train.method_checks import check_method
@@ -116,14 +118,15 @@ def prepare(cfg: DictConfig, ctx: RunContext, loader) -> tuple:
     dist.barrier()  # other ranks load base/ only once the main rank has written it
     base = base_model_path(cfg.model, out, seed=cfg.training.seed, is_main=False)
     tok = load_tokenizer(cfg.model, base)
-    return out, base, tok, to_dataset(loader(cfg.data.train)), eval_datasets(cfg, loader)
+    return out, base, tok, to_dataset(loader(cfg.data.train, "train")), eval_datasets(cfg, loader)
 
 
 def model_init_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     """How trl loads the model from the base path."""
-    from hpcft.train.modeling import torch_dtype
+    from hpcft.train.modeling import attn_implementation, torch_dtype
 
-    return {"dtype": torch_dtype(cfg.model.dtype), "trust_remote_code": bool(cfg.model.get("trust_remote_code"))}
+    return {"dtype": torch_dtype(cfg.model.dtype), "trust_remote_code": bool(cfg.model.get("trust_remote_code")),
+            "attn_implementation": attn_implementation(cfg.model, str(cfg.training.precision))}
 
 
 def to_dataset(records: List[Dict[str, Any]]):
@@ -138,7 +141,7 @@ def eval_datasets(cfg: DictConfig, loader) -> Dict[str, Any]:
     for split in ("validation", "test"):
         p = cfg.data.get(split)
         if p:
-            out[split] = to_dataset(loader(p))
+            out[split] = to_dataset(loader(p, split))
     return out
 
 
@@ -168,7 +171,7 @@ class TrlRun:
         self.method = str(cfg.method.name)
         self.out = Path(cfg.output_dir)
         self.base_model = base_model
-        self.log = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main)
+        self.log = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main, cfg=cfg, job_id=ctx.job_id)
         self.flag = signals.install()
         self.manager = ckpt.CheckpointManager(self.out / "checkpoints", self.t.keep_checkpoints,
                                               is_main=ctx.is_main, barrier=dist.barrier)

@@ -59,12 +59,18 @@ def build_model(cfg, ctx):
     path = base_model_path(cfg.model, ctx.output_dir, seed=cfg.training.seed, is_main=False)
     tok = load_tokenizer(cfg.model, path)
     quant = cfg.method.get("quantization") if method == "qlora" else None
-    model = load_causal_lm(cfg.model, path, quantization=quant)
+    model = load_causal_lm(cfg.model, path, quantization=quant, precision=str(cfg.training.precision))
+    checkpointing = bool(cfg.training.get("gradient_checkpointing"))
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
         disable_bnb_cpu_repack(model)
+    elif checkpointing:
+        from hpcft.train.modeling import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     if method in ("lora", "qlora"):
         import warnings
 
@@ -146,12 +152,14 @@ class CausalLMRecipe:
         use_ds = dist.use_deepspeed(cfg, ctx)
         dist.init_distributed(ctx, deepspeed=use_ds)
         torch.manual_seed(int(t.seed))
-        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main)
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main, cfg=cfg, job_id=ctx.job_id)
         self.warning = signals.install()
 
         model, self.tok, self.base_path = build_model(cfg, ctx)
         self.n_total = sum(p.numel() for p in model.parameters())
         self.n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        # packed batches for flash-attention: one row per micro-batch (it reads sample bounds from position ids)
+        self.flatten = bool(t.get("packing")) and "flash" in str(getattr(model.config, "_attn_implementation", ""))
         stage = cfg.deepspeed.get("stage")
         self.ds_stage = (int(stage) if stage is not None else 0) if use_ds else None
         self.log(f"[hpcft] method={self.method} model={cfg.model.name} params={self.n_total:,} "
@@ -194,12 +202,13 @@ class CausalLMRecipe:
             path = self.cfg.data.get(name)
             if not path:
                 continue
-            sp = D.load_split(path, self.cfg.data.format, self.tok, int(t.sequence_length), name,
-                              self.method == "pretrain")
+            sp = D.load_job_split(self.cfg, name, self.tok, log=self.log)  # source, format, packing, token file
             splits[name] = sp
-            self.metrics.write({"type": "data", "split": name, "samples": len(sp), "truncated": sp.truncated})
+            self.metrics.write({"type": "data", "split": name, "samples": len(sp), "truncated": sp.truncated,
+                                **({"packed_from": sp.packed_from} if sp.packed_from else {})})
             if sp.truncated:
-                msg = f"{sp.truncated} of {len(sp)} {name} samples longer than {t.sequence_length} tokens truncated"
+                msg = (f"{sp.truncated} of {sp.packed_from or len(sp)} {name} samples longer than "
+                       f"{t.sequence_length} tokens truncated")
                 self.log(f"[hpcft] warning: {msg}")
                 ctx.event("truncated", msg, split=name, samples=len(sp), truncated=sp.truncated)
         return splits
@@ -233,9 +242,10 @@ class CausalLMRecipe:
         seen). The loss stays on the device (no sync per micro-batch); log_step reads it only when it logs."""
         loss_acc, n_tok = None, 0
         for mb in micro:
-            batch = D.collate([self.train_set.samples[i] for i in mb], self.pad_id)
+            samples = [self.train_set.samples[i] for i in mb]
+            batch = D.collate(samples, self.pad_id, flatten=self.flatten)  # packed: position_ids, no attention_mask
             labels = batch.pop("labels")
-            n_tok += int(batch["attention_mask"].sum())  # CPU tensor: no device sync
+            n_tok += sum(len(s.input_ids) for s in samples)  # real tokens, no padding (no device sync)
             logits = self.engine(**batch).logits
             loss, _ = token_loss(logits, labels)
             part = loss.detach() / len(micro)

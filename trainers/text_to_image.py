@@ -192,7 +192,7 @@ class T2ITrainer:
         self.m, self.t = cfg.method, cfg.training
         self.out = Path(cfg.output_dir)
         self.device = torch.device("cuda", ctx.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main)
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main, cfg=cfg, job_id=ctx.job_id)
         self.world, self.rank = int(ctx.world_size), int(ctx.rank)
         self.ddp = None  # the DDP-wrapped UNet when world > 1 (training forwards go through it)
         # where training stands: optimizer steps done, and the next micro-batch of which epoch
@@ -300,6 +300,8 @@ class T2ITrainer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             self.c["unet"].add_adapter(lora_config(m, init_lora_weights="gaussian"))  # same init on every rank
+        if t.get("gradient_checkpointing"):
+            self.c["unet"].enable_gradient_checkpointing()
         self.params = [p for p in self.c["unet"].parameters() if p.requires_grad]
         for p in self.params:  # LoRA weights train in fp32 even on a bf16/fp16 base
             p.data = p.data.float()

@@ -22,6 +22,9 @@ app = typer.Typer(
 from hpcft.cli import jobs as _jobs  # noqa: E402,F401  (registers the commands)
 from hpcft.cli import slurm_cmds as _slurm_cmds  # noqa: E402,F401
 from hpcft.cli import team_cmds as _team_cmds  # noqa: E402,F401
+from hpcft.cli import sweep_cmds as _sweep_cmds  # noqa: E402,F401
+from hpcft.cli import models_cmds as _models_cmds  # noqa: E402,F401
+from hpcft.cli import monitor_cmds as _monitor_cmds  # noqa: E402,F401
 
 
 def main() -> None:

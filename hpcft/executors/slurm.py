@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -91,7 +92,9 @@ class SlurmExecutor(Executor):
                 folder = Path(first.output_dir) / "slurm"
             else:
                 folder = Path(first.output_dir).parent / f"slurm-array-{first.id}"
-                opts["job-name"] = safe_job_name(f"{first.name}-sweep")
+                # the sweep's name without the points' values (`quickstart-tiny-lora lr=2e-3` -> quickstart-tiny-lora)
+                common = os.path.commonprefix([j.name for j in group]).rpartition(" ")[0].strip()
+                opts["job-name"] = safe_job_name(f"{common or first.name}-sweep")
             make_run_dir(folder)  # private like the run directories (0700): array task logs too
             native, extra = _submitit_parameters(opts)
             ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
@@ -161,8 +164,13 @@ class SlurmExecutor(Executor):
             decision = C.sync_decision(rec, job.state, queue) if rec is not None else None
             if decision is None:
                 continue
-            changed += bool(ledger.transition(job.id, decision.state, decision.reason, source="slurm-sync",
-                                              cause=decision.cause))
+            moved = ledger.transition(job.id, decision.state, decision.reason, source="slurm-sync",
+                                      cause=decision.cause)
+            changed += bool(moved)
+            if moved and decision.state == State.success:  # its worker did not record the end: publish.auto here
+                from hpcft.registry import auto_publish
+
+                auto_publish(ledger, job.id)
         return changed
 
 

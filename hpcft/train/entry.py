@@ -17,8 +17,10 @@ from typing import Any
 
 def run(cfg, ctx) -> dict[str, Any]:
     """Run the trainer for cfg.method.name and return its summary."""
+    from hpcft.config import resolve_auto
     from hpcft.schema import METHODS
 
+    resolve_auto(cfg)  # a config written by hand may still say training.precision=auto
     name = cfg.method.name
     if name not in METHODS:
         raise ValueError(f"method.name={name}: unknown method; choose one of: {', '.join(METHODS)}")
@@ -31,12 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="the run's config.yaml")
     ap.add_argument("--job-id", type=int, default=None, help="ledger job id (events are recorded when given)")
     args = ap.parse_args(argv)
+    from hpcft.train import signals
 
+    signals.install_early()  # the time-limit warning may come while torch is still being imported
     from hpcft.config import from_yaml_file
     from hpcft.train.context import RunContext
 
     code = 0
     ctx = None
+    sampler = None  # resource samples into <run>/monitor/ (hpcft.monitor; training.monitor_interval)
     try:
         cfg = from_yaml_file(args.config)
         if not cfg.get("output_dir"):
@@ -44,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg.output_dir = str(Path(args.config).resolve().parent)
         ctx = RunContext.from_env(output_dir=cfg.output_dir, job_id=args.job_id)
+        from hpcft.monitor import start_for
+
+        sampler = start_for(cfg, ctx)
         summary = run(cfg, ctx)
         if ctx.is_main:
             print(f"[hpcft] finished: step {summary.get('final_step')}, final model {summary.get('final_model')}",
@@ -68,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[hpcft] {rank}training failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             traceback.print_exc()
             code = 1
+    if sampler is not None:  # its last sample, before os._exit below skips the thread
+        sampler.stop()
+    if "hpcft.train.trackers" in sys.modules:  # training.report_to: flush and close them (os._exit skips atexit)
+        sys.modules["hpcft.train.trackers"].close_all(ok=code == 0)
     world = ctx.world_size if ctx is not None else int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         # Pitfall 3: gloo sometimes aborts at interpreter exit; a finished rank leaves without the teardown.

@@ -8,20 +8,27 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 
 class MetricsWriter:
     """Appends one JSON object per line to `<output_dir>/metrics.jsonl` (main rank only; no-op elsewhere).
-    Lines are flushed at once so `hpcft logs` / plots can follow a running job."""
+    Lines are flushed at once so `hpcft logs` / plots can follow a running job. Given the job's `cfg`, the
+    experiment trackers of `training.report_to` get every record too (hpcft.train.trackers): one writer, every method."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, cfg: Any = None, job_id: Optional[int] = None):
         self.path = Path(path)
         self.enabled = enabled
         self._f = None
+        self.trackers = None  # training.report_to (hpcft.train.trackers): fed every record written here
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "a", encoding="utf-8")
+            training = cfg.get("training") if cfg is not None else None
+            if training is not None and training.get("report_to"):
+                from hpcft.train.trackers import Trackers
+
+                self.trackers = Trackers(cfg, self.path.parent, job_id)
 
     def write(self, record: dict[str, Any]) -> None:
         if self._f is None:
@@ -30,11 +37,16 @@ class MetricsWriter:
         rec.setdefault("time", time.time())
         self._f.write(json.dumps(rec, sort_keys=False) + "\n")
         self._f.flush()
+        if self.trackers is not None:
+            self.trackers.write(rec)
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
             self._f = None
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
 
 def peak_mem_mb() -> float:
