@@ -1,7 +1,7 @@
 """Who may do what with a job: the owner, administrators, and the other members of the job's project as the job's
 `access` says (none | ro | rw), while an administrator's `sharing` switch is on.
 
-    read-only (ro):  show, logs, events, curve, clone
+    read-only (ro):  show, logs, events, curve, top, monitor, clone
     read-write (rw): also stop, extend, priority, resume, delete
     owner:           also share (and everything else); administrators: everything
 
@@ -19,7 +19,7 @@ from hpcft.errors import ConfigError, HpcftError
 
 LEVELS = ("none", "ro", "rw")
 RANK = {"none": 0, "ro": 1, "rw": 2}
-READ = frozenset({"show", "logs", "events", "curve", "clone"})
+READ = frozenset({"show", "logs", "events", "curve", "top", "monitor", "clone"})
 WRITE = READ | {"stop", "extend", "priority", "resume", "delete"}
 OWNER = WRITE | {"share"}
 

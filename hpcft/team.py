@@ -99,6 +99,69 @@ GRANT INSERT, UPDATE, DELETE ON projects, project_members, settings TO {ADMINS_R
 GRANT {USERS_ROLE} TO {ADMINS_ROLE};
 """
 
+# The model registry (hpcft.registry, hpcft.registry_db): a version is seen by its owner, administrators and, while
+# sharing is on, everyone (visibility all) or its project's members (project); only its owner or an administrator
+# changes it. The trigger keeps a name with the user who first published it and refuses deleting a version a queued
+# or running job starts from (config model.asset), naming the jobs, whoever owns them.
+_ASSETS = f"""
+CREATE OR REPLACE FUNCTION hpcft_asset_readable(o text, v text, p text) RETURNS boolean LANGUAGE sql STABLE
+  SECURITY DEFINER SET search_path = public AS $$
+  SELECT o = session_user OR hpcft_is_admin()
+    OR (hpcft_sharing_on() AND (v = 'all' OR (v = 'project' AND hpcft_member(p)))) $$;
+CREATE OR REPLACE FUNCTION hpcft_asset_users(r text) RETURNS TABLE(job_id integer, owner text, state text)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
+  SELECT j.id, j.owner, j.state FROM jobs j
+   WHERE j.state IN ('queued', 'running') AND (j.config::jsonb -> 'model' ->> 'asset') = r
+     AND EXISTS (SELECT 1 FROM model_assets a WHERE a.name || '@' || a.version = r
+                 AND (a.owner = session_user OR hpcft_is_admin() OR hpcft_is_owner_role()))
+   ORDER BY j.id $$;
+CREATE OR REPLACE FUNCTION hpcft_assets_guard() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = public AS $$
+DECLARE first_owner text; users text;
+BEGIN
+  IF NEW.visibility NOT IN ('project', 'all') THEN
+    RAISE EXCEPTION 'visibility=%: use project or all', NEW.visibility;
+  END IF;
+  IF TG_OP = 'INSERT' THEN
+    SELECT owner INTO first_owner FROM model_assets WHERE name = NEW.name ORDER BY version LIMIT 1;
+    IF first_owner IS NOT NULL AND first_owner <> NEW.owner AND NOT (hpcft_is_admin() OR hpcft_is_owner_role()) THEN
+      RAISE EXCEPTION 'model asset name % belongs to %', NEW.name, first_owner;
+    END IF;
+  ELSE
+    IF NEW.owner <> OLD.owner AND NOT (hpcft_is_admin() OR hpcft_is_owner_role()) THEN
+      RAISE EXCEPTION 'model asset %@% (owner %): only an administrator may change its owner', OLD.name,
+        OLD.version, OLD.owner;
+    END IF;
+    IF NEW.state = 'deleted' AND OLD.state <> 'deleted' THEN
+      SELECT string_agg('job ' || id || ' (' || owner || ', ' || state || ')', ', ' ORDER BY id) INTO users
+        FROM jobs WHERE state IN ('queued', 'running')
+         AND (config::jsonb -> 'model' ->> 'asset') = OLD.name || '@' || OLD.version;
+      IF users IS NOT NULL THEN
+        RAISE EXCEPTION 'model asset %@% is in use by %', OLD.name, OLD.version, users;
+      END IF;
+    END IF;
+  END IF;
+  RETURN NEW;
+END $$;
+ALTER TABLE model_assets ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS hpcft_assets_read ON model_assets;
+DROP POLICY IF EXISTS hpcft_assets_insert ON model_assets;
+DROP POLICY IF EXISTS hpcft_assets_update ON model_assets;
+DROP POLICY IF EXISTS hpcft_assets_delete ON model_assets;
+CREATE POLICY hpcft_assets_read ON model_assets FOR SELECT TO {USERS_ROLE}
+  USING (hpcft_asset_readable(owner, visibility, project));
+CREATE POLICY hpcft_assets_insert ON model_assets FOR INSERT TO {USERS_ROLE} WITH CHECK (owner = session_user);
+CREATE POLICY hpcft_assets_update ON model_assets FOR UPDATE TO {USERS_ROLE}
+  USING (owner = session_user OR hpcft_is_admin()) WITH CHECK (owner = session_user OR hpcft_is_admin());
+CREATE POLICY hpcft_assets_delete ON model_assets FOR DELETE TO {USERS_ROLE}
+  USING (owner = session_user OR hpcft_is_admin());
+DROP TRIGGER IF EXISTS hpcft_assets_guard ON model_assets;
+CREATE TRIGGER hpcft_assets_guard BEFORE INSERT OR UPDATE ON model_assets FOR EACH ROW
+  EXECUTE FUNCTION hpcft_assets_guard();
+GRANT SELECT, INSERT, UPDATE, DELETE ON model_assets TO {USERS_ROLE};
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {USERS_ROLE};
+"""
+
 
 def _is_postgres(ledger) -> bool:
     return ledger.url.startswith(("postgresql", "postgres"))
@@ -138,6 +201,8 @@ def init(ledger) -> List[str]:
     _run(ledger, _FUNCTIONS)
     _run(ledger, _POLICIES)
     done.append("row-level security on jobs and events: policies, guard trigger and grants in place")
+    _run(ledger, _ASSETS)
+    done.append("row-level security on model_assets: visibility project|all, guard trigger and grants in place")
     return done
 
 

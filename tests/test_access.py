@@ -71,8 +71,9 @@ def test_the_matrix_through_the_cli(team_ledger):
     assert "job 1 (owner alice, project proj-a): you (bob) have no access and cannot show it" in r.stderr
     assert "hpcft share 1 ro|rw" in r.stderr
     # read-only: show, logs, events, curve (no metrics here: its own message), clone allowed; changes refused
-    for args in (["show", str(ro)], ["logs", str(ro)], ["events", str(ro)]):
+    for args in (["show", str(ro)], ["logs", str(ro)], ["events", str(ro)], ["top", str(ro), "--once"]):
         assert cli("bob", *args, home=home).returncode == 0, args
+    assert cli("bob", "top", str(private), "--once", home=home).returncode == 3  # none: not even a look
     for args in (["stop", str(ro)], ["resume", str(ro)], ["delete", str(ro)], ["share", str(ro), "rw"]):
         r = cli("bob", *args, home=home)
         assert r.returncode == 3 and "read-only access" in r.stderr and "you may clone, curve" in r.stderr, r.stderr

@@ -127,7 +127,7 @@ def test_read_only(jobs):
     for args in (["stop", str(run)], ["extend", str(run), "--time", "00:20:00"], ["priority", str(run), "high"],
                  ["resume", str(fin)], ["delete", str(fin)], ["share", str(fin), "rw"]):
         refused(hp(BOB, *args), f"(owner {ALICE}, project proj-a): you ({BOB}) have read-only access",
-                "you may clone, curve, events, logs, show it")
+                "you may clone, curve, events, logs, monitor, show, top it")
     refused(hp(CAROL, "show", str(fin)), "no such job")  # another project: still nothing
     # raw SQL: visible, not changeable
     assert sql(BOB, f"SELECT name FROM jobs WHERE id={fin}")[1] == "finished"

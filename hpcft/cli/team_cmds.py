@@ -23,8 +23,8 @@ def _ledger():
 @app.command()
 def share(job_id: int = typer.Argument(..., help="job id"),
           level: str = typer.Argument(..., help="none | ro | rw: what the other members of its project may do")) -> None:
-    """Share a job you own with the other members of its project: ro (show, logs, events, curve, clone), rw (also
-    stop, extend, priority, resume, delete) or none. Its run directory follows (POSIX ACLs)."""
+    """Share a job you own with the other members of its project: ro (show, logs, events, curve, top, monitor,
+    clone), rw (also stop, extend, priority, resume, delete) or none. Its run directory follows (POSIX ACLs)."""
     from hpcft import access
 
     level = access.check_level(level, "level")
