@@ -33,3 +33,67 @@ def loss_series(records: List[dict]) -> Dict[str, Tuple[List[float], List[float]
         name = "train" if r.get("type") == "train" else r.get("split", r.get("type", "?"))
         points.setdefault(name, {})[float(r["step"])] = float(r["loss"])
     return {name: ([x for x in sorted(p)], [p[x] for x in sorted(p)]) for name, p in points.items()}
+
+
+def metric_series(records: List[dict], key: str) -> Dict[str, Tuple[List[float], List[float]]]:
+    """Like loss_series, for any key of the records: {"train": (steps, values), "validation": ..., "test": ...}."""
+    points: Dict[str, Dict[float, float]] = {}
+    for r in records:
+        v = r.get(key)
+        if v is None or r.get("step") is None or r.get("type") not in ("train", "eval"):
+            continue
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        name = "train" if r.get("type") == "train" else r.get("split", "eval")
+        points.setdefault(name, {})[float(r["step"])] = v
+    return {name: (sorted(p), [p[x] for x in sorted(p)]) for name, p in points.items()}
+
+
+# What `hpcft curve` shows for a method besides the loss, most telling first: (key in metrics.jsonl, label). The keys
+# are those trl 1.x logs through trainers/_trl_common.py (GRPO: the mean reward over the group's completions; DPO:
+# the margin between the implicit rewards of chosen and rejected and how often chosen wins; reward models: pairwise
+# accuracy on the batch and the score margin). The loss comes last for these (GRPO's hovers near 0 by design).
+METHOD_CURVES: Dict[str, Tuple[Tuple[str, str], ...]] = {
+    "grpo": (("reward", "mean reward"),),
+    "dpo": (("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")),
+    "reward": (("accuracy", "pairwise accuracy"), ("margin", "reward margin")),
+}
+
+
+def curve_panels(records: List[dict], method: Optional[str]
+                 ) -> List[Tuple[str, str, Dict[str, Tuple[List[float], List[float]]]]]:
+    """[(key, label, {split: (steps, values)})] to plot for a run of `method`: the method's own series (those with
+    training points), then the loss with validation and test beside it. Empty when nothing was recorded."""
+    out = []
+    for key, label in METHOD_CURVES.get(str(method), ()) + (("loss", "loss"),):
+        s = metric_series(records, key)
+        if s.get("train"):
+            out.append((key, label, s))
+    return out
+
+
+def progress(records: List[dict], method: Optional[str] = None) -> Dict[str, object]:
+    """Where a run is, from its newest training record: step, epoch, loss, lr, tokens/s (logged by causal-LM
+    trainers; for trl's, from the change of its running token count num_tokens over time), time, and the
+    method's series of METHOD_CURVES (e.g. reward for GRPO)."""
+    train = [r for r in records if r.get("type") == "train" and r.get("step") is not None]
+    if not train:
+        return {}
+    last = train[-1]
+    out: Dict[str, object] = {k: last.get(k) for k in ("step", "epoch", "loss", "lr", "time")}
+    tps = last.get("tokens_per_s")
+    if tps is None and len(train) > 1:
+        prev = train[-2]
+        try:
+            dn = float(last["num_tokens"]) - float(prev["num_tokens"])
+            dt = float(last["time"]) - float(prev["time"])
+            tps = dn / dt if dt > 0 and dn >= 0 else None
+        except (KeyError, TypeError, ValueError):
+            tps = None
+    out["tokens_per_s"] = tps
+    for key, _ in METHOD_CURVES.get(str(method), ()):
+        if last.get(key) is not None:
+            out[key] = last[key]
+    return out

@@ -40,6 +40,12 @@ def test_dpo_lora_learns_saves_and_reloads(tmp_path):
     assert abs(loss[0] - 0.6931) < 1e-3  # policy == reference at step 1: loss is log 2
     assert mean(loss[-5:]) < 0.5 * loss[0], loss
     assert mean(margin[-5:]) > 0.5 > margin[0], margin
+    from hpcft.cli.monitor_cmds import curve_report  # `hpcft curve`: reward margin and accuracy, then the loss
+
+    text, panels = curve_report(rows(tmp_path), "dpo", "job 1 dpo")
+    assert text.splitlines()[0] == f"job 1 dpo: train reward margin {margin[0]:.4f} -> {margin[-1]:.4f} over 30 steps"
+    assert [p[0] for p in panels] == ["reward margin", "reward accuracy", "loss"]
+    assert "validation reward accuracy by epoch: " in text and "validation loss by epoch: " in text
     evals = {r["split"]: r for r in rows(tmp_path, "eval")}
     assert evals["validation"]["rewards/accuracies"] >= 0.9 and evals["test"]["rewards/margins"] > 0.5
     assert "epoch" in {k for k, _, _ in ctx.events}

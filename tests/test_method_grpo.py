@@ -30,6 +30,12 @@ def test_grpo_mean_reward_rises(tmp_path):
     assert summary["method_info"] == {"lora": False, "reward_functions": ["char_fraction:abcdefghijklmnopqrstuvwxyz"]}
     reward = [r["reward"] for r in rows(tmp_path, "train")]
     assert mean(reward[-5:]) > mean(reward[:5]) + 0.2, reward
+    from hpcft.cli.monitor_cmds import curve_report  # `hpcft curve` shows the reward, not GRPO's near-0 loss
+
+    text, panels = curve_report(rows(tmp_path), "grpo", "job 1 grpo-tiny")
+    assert text.splitlines()[0] == (f"job 1 grpo-tiny: train mean reward {reward[0]:.4f} -> {reward[-1]:.4f} "
+                                    "over 30 steps")
+    assert [p[0] for p in panels] == ["mean reward", "loss"] and set(panels[0][2]) == {"train", "validation", "test"}
     evals = {r["split"]: r for r in rows(tmp_path, "eval")}
     assert set(evals) == {"validation", "test"} and evals["validation"]["reward"] > mean(reward[:5])
     assert "epoch" in {k for k, _, _ in ctx.events}

@@ -43,6 +43,13 @@ def test_reward_model_learns_saves_and_reloads(tmp_path):
     assert last["loss"] < 0.5 * first["loss"], (first["loss"], last["loss"])
     assert first["accuracy"] <= 0.75  # a random head is near chance on the first batch
     assert evals["validation"]["accuracy"] >= 0.9 and evals["test"]["accuracy"] >= 0.9, evals
+    from hpcft.cli.monitor_cmds import curve_report  # `hpcft curve`: pairwise accuracy first, loss beside
+
+    text, panels = curve_report(rows, "reward", "job 1 rm")
+    assert text.splitlines()[0] == (f"job 1 rm: train pairwise accuracy {first['accuracy']:.4f} -> "
+                                    f"{last['accuracy']:.4f} over 30 steps")
+    assert [p[0] for p in panels] == ["pairwise accuracy", "reward margin", "loss"]
+    assert f"test pairwise accuracy by epoch: {evals['test']['accuracy']:.4f}" in text
     assert all("lr" in r and "step" in r for r in train)
     kinds = [k for k, _, _ in ctx.events]
     assert "epoch" in kinds

@@ -21,7 +21,7 @@ def train(cfg: DictConfig, ctx: RunContext) -> dict:
     from trainers import _trl_common as C
 
     # setup
-    out, base, tok, train_ds, evals = C.prepare(cfg, ctx, load_preference)
+    out, base, tok, train_ds, evals = C.prepare(cfg, ctx, lambda path, role: load_preference(path, cfg.data, role))
     args = C.trl_args(
         DPOConfig, cfg, ctx, has_eval=bool(evals),
         beta=cfg.method.beta,

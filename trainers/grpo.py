@@ -14,12 +14,10 @@ from omegaconf import DictConfig
 from hpcft.train.context import RunContext
 
 
-def _prompt_records(path: str, fmt: str):
-    from hpcft.train.preference_data import load_preference, load_prompts
+def _prompt_records(path: str, data_cfg, role: str):
+    from hpcft.train.preference_data import load_prompts
 
-    if fmt == "preference":
-        return [{"prompt": r["prompt"]} for r in load_preference(path)]
-    return load_prompts(path)
+    return load_prompts(path, data_cfg, role)  # the prompts of prompt, prompt_response and preference records
 
 
 def train(cfg: DictConfig, ctx: RunContext) -> dict:
@@ -32,8 +30,7 @@ def train(cfg: DictConfig, ctx: RunContext) -> dict:
 
     # setup
     m = cfg.method
-    fmt = cfg.data.format
-    out, base, tok, train_ds, evals = C.prepare(cfg, ctx, lambda p: _prompt_records(p, fmt))
+    out, base, tok, train_ds, evals = C.prepare(cfg, ctx, lambda p, role: _prompt_records(p, cfg.data, role))
     tok.padding_side = "left"  # generation
     funcs, procs = build_rewards(list(m.reward_functions), m.get("reward_model"), torch_dtype(cfg.model.dtype))
     args = C.trl_args(

@@ -1,4 +1,4 @@
-"""Job commands: submit, clone, list, show, logs, events, curve, stop, resume, retry, delete, sync."""
+"""Job commands: submit, clone, list, show, logs, events, stop, resume, retry, delete, sync."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def submit(
     name: Optional[str] = typer.Option(None, "--name", help="job name (same as name=...)"),
     description: Optional[str] = typer.Option(None, "--description", help="free text stored with the job"),
     yes: bool = typer.Option(False, "--yes", "-y", help="Slurm: do not ask after the queue-wait prediction"),
+    force: bool = typer.Option(False, "--force", help="submit even when the memory estimate exceeds resources.gpu_mem"),
 ) -> None:
     """Validate a job config and submit it (local machine or Slurm)."""
     from hpcft import config as hconfig
@@ -102,6 +103,7 @@ def submit(
         from hpcft.train.datacheck import preview_lines  # records, format, one rendered example per the data
 
         typer.echo("\n".join(preview_lines(plan.configs[0])))
+        _memory(plan, force, show=True)  # the per-GPU estimate; refuses (exit 2) a job that cannot fit
         if plan.executor == "slurm":
             from hpcft.slurm.sbatch import sbatch_options, to_lines
 
@@ -109,6 +111,7 @@ def submit(
             array = f"0-{n - 1}" if n > 1 else None
             typer.echo("\n".join(to_lines(sbatch_options(cfg0.resources, job_name=cfg0.name, array=array))))
         return
+    _memory(plan, force, show=False)  # before anything is created
     if plan.executor == "slurm":
         from hpcft.cli.slurm_cmds import prediction_line
         from hpcft.executors.slurm import predict
@@ -126,6 +129,13 @@ def submit(
     if wait:
         rc = _wait([j.id for j in jobs], follow=len(jobs) == 1)
         raise typer.Exit(rc)
+
+
+def _memory(plan, force: bool, show: bool) -> None:
+    """Will it fit? hpcft.memory's estimate per GPU; a job that cannot fit its GPUs is refused unless --force."""
+    from hpcft.memory import check_submit
+
+    check_submit(plan.configs, plan.overrides, force, typer.echo, show)
 
 
 def _wait(job_ids: List[int], follow: bool) -> int:
@@ -283,6 +293,8 @@ def show(job_id: int = JOB, config: bool = typer.Option(False, "--config", help=
         ("created", _fmt_time(j.created_at)), ("started", _fmt_time(j.started_at)),
         ("finished", _fmt_time(j.finished_at)), ("elapsed", _duration(j)),
     ]
+    if ((j.config or {}).get("model") or {}).get("asset"):  # model.path=asset:NAME (hpcft.registry)
+        rows.insert(rows.index(("parent job", j.parent_id or "-")) + 1, ("model asset", j.config["model"]["asset"]))
     recs = read_metrics(j.output_dir)
     last_train = next((r for r in reversed(recs) if r.get("type") == "train"), None)
     if last_train:
@@ -333,33 +345,7 @@ def events(job_id: int = JOB, as_json: bool = typer.Option(False, "--json")) -> 
         typer.echo(f"{_fmt_time(e.ts)}  #{e.attempt}  {e.kind:<11} {e.message}")
 
 
-@app.command()
-def curve(job_id: int = JOB, png: Optional[Path] = typer.Option(None, "--png", help="PNG path (default: <run>/loss.png)"),
-          width: int = typer.Option(60, "--width")) -> None:
-    """Loss curve: in the terminal and as a PNG."""
-    from hpcft.cli.plot import ascii_plot, save_png
-    from hpcft.metrics_io import loss_series, read_metrics
-
-    _, j, _ = _authorized(job_id, "curve")
-    series = loss_series(read_metrics(j.output_dir))
-    if not series.get("train"):
-        raise HpcftError(f"job {job_id}: no training loss recorded yet ({j.output_dir}/metrics.jsonl)")
-    xs, ys = series["train"]
-    typer.echo(f"job {j.id} {j.name}: train loss {ys[0]:.4f} -> {ys[-1]:.4f} over {int(xs[-1])} steps")
-    typer.echo(ascii_plot(xs, ys, width=width))
-    for split in ("validation", "test"):
-        if split in series:
-            typer.echo(f"{split} loss by epoch: " + ", ".join(f"{y:.4f}" for y in series[split][1]))
-    if png is None:  # into the run directory, or (someone else's job, shared read-only) under your own HPCFT_HOME
-        import os
-
-        from hpcft import paths
-
-        run_dir = Path(j.output_dir)
-        png = run_dir / "loss.png" if os.access(run_dir, os.W_OK) else paths.home() / "plots" / f"{j.id}-loss.png"
-        png.parent.mkdir(parents=True, exist_ok=True)
-    path = save_png(series, png, f"job {j.id} {j.name}")
-    typer.echo(f"PNG: {path}")
+# `hpcft curve` (with `top` and `monitor`) lives in hpcft/cli/monitor_cmds.py
 
 
 # ------------------------------------------------------------------------------------------------------ control

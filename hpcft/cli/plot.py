@@ -47,3 +47,56 @@ def save_png(series: Dict[str, Tuple[List[float], List[float]]], path: Path, tit
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+Series = Dict[str, Tuple[List[float], List[float]]]
+SPARKS = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(ys: Sequence[float], width: int = 30, lo: float | None = None, hi: float | None = None) -> str:
+    """A one-line plot of ys (resampled to at most `width` characters by taking the mean of each bucket)."""
+    if not ys:
+        return ""
+    n = min(width, len(ys))
+    buckets = [ys[i * len(ys) // n:(i + 1) * len(ys) // n] or [ys[-1]] for i in range(n)]
+    vals = [sum(b) / len(b) for b in buckets]
+    lo = min(vals) if lo is None else lo
+    hi = max(vals) if hi is None else hi
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):  # a flat series: a flat line at mid height
+        return SPARKS[4] * len(vals)
+    return "".join(SPARKS[max(1, min(8, 1 + int((v - lo) / (hi - lo) * 7.999)))] for v in vals)
+
+
+def save_grid_png(panels: Sequence[Tuple[str, str, Series]], path: Path, title: str, xlabel: str = "step",
+                  ncols: int = 1) -> Path:
+    """One subplot per panel (title, y label, {line label: (xs, ys)}), sharing the x axis; lines with few points get
+    markers (an evaluation per epoch). matplotlib is imported here, headless (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = max(1, -(-len(panels) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 2.6 * nrows + 0.6), sharex=True, squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax, (name, ylabel, series) in zip(flat, panels, strict=False):
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
+    for i, ax in enumerate(flat):
+        if i >= len(panels):
+            ax.set_visible(False)
+        elif i + ncols >= len(panels):  # the lowest panel of its column: its x axis is labelled
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel(xlabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -502,3 +502,61 @@ def parse_sbatch_parsable(text: str) -> SubmitResult:
     if not jid.isdigit():
         raise SchedulerError(f"sbatch: unexpected answer: {line or 'nothing'}")
     return SubmitResult(jid, cluster or None)
+
+
+# ------------------------------------------------------------------------------------------------ sstat
+
+# Slurm's accounting of a RUNNING job's steps (jobacct_gather): what `hpcft top`/`monitor` show next to hpcft's own
+# samples. TRESUsageInTot adds the totals over all tasks (cpu time, memory, disk).
+SSTAT_FIELDS = ("JobID", "NTasks", "AveCPU", "AveRSS", "MaxRSS", "MaxRSSNode", "MaxDiskRead", "MaxDiskWrite",
+                "TRESUsageInTot")
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
+
+
+def sstat_argv(job_id: str) -> List[str]:
+    """Every running step of one job (`--allsteps`: the batch step and submitit's srun step alike)."""
+    return ["sstat", "--allsteps", "--noheader", "--parsable2", "--format=" + ",".join(SSTAT_FIELDS),
+            "-j", str(job_id)]
+
+
+def parse_size_mb(value: str) -> Optional[float]:
+    """A Slurm size ("8332K", "1.50M", "2G"; a bare number is bytes) in MiB; None when empty or unreadable."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGTP]?)\s*", value or "")
+    if not m:
+        return None
+    return float(m.group(1)) * _SIZE_UNITS[m.group(2)] / 2**20
+
+
+def parse_cpu_time_s(value: str) -> Optional[float]:
+    """A Slurm cpu time ("MM:SS.mmm", "HH:MM:SS", "D-HH:MM:SS") in seconds; None when empty or unreadable."""
+    m = re.fullmatch(r"\s*(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)\s*", value or "")
+    if not m:
+        return None
+    days, hours, minutes, seconds = m.groups()
+    return int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def parse_sstat(text: str) -> List[Dict[str, object]]:
+    """`sstat --parsable2 --noheader --format=SSTAT_FIELDS` -> one dict per step: step, ntasks, ave_cpu_s,
+    ave_rss_mb, max_rss_mb, max_rss_node, max_disk_read_mb, max_disk_write_mb, and from TRESUsageInTot
+    total_cpu_s, total_mem_mb. A job without running steps prints nothing: []."""
+    rows: List[Dict[str, object]] = []
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < len(SSTAT_FIELDS) or not parts[0].strip():
+            continue
+        f = dict(zip(SSTAT_FIELDS, (p.strip() for p in parts), strict=False))
+        tres = dict(kv.split("=", 1) for kv in f["TRESUsageInTot"].split(",") if "=" in kv)
+        rows.append({k: (round(v, 3) if isinstance(v, float) else v) for k, v in {
+            "step": f["JobID"],
+            "ntasks": int(f["NTasks"]) if f["NTasks"].isdigit() else None,
+            "ave_cpu_s": parse_cpu_time_s(f["AveCPU"]),
+            "ave_rss_mb": parse_size_mb(f["AveRSS"]),
+            "max_rss_mb": parse_size_mb(f["MaxRSS"]),
+            "max_rss_node": f["MaxRSSNode"] or None,
+            "max_disk_read_mb": parse_size_mb(f["MaxDiskRead"]),
+            "max_disk_write_mb": parse_size_mb(f["MaxDiskWrite"]),
+            "total_cpu_s": parse_cpu_time_s(tres.get("cpu", "")),
+            "total_mem_mb": parse_size_mb(tres.get("mem", "")),
+        }.items()})
+    return rows
