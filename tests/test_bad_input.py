@@ -29,8 +29,8 @@ def _run(case: Path, tmp: Path, env: dict):
     spec = yaml.safe_load(case.read_text())
     work = tmp / case.stem
     work.mkdir()
-    data = work / "data.jsonl"
     files = spec.get("files") or {}
+    data = work / files.get("name", "data.jsonl")  # the data file's name (its extension picks the reader)
     if "data" in files:
         data.write_text(files["data"])
     elif "data_hex" in files:
@@ -94,7 +94,7 @@ def test_foreign_trust_remote_code_refused(monkeypatch):
     from hpcft.jobctl import refuse_foreign_remote_code
     from hpcft.train import modeling
 
-    job = SimpleNamespace(id=7, owner="alice", config={"model": {"trust_remote_code": True}})
+    job = SimpleNamespace(id=7, owner="alice", method="lora", config={"model": {"trust_remote_code": True}})
     refuse_foreign_remote_code(SimpleNamespace(user="alice"), job, "resume")
     with pytest.raises(AccessDenied, match="enabled by alice; only alice may resume"):
         refuse_foreign_remote_code(SimpleNamespace(user="root"), job, "resume")
