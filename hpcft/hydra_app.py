@@ -163,6 +163,11 @@ def launch(hydra_context: Any, task_function: Any, config: Any, job_overrides: S
         seen[out] = idx
         points.append((idx, list(overrides), cfg))
 
+    from hpcft.sweep import label, point_name, swept_values
+    from hpcft.sweep_ledger import record_point
+
+    # each point named by its swept values (`myapp lr=2e-3`), as hpcft's own sweeps; `hpcft sweep ID` compares them
+    values = swept_values([filter_overrides(o) for _, o, _ in points]) if len(points) > 1 else [{}] * len(points)
     ledger = Ledger()
     resources = OmegaConf.to_container(s.resources, resolve=True)
     spec = resource_spec(s.resources)
@@ -170,9 +175,9 @@ def launch(hydra_context: Any, task_function: Any, config: Any, job_overrides: S
     jobs: List[Any] = []
     returns = []
     try:
-        for idx, overrides, cfg in points:
+        for k, (idx, overrides, cfg) in enumerate(points):
             shown = " ".join(filter_overrides(overrides))
-            job = ledger.create_job(name=s.name, description=s.description or shown[:2000], project=s.project,
+            job = ledger.create_job(name=point_name(s.name, values[k]), description=s.description or shown[:2000], project=s.project,
                                     access=s.access, method=HYDRA_METHOD, executor="slurm", state=State.queued.value,
                                     resources=resources, resource_spec=spec)
             jobs.append(job)
@@ -193,6 +198,9 @@ def launch(hydra_context: Any, task_function: Any, config: Any, job_overrides: S
             jobs[-1] = ledger.update(job.id, output_dir=str(out), config=record)
             ledger.add_event(job.id, "submitted", f"point #{idx} of a Hydra sweep of {cfg.hydra.job.name}: {shown}",
                              executor="slurm", overrides=overrides, app=str(cfg.hydra.job.name))
+            if len(points) > 1:
+                record_point(ledger, job.id, jobs[0].id, k, len(points),
+                             {"base": s.name, "values": values[k], "label": label(values[k])})
             returns.append((idx, overrides, cfg))
     except Exception as e:  # no row is left queued without a Slurm job
         for j in jobs:

@@ -63,19 +63,26 @@ def test_hydra_app_sweep_is_one_array_and_returns_at_once(slurm_cluster, hpcft_h
     assert all(j["state"] in ("queued", "running") for j in js.values()), js  # it did not wait for the points
     assert len({j["array_job_id"] for j in js.values()}) == 1 and next(iter(js.values()))["array_job_id"]
     assert sorted(j["array_task_id"] for j in js.values()) == [0, 1, 2]
-    assert {(j["name"], j["method"], j["executor"]) for j in js.values()} == {("hydra-sweep", "hydra", "slurm")}
+    assert {(j["method"], j["executor"]) for j in js.values()} == {("hydra", "slurm")}
     # hpcft's resources preset, then the command line's override
     assert {(j["resources"]["name"], j["resources"]["time"]) for j in js.values()} == {("cpu_small", "00:05:00")}
     by_x = {int(Path(j["output_dir"]).name) + 1: j["id"] for j in js.values()}  # hydra.sweep.subdir = job num
     assert {Path(j["output_dir"]).parent for j in js.values()} == {sweep}
+    assert {x: js[by_x[x]]["name"] for x in by_x} == {x: f"hydra-sweep x={x}" for x in (1, 2, 3)}  # its values
     assert f"hpcft job {by_x[1]} (Slurm " in r.stdout
 
     stop = hpcft(["stop", str(by_x[3])])
     assert stop.returncode == 0, stop.stderr
     wait_ended(list(by_x.values()))
     assert hpcft(["sync"]).returncode == 0
-    listed = {int(line.split()[0]): line.split()[2] for line in hpcft(["list"]).stdout.splitlines()[1:]}
+    table = hpcft(["list"]).stdout.splitlines()
+    listed = {int(line.split()[0]): next(w for w in line.split() if w in ("success", "stopped", "error", "running",
+                                                                       "queued")) for line in table[1:]}
     assert listed == {by_x[1]: "success", by_x[2]: "success", by_x[3]: "stopped"}, listed
+    compared = hpcft(["sweep", str(by_x[2])])  # any point's id names its sweep
+    rows = {tuple(line.split()[:3]) for line in compared.stdout.splitlines()[2:]}
+    assert compared.returncode == 0 and "3 points" in compared.stdout, compared.stdout
+    assert rows == {(str(by_x[x]), str(x), "stopped" if x == 3 else "success") for x in (1, 2, 3)}, compared.stdout
     ended = jobs()
     assert [ended[by_x[x]]["state"] for x in (1, 2, 3)] == ["success", "success", "stopped"], ended
     for x in (1, 2):
