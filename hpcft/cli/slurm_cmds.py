@@ -41,11 +41,17 @@ def _request_for_owner(ledger, job, action: str, what: str, **data) -> None:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def predict(overrides: Optional[List[str]] = typer.Argument(None, help="the same overrides as submit")) -> None:
-    """Queue-wait prediction (sbatch --test-only): would the job start now, when, and how many jobs are ahead."""
+    """Will it fit and when would it start: the per-GPU memory estimate, then the queue-wait prediction
+    (sbatch --test-only): would the job start now, when, and how many jobs are ahead."""
     from hpcft import config as hconfig
+    from hpcft import memory
     from hpcft.executors.slurm import predict as slurm_predict
 
     cfg = hconfig.load(list(overrides or []))
+    est, why = memory.estimate_cfg(cfg)  # will it fit? (advice here; submit refuses)
+    typer.echo("\n".join(memory.summary_lines(est, why)))
+    if est is not None and memory.refusal(est):
+        typer.echo("would be refused: " + memory.refusal(est).rsplit("; or --force", 1)[0] + " (submit --force)")
     typer.echo(prediction_line(slurm_predict(cfg)))
 
 

@@ -129,13 +129,31 @@ def merge_adapter(model_cfg: Any, adapter: Path, dest: Path) -> Path:
     return dest
 
 
-def load_causal_lm(model_cfg: Any, path: str, quantization: Any = None, device_map: Any = None):
+def attn_implementation(model_cfg: Any, precision: str = "fp32") -> str:
+    """model.attn_implementation, or when null: flash_attention_2 on a GPU where the flash-attn package imports, for
+    a model with 16-bit weights (model.dtype bfloat16/float16) trained in 16 bits (training.precision bf16/fp16:
+    flash-attention takes no fp32 inputs, which an fp32 model produces outside autocast, e.g. while generating);
+    else sdpa (PyTorch's fused attention)."""
+    chosen = model_cfg.get("attn_implementation")
+    if chosen:
+        return str(chosen)
+    import importlib.util
+
+    import torch
+
+    half = str(precision) in ("bf16", "fp16") and str(model_cfg.get("dtype")) in ("bfloat16", "float16")
+    if half and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_causal_lm(model_cfg: Any, path: str, quantization: Any = None, device_map: Any = None,
+                   precision: str = "fp32"):
     """AutoModelForCausalLM from `path`, optionally quantized with bitsandbytes (QLoRA)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = {"dtype": torch_dtype(model_cfg.dtype), "trust_remote_code": trust_remote_code(model_cfg)}
-    if model_cfg.get("attn_implementation"):
-        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    kwargs: dict = {"dtype": torch_dtype(model_cfg.dtype), "trust_remote_code": trust_remote_code(model_cfg),
+                    "attn_implementation": attn_implementation(model_cfg, precision)}
     if quantization is not None:
         from transformers import BitsAndBytesConfig
 
@@ -148,6 +166,17 @@ def load_causal_lm(model_cfg: Any, path: str, quantization: Any = None, device_m
     if device_map is not None:
         kwargs["device_map"] = device_map
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """training.gradient_checkpointing: keep one hidden state per layer, recompute the rest in the backward pass
+    (non-reentrant: works with frozen embeddings, LoRA and DeepSpeed without enable_input_require_grads)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x: the new name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
 
 
 def params_hash(model, zero3: bool = False) -> str:
