@@ -151,8 +151,8 @@ def check_model(cfg: DictConfig) -> None:
           "use float32|bfloat16|float16")
     attn = mo.get("attn_implementation")
     check(attn in ATTN_IMPLEMENTATIONS, "model.attn_implementation", attn, "unknown attention implementation",
-          "use " + "|".join(a for a in ATTN_IMPLEMENTATIONS if a) + " or null (flash_attention_2 on a GPU with "
-          "flash-attn installed, else sdpa)")
+          "use " + "|".join(a for a in ATTN_IMPLEMENTATIONS if a) + " or null (flash_attention_2 for a 16-bit "
+          "model on a GPU with flash-attn installed, else sdpa)")
 
 
 def check_training(cfg: DictConfig) -> None:
@@ -252,6 +252,9 @@ def check_resources(cfg: DictConfig) -> None:
           "use resources.on_timeout=expire|requeue")
     check(r.max_requeues >= 0, "resources.max_requeues", r.max_requeues, "must be >= 0",
           "e.g. resources.max_requeues=3")
+    gpu_mem = r.get("gpu_mem")
+    check(gpu_mem is None or 0 < gpu_mem <= 4096, "resources.gpu_mem", gpu_mem,
+          "GiB per GPU, more than 0 and at most 4096", "e.g. resources.gpu_mem=80 (null: no memory check)")
 
 
 def check_notify(cfg: DictConfig) -> None:

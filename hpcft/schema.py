@@ -28,7 +28,8 @@ class ModelConfig:
     arch: Dict[str, Any] = field(default_factory=dict)  # transformers config kwargs, incl. model_type
     dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False
-    # null: flash_attention_2 on a GPU where the flash-attn package imports, else sdpa (hpcft.train.modeling);
+    # null: flash_attention_2 for a 16-bit model trained in 16 bits on a GPU with flash-attn, else sdpa
+    # (hpcft.train.modeling.attn_implementation);
     # or eager | sdpa | flash_attention_2 | flash_attention_3 | flex_attention
     attn_implementation: Optional[str] = None
     parent_job: Optional[int] = None  # set by hpcft when model.path=job:ID (lineage); not for users

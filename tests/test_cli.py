@@ -25,7 +25,7 @@ def _modules_imported(argv, env):
 
 
 @pytest.mark.parametrize("argv", [["hpcft", "--help"], ["hpcft", "list"], ["hpcft", "submit", "--help"],
-                                  ["hpcft", "sweep"]])
+                                  ["hpcft", "sweep"], ["hpcft", "models", "list"]])
 def test_light_commands_never_import_torch(argv, hpcft_home, monkeypatch):
     import os
 

@@ -80,8 +80,8 @@ def test_each_method_option_uses_its_specs_schema(option):
 
 def test_one_format_table():
     # every format a method accepts is in the one table, and the data files shipped for it are accepted
-    assert set(schema.DATA_FORMATS) == {"auto", "text", "prompt_response", "alpaca", "messages", "preference",
-                                        "prompt", "image_caption"}
+    assert set(schema.DATA_FORMATS) == {"auto", "text", "prompt_response", "alpaca", "messages", "sharegpt",
+                                        "preference", "sharegpt_preference", "prompt", "image_caption"}
     assert not hasattr(config, "CAUSAL_FORMATS") and not hasattr(methods, "LM_DATA_FORMATS")
 
 
@@ -225,7 +225,8 @@ def test_method_rule(method, values, message):
     ("lora", {"deepspeed.stage": 2, "resources.tasks_per_node": 2}),
     ("full", {"deepspeed.stage": 3, "resources.nodes": 2}),
     ("dpo", {"method.lora": None}),  # full-weight DPO
-    ("grpo", {"data.format": "preference"}),
+    ("grpo", {"data.format": "preference", **{f"data.{k}": paths.asset(f"data/tiny_pref/{k}.jsonl")
+                                              for k in ("train", "validation", "test")}}),
     ("t2i_lora", {"resources.nodes": 2, "resources.tasks_per_node": 2}),  # DDP
     ("pretrain", {"data.format": "auto"}),
 ])

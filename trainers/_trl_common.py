@@ -55,8 +55,6 @@ def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **met
         max_grad_norm=t.max_grad_norm,  # 0 = no clipping
         bf16=t.precision == "bf16",
         fp16=t.precision == "fp16",
-        gradient_checkpointing=bool(t.get("gradient_checkpointing")),
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.get("gradient_checkpointing") else None,
         use_cpu=not device_has_gpu(),
         report_to="none",
         disable_tqdm=True,
@@ -71,6 +69,11 @@ def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **met
         dataloader_num_workers=t.num_workers,
         remove_unused_columns=False if config_cls.__name__ == "GRPOConfig" else True,
     )
+    # training.gradient_checkpointing (trl's default is on); transformers >= 5.2x names it activation_checkpointing
+    ac = "activation_checkpointing" if "activation_checkpointing" in getattr(config_cls, "__dataclass_fields__", {}) \
+        else "gradient_checkpointing"
+    kwargs[ac] = bool(t.get("gradient_checkpointing"))
+    kwargs[f"{ac}_kwargs"] = {"use_reentrant": False} if t.get("gradient_checkpointing") else None
     ds = deepspeed_dict(cfg, ctx)
     if ds is not None:
         kwargs["deepspeed"] = ds

@@ -60,14 +60,12 @@ def build_model(cfg, ctx):
     tok = load_tokenizer(cfg.model, path)
     quant = cfg.method.get("quantization") if method == "qlora" else None
     model = load_causal_lm(cfg.model, path, quantization=quant, precision=str(cfg.training.precision))
-    checkpointing = bool(cfg.training.get("gradient_checkpointing"))
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         disable_bnb_cpu_repack(model)
-    elif checkpointing:
+    if cfg.training.get("gradient_checkpointing"):
         from hpcft.train.modeling import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(model)

@@ -1,11 +1,24 @@
-"""Datasets for causal-LM training: JSONL -> token ids + labels, deterministic shuffling and rank sharding.
+"""Datasets for causal-LM training: any source and format -> token ids + labels, packing, deterministic shuffling
+and rank sharding.
 
-Formats (`data.format`):
+Sources (`hpcft.train.sources`): JSONL, JSON arrays, Parquet, CSV, `save_to_disk` directories, cached hub datasets.
+Formats (`data.format`, `hpcft.train.formats`; data.columns maps other field names):
   text             {"text"}                                  loss on every token
   prompt_response  {"prompt","response"}                     loss on the response (+ eos)
   alpaca           {"instruction","input"?,"output"}         loss on the output (+ eos)
   messages         {"messages": [{"role","content"}, ...]}   rendered with the chat template, loss on assistant turns
+  sharegpt         {"conversations": [{"from","value"}, ...]}  the same as messages (human/gpt/system/... roles)
   auto             detected from the first record
+`data.template` (prompt_response, alpaca): chat = the tokenizer's chat template; alpaca = "### Instruction: ..."; none =
+prompt and answer on consecutive lines; auto = chat when the tokenizer has a chat template of its own, else alpaca
+for alpaca records and none for prompt/response records.
+
+Packing (`training.packing`): several samples share one sequence of sequence_length tokens; position ids restart at
+every sample and attention stays inside it (transformers builds a block-diagonal causal mask from position ids that
+restart; flash-attention gets the whole micro-batch as one row, like DataCollatorWithFlattening). The first token
+of every packed sample gets no label, so no sample learns from the one before it.
+
+Pretraining reads its tokens from a memory-mapped token file (`hpcft.train.token_cache`), tokenized once.
 
 Every sample keeps its dataset index so that a run can log which samples each step saw. The order of an epoch
 is a pure function of (seed, epoch), so a resumed run can skip exactly the batches it already consumed.
@@ -13,17 +26,21 @@ is a pure function of (seed, epoch), so a resumed run can skip exactly the batch
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping, Optional
 
-from hpcft.train.jsonl import DataError, read_jsonl, require
+from hpcft.train import formats as F
+from hpcft.train import sources
+from hpcft.train.jsonl import DataError
 
 IGNORE = -100
-SFT_FORMATS = ("prompt_response", "alpaca", "messages")
+SFT_FORMATS = F.SFT_FORMATS
 FORMATS = ("text",) + SFT_FORMATS
+TEMPLATES = ("auto", "chat", "alpaca", "none")
 
 ALPACA_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 ALPACA_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -31,9 +48,10 @@ ALPACA_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 @dataclass
 class Sample:
-    index: int  # position in the split (0-based record number, blank lines skipped)
-    input_ids: list[int]
-    labels: list[int]
+    index: int  # position in the split (0-based record number, blank lines skipped); a pack's number when packed
+    input_ids: Sequence[int]
+    labels: Sequence[int]
+    position_ids: Optional[Sequence[int]] = None  # packed samples: restarting at 0 for every sample in the pack
 
 
 @dataclass
@@ -41,24 +59,56 @@ class Split:
     name: str
     path: str
     format: str
-    samples: list[Sample] = field(default_factory=list)
+    samples: Sequence[Sample] = field(default_factory=list)
     truncated: int = 0
+    packed_from: int = 0  # training.packing: how many samples the packs hold
 
     def __len__(self) -> int:
         return len(self.samples)
 
 
 def detect_format(rec: dict[str, Any]) -> str | None:
-    if "messages" in rec:
-        return "messages"
-    if "instruction" in rec and "output" in rec:
-        return "alpaca"
-    if "prompt" in rec and "response" in rec:
-        return "prompt_response"
-    if "text" in rec:
-        return "text"
-    return None
+    return F.detect(rec)
 
+
+# --------------------------------------------------------------------------------------------------- reading
+
+class Records:
+    """The normalised records of one split (hpcft.train.formats), in order, with where each came from. `format`
+    is data.format, or the detected one once the first record is read."""
+
+    def __init__(self, spec: Any, fmt: str = "auto", columns: Optional[Mapping[str, str]] = None,
+                 role: str = "train", accepted: Sequence[str] = FORMATS):
+        self.source = sources.open_split(spec, role)
+        self.format = str(fmt)
+        self.columns = F.check_columns(columns)
+        self.accepted = tuple(accepted)
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return self.read()
+
+    def read(self, limit: Optional[int] = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        first = True
+        for where, raw in sources.records(self.source, limit):
+            rec = F.apply_columns(raw, self.columns)
+            try:
+                if self.format == "auto":
+                    self.format = F.choose(where, rec, "auto", self.accepted)
+                elif first:  # data.format given: records of another format are refused with what they look like
+                    F.confirm(where, rec, self.format)
+                first = False
+                out = F.normalize(where, rec, self.format)
+            except DataError as e:  # a data.columns entry naming a field the record lacks: say so
+                msg = str(e)
+                for k, v in self.columns.items():
+                    if v not in raw and (f"'{k}'" in msg or "cannot detect" in msg or "look like" in msg):
+                        raise DataError(f"{where}: data.columns.{k}={v}, but the record has no field '{v}' (it "
+                                        f"has {', '.join(sorted(map(str, raw)))}); fix data.columns.{k}") from None
+                raise
+            yield where, out
+
+
+# -------------------------------------------------------------------------------------------------- encoding
 
 def _ids(tok, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
@@ -74,6 +124,25 @@ def _eos(tok) -> list[int]:
 
 def _render(tok, messages, add_generation_prompt: bool) -> str:
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def has_own_chat_template(tok) -> bool:
+    """The tokenizer brings a chat template of its own (not hpcft's minimal fallback)."""
+    from hpcft.train.tokenizer import CHAT_TEMPLATE
+
+    t = getattr(tok, "chat_template", None)
+    return bool(t) and t != CHAT_TEMPLATE
+
+
+def template_for(template: str, fmt: str, tok) -> str:
+    """chat | alpaca | none: how a prompt_response or alpaca record is rendered (`data.template`)."""
+    if template not in TEMPLATES:
+        raise DataError(f"data.template={template}: unknown template; use {'|'.join(TEMPLATES)}")
+    if template != "auto":
+        return template
+    if has_own_chat_template(tok):
+        return "chat"
+    return "alpaca" if fmt == "alpaca" else "none"
 
 
 def _message_pieces(tok, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
@@ -99,84 +168,146 @@ def _message_pieces(tok, messages: list[dict[str, str]]) -> list[tuple[str, bool
     return pieces
 
 
-def encode_record(rec: dict[str, Any], fmt: str, tok, loss_on_all: bool = False) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) for one validated record, before truncation."""
+def _sft_parts(rec: dict[str, Any], fmt: str) -> tuple[str, str, str]:
+    """(system, user text, answer) of a prompt_response or alpaca record."""
+    if fmt == "prompt_response":
+        return rec.get("system") or "", rec["prompt"], rec["response"]
+    user = rec["instruction"] + (f"\n\n{rec['input']}" if rec.get("input") else "")
+    return rec.get("system") or "", user, rec["output"]
+
+
+def _encode_messages(tok, messages: list[dict[str, str]], loss_on_all: bool) -> tuple[list[int], list[int]]:
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, train in _message_pieces(tok, messages):
+        t = _ids(tok, text)
+        ids += t
+        labels += t if (train or loss_on_all) else [IGNORE] * len(t)
+    eos = _eos(tok)
+    if eos and (not ids or ids[-1] != eos[0]):
+        ids += eos
+        labels += eos
+    return ids, labels
+
+
+def encode_record(rec: dict[str, Any], fmt: str, tok, loss_on_all: bool = False,
+                  template: str = "auto") -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one normalised record, before truncation."""
     if fmt == "text":
         ids = _bos(tok) + _ids(tok, rec["text"]) + _eos(tok)
         return ids, list(ids)
     if fmt in ("prompt_response", "alpaca"):
-        if fmt == "prompt_response":
-            prompt, answer = rec["prompt"] + "\n", rec["response"]
-        else:
+        how = template_for(template, fmt, tok)
+        system, user, answer = _sft_parts(rec, fmt)
+        if how == "chat":
+            msgs = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+            return _encode_messages(tok, msgs, loss_on_all)
+        head = f"{system}\n\n" if system else ""
+        if how == "alpaca":
+            instruction = rec["instruction"] if fmt == "alpaca" else rec["prompt"]
             tmpl = ALPACA_WITH_INPUT if rec.get("input") else ALPACA_NO_INPUT
-            prompt, answer = tmpl.format(instruction=rec["instruction"], input=rec.get("input", "")), rec["output"]
+            prompt = head + tmpl.format(instruction=instruction, input=rec.get("input", ""))
+        else:
+            prompt = head + user + "\n"
         p = _bos(tok) + _ids(tok, prompt)
         a = _ids(tok, answer) + _eos(tok)
         ids = p + a
         return ids, (list(ids) if loss_on_all else [IGNORE] * len(p) + a)
-    if fmt == "messages":
-        ids: list[int] = []
-        labels: list[int] = []
-        for text, train in _message_pieces(tok, rec["messages"]):
-            t = _ids(tok, text)
-            ids += t
-            labels += t if (train or loss_on_all) else [IGNORE] * len(t)
-        eos = _eos(tok)
-        if eos and (not ids or ids[-1] != eos[0]):
-            ids += eos
-            labels += eos
-        return ids, labels
+    if fmt in ("messages", "sharegpt"):
+        return _encode_messages(tok, rec["messages"], loss_on_all)
     raise DataError(f"unknown data format {fmt!r}; use one of: {', '.join(FORMATS)}")
 
 
-def _validate(path: str, lineno: int, rec: dict[str, Any], fmt: str) -> None:
-    if fmt == "text":
-        require(path, lineno, rec, ["text"], fmt)
-    elif fmt == "prompt_response":
-        require(path, lineno, rec, ["prompt", "response"], fmt)
-    elif fmt == "alpaca":
-        require(path, lineno, rec, ["instruction", "output"], fmt)
-        if "input" in rec and not isinstance(rec["input"], str):
-            raise DataError(f"{path}:{lineno}: field 'input' must be a string, got {type(rec['input']).__name__}")
-    elif fmt == "messages":
-        require(path, lineno, rec, ["messages"], fmt)
-        msgs = rec["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise DataError(f"{path}:{lineno}: field 'messages' must be a non-empty list of {{role, content}}")
-        for j, m in enumerate(msgs):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise DataError(f"{path}:{lineno}: messages[{j}] must be an object with string 'role' and 'content'")
-        if not any(m["role"] == "assistant" for m in msgs):
-            raise DataError(f"{path}:{lineno}: messages has no assistant turn to learn from")
-    else:
-        raise DataError(f"{path}: unknown data.format={fmt}; use auto|{'|'.join(FORMATS)}")
-
-
 def load_split(path: str | Path, fmt: str, tokenizer, sequence_length: int, name: str = "train",
-               loss_on_all: bool = False) -> Split:
-    """Read, validate and tokenize one JSONL split; samples longer than sequence_length are truncated and counted.
+               loss_on_all: bool = False, columns: Optional[Mapping[str, str]] = None, template: str = "auto",
+               token_cache: Optional[Path] = None, log: Optional[Callable[[str], None]] = None) -> Split:
+    """Read, check and tokenize one split; samples longer than sequence_length are truncated and counted.
 
     `fmt="auto"` detects the format from the first record. `loss_on_all` (pretraining) puts the loss on every
-    token whatever the format. DataError (file:line, field) on a malformed record.
+    token whatever the format; with `token_cache` (a directory) the tokens then come from a memory-mapped token
+    file built once (hpcft.train.token_cache) instead of lists held in memory. DataError (file:line, field) on a
+    malformed record.
     """
-    path = str(path)
-    split = Split(name=name, path=path, format=fmt)
-    for lineno, rec in read_jsonl(path):
-        if split.format == "auto":
-            detected = detect_format(rec)
-            if detected is None:
-                raise DataError(f"{path}:{lineno}: cannot detect the data format from keys {sorted(rec)}; "
-                                f"set data.format to one of {', '.join(FORMATS)}")
-            split.format = detected
-        _validate(path, lineno, rec, split.format)
-        ids, labels = encode_record(rec, split.format, tokenizer, loss_on_all=loss_on_all)
-        if len(ids) > sequence_length:
-            ids, labels = ids[:sequence_length], labels[:sequence_length]
-            split.truncated += 1
-        split.samples.append(Sample(len(split.samples), ids, labels))
-    if not split.samples:
-        raise DataError(f"{path}: no records (data.{name} is empty)")
+    recs = Records(path, fmt, columns, role=name)
+    split = Split(name=name, path=str(path), format=recs.format)
+    if loss_on_all and token_cache is not None:
+        from hpcft.train import token_cache as TC
+
+        tf = TC.build_or_open(recs, tokenizer, Path(token_cache), log=log)
+        split.format = tf.format
+        split.samples = TC.TokenSamples(tf, sequence_length)
+        split.truncated = split.samples.truncated
+    else:
+        for _, rec in recs:
+            ids, labels = encode_record(rec, recs.format, tokenizer, loss_on_all=loss_on_all, template=template)
+            if len(ids) > sequence_length:
+                ids, labels = ids[:sequence_length], labels[:sequence_length]
+                split.truncated += 1
+            split.samples.append(Sample(len(split.samples), ids, labels))
+        split.format = recs.format
+    if not len(split.samples):
+        raise DataError(f"{recs.source.name}: no records (data.{name} is empty)")
     return split
+
+
+# --------------------------------------------------------------------------------------------------- packing
+
+def pack_indices(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Sample indices grouped into packs of at most `capacity` tokens: best-fit decreasing (every sample, longest
+    first, goes into the fullest pack it still fits in). Deterministic."""
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    packs: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, pack number), sorted
+    for i in order:
+        n = int(lengths[i])
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, b = free.pop(k)
+            packs[b].append(i)
+            room -= n
+        else:
+            b, room = len(packs), capacity - n
+            packs.append([i])
+        if room > 0:
+            bisect.insort(free, (room, b))
+    return packs
+
+
+class PackedSamples(Sequence):
+    """Packs of samples read on demand from `base`: tokens concatenated, position ids restarting per sample, no
+    label on the first token of each sample."""
+
+    def __init__(self, base: Sequence[Sample], packs: list[list[int]]):
+        self.base, self.packs = base, packs
+
+    def __len__(self) -> int:
+        return len(self.packs)
+
+    def __getitem__(self, j: int) -> Sample:  # type: ignore[override]
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
+        for i in self.packs[j]:
+            s = self.base[i]
+            n = len(s.input_ids)
+            ids.extend(int(t) for t in s.input_ids)
+            labels.append(IGNORE)
+            labels.extend(int(t) for t in s.labels[1:])
+            pos.extend(range(n))
+        return Sample(j, ids, labels, pos)
+
+
+def sample_lengths(samples: Sequence[Sample]) -> Sequence[int]:
+    lengths = getattr(samples, "lengths", None)
+    return lengths() if callable(lengths) else [len(s.input_ids) for s in samples]
+
+
+def pack_split(split: Split, capacity: int) -> Split:
+    """The split with its samples packed into sequences of at most `capacity` tokens (training.packing)."""
+    packs = pack_indices(sample_lengths(split.samples), capacity)
+    return Split(name=split.name, path=split.path, format=split.format, samples=PackedSamples(split.samples, packs),
+                 truncated=split.truncated, packed_from=len(split.samples))
 
 
 # ------------------------------------------------------------------------------------------ order and sharding
@@ -217,17 +348,60 @@ def epoch_batches(n: int, seed: int, epoch: int, batch_size: int, accumulation: 
     return [mbs[i * accumulation:(i + 1) * accumulation] for i in range(k)]
 
 
-def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors: input_ids, attention_mask, labels (-100 on padding)."""
+def collate(samples: Sequence[Sample], pad_id: int, flatten: bool = False) -> dict[str, Any]:
+    """Right-padded tensors: input_ids, attention_mask, labels (-100 on padding).
+
+    Packed samples (with position_ids): input_ids, position_ids, labels and no attention_mask, so that the model
+    builds the block-diagonal causal mask from the restarting position ids (the padding is a segment of its own).
+    `flatten` (flash-attention): the whole micro-batch as one row without padding."""
     import torch
 
+    if samples and samples[0].position_ids is not None:
+        if flatten:
+            row = lambda attr: torch.tensor([int(t) for s in samples for t in getattr(s, attr)],  # noqa: E731
+                                            dtype=torch.long)[None]
+            return {"input_ids": row("input_ids"), "position_ids": row("position_ids"), "labels": row("labels")}
+        width = max(len(s.input_ids) for s in samples)
+        ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+        pos = torch.arange(width, dtype=torch.long).repeat(len(samples), 1)
+        labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
+        for i, s in enumerate(samples):
+            n = len(s.input_ids)
+            ids[i, :n] = torch.tensor(s.input_ids, dtype=torch.long)
+            pos[i, :n] = torch.tensor(s.position_ids, dtype=torch.long)
+            pos[i, n:] = torch.arange(width - n)
+            labels[i, :n] = torch.tensor(s.labels, dtype=torch.long)
+        return {"input_ids": ids, "position_ids": pos, "labels": labels}
     width = max(len(s.input_ids) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), width), dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
     for i, s in enumerate(samples):
         n = len(s.input_ids)
-        ids[i, :n] = torch.tensor(s.input_ids)
+        ids[i, :n] = torch.as_tensor(s.input_ids, dtype=torch.long)
         mask[i, :n] = 1
-        labels[i, :n] = torch.tensor(s.labels)
+        labels[i, :n] = torch.as_tensor(s.labels, dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# --------------------------------------------------------------------------------------------- a job's splits
+
+def load_job_split(cfg, name: str, tok, log: Optional[Callable[[str], None]] = None) -> Split:
+    """One split of a causal-LM job as its config says: source, format, data.columns, data.template; pretraining
+    from the memory-mapped token file (data.memmap); the train split packed when training.packing is set."""
+    d, t = cfg.data, cfg.training
+    pretrain = str(cfg.method.name) == "pretrain"
+    cache = None
+    if pretrain and d.get("memmap", True):
+        from hpcft.train.token_cache import default_dir
+
+        cache = Path(str(d.get("token_cache_dir"))).expanduser() if d.get("token_cache_dir") else default_dir()
+    sp = load_split(d.get(name), str(d.get("format") or "auto"), tok, int(t.sequence_length), name, pretrain,
+                    columns=d.get("columns"), template=str(d.get("template") or "auto"), token_cache=cache, log=log)
+    if name == "train" and t.get("packing"):
+        sp = pack_split(sp, int(t.sequence_length))
+        if log:
+            total = int(sum(sample_lengths(sp.samples.base)))
+            log(f"[hpcft] packing: {sp.packed_from:,} samples into {len(sp):,} sequences of at most "
+                f"{int(t.sequence_length)} tokens ({total / max(len(sp) * int(t.sequence_length), 1):.0%} filled)")
+    return sp

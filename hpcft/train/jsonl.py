@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Any, Dict, Iterator, Sequence, Tuple
@@ -14,18 +15,26 @@ class DataError(ConfigError):
 
 
 def read_jsonl(path: str | Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
-    """(line number, record) for every non-blank line; DataError on invalid JSON or a non-object line."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    """(line number, record) for every non-blank line; DataError on bytes that are not UTF-8, invalid JSON or a
+    line that is not an object."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}); fix or remove that line") from None
+                hint = " (a JSON array belongs in one [...] file)" if line.lstrip().startswith("[") else ""
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}){hint}; fix or remove that line") from None
             if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}; "
+                                "one {...} object per line")
             yield lineno, rec
 
 
