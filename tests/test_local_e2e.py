@@ -88,14 +88,26 @@ def test_stop_is_stopped_not_error(hpcft_home):
     assert next(x for x in jobs() if x["id"] == job["id"])["state"] == "stopped"
 
 
+def _bad_after_the_sample() -> str:
+    """Good records past what submit reads (hpcft.train.datacheck.SAMPLE), then one without `response`: it passes
+    the check before the queue and fails the job when the trainer reads the whole file."""
+    from hpcft.train.datacheck import SAMPLE
+
+    assert BAD_LINE > SAMPLE
+    return '{"prompt": "a", "response": "b"}\n' * (BAD_LINE - 1) + '{"prompt": "c"}\n'
+
+
+BAD_LINE = 251
+
+
 def test_bad_record_fails_job_with_located_reason(hpcft_home, tmp_path):
     data = tmp_path / "train.jsonl"
-    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+    data.write_text(_bad_after_the_sample())
     r = run(["submit", *FAST, "data=custom", f"data.train={data}", "data.format=prompt_response", "--wait"])
     assert r.returncode == 1
     (job,) = jobs()
     assert job["state"] == "error"
-    assert f"{data}:2" in job["state_reason"] and "response" in job["state_reason"], job["state_reason"]
+    assert f"{data}:{BAD_LINE}" in job["state_reason"] and "response" in job["state_reason"], job["state_reason"]
 
 
 def test_resume_after_stop_reaches_the_same_final_step(hpcft_home):
@@ -122,7 +134,7 @@ def test_resume_after_stop_reaches_the_same_final_step(hpcft_home):
 def test_cron_retry_never_resubmits_a_data_error(hpcft_home, tmp_path):
     """A job that failed on a malformed data file can never succeed: `hpcft retry` leaves it alone."""
     data = tmp_path / "train.jsonl"
-    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+    data.write_text(_bad_after_the_sample())
     r = run(["submit", *FAST, "data=custom", f"data.train={data}", "data.format=prompt_response", "--wait"])
     assert r.returncode == 1
     (job,) = jobs()
