@@ -22,15 +22,24 @@ def run(args, timeout=120):
                           stdin=subprocess.DEVNULL)
 
 
+def _by_rank(run_dir):
+    from hpcft.monitor import read_samples
+
+    samples = read_samples(run_dir)
+    return {r: [s for s in samples if s["rank"] == r] for r in (0, 1)}
+
+
 def test_sampler_writes_process_and_node_series(tmp_path):
     from hpcft.monitor import Sampler, latest, node_samples, read_samples, series
 
     node = Sampler(tmp_path, rank=0, local_rank=0, interval=0.1, node="n1").start()
     other = Sampler(tmp_path, rank=1, local_rank=1, interval=0.1, node="n1").start()
     block = bytearray(64 * 2**20)  # resident memory the trainer sampler must see
-    t_end = time.time() + 0.6
-    while time.time() < t_end:  # busy: the process's cpu time grows
+    t_end = time.time() + 30  # busy (the process's cpu time grows) until both ranks have 3 samples: a loaded
+    while time.time() < t_end:  # machine may give the sampler threads little time
         sum(range(10_000))
+        if all(len(v) >= 3 for v in _by_rank(tmp_path).values()):
+            break
     node.stop()
     other.stop()
     assert len(block) == 64 * 2**20
