@@ -6,7 +6,7 @@ rank/alpha/dropout/targets, batch, sequence length, learning rate (constant, no 
 clip 1.0) and number of steps for all three. Each run is a separate process with the same OMP_NUM_THREADS, and
 the runs alternate (A B C A B C ...), so that load from other work on the machine hits all of them alike.
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 10] [--repeats 2] [--threads 1] [--methods lora,full]
+    .venv/bin/python benchmarks/bench_train.py [--steps 10] [--repeats 2] [--threads 1] [--methods lora,full] [--cpu 1]
 
 - hpcft: `python -m hpcft.train.entry --config RUN/config.yaml`, exactly what a job runs (local or Slurm).
 - bare: the loop a user would write with transformers + peft (this file, `--bare`).
@@ -16,6 +16,10 @@ the runs alternate (A B C A B C ...), so that load from other work on the machin
   times each optimizer step and counts non-padding tokens (attention_mask) in a forward pre-hook. Gradient
   checkpointing is turned off for it (its default is on, the others have none); skipped with a message when it
   cannot be installed.
+
+Every record is longer than the sequence length, so every batch of every way is 4 x 128 tokens without padding
+(with shorter records each tool's own shuffle order and prompt template changed the tokens per step, and with them
+tokens/s, by up to 20%).
 
 Reported per way and method: steady-state tokens/s (non-padding tokens, median over the last two thirds of the
 steps, medians over repeats), whole-job wall time including start-up, peak RSS of the process, final loss; and
@@ -74,7 +78,11 @@ def make_data(path: Path, n: int = 512) -> Path:
              "adapter weight").split()
     with open(path, "w") as f:
         for i in range(n):
-            out = " ".join(rnd.choice(words) for _ in range(rnd.randint(8, 16)))
+            # every record is longer than the sequence length in all three ways (~300 bytes of response), so each
+            # batch is exactly BATCH x SEQ tokens without padding whatever order a tool shuffles in, and whatever
+            # prompt its template adds (LLaMA-Factory's alpaca template starts with a 100-byte system line): the
+            # work per step is the same for all three, and tokens/s compares the loops, not the batches
+            out = " ".join(rnd.choice(words) for _ in range(rnd.randint(50, 70)))
             rec = {"instruction": f"Describe item {i}.", "input": "" if i % 2 else f"context {i % 7}", "output": out}
             f.write(json.dumps(rec) + "\n")
     return path
@@ -94,8 +102,12 @@ def _prod(shape) -> int:
     return n
 
 
+PIN: list[str] = []  # --cpu N: `taskset -c N` before every run
+
+
 def run_proc(argv: list, env: dict, log: Path, timeout: int = 900) -> tuple[int, float, float]:
     """(exit code, wall seconds, peak RSS MiB of the process) for one whole job."""
+    argv = [*PIN, *argv]
     t0 = time.perf_counter()
     with open(log, "w") as f:
         p = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
@@ -276,10 +288,9 @@ def lf_run(py: Path, work: Path, method: str, model_dir: Path, data: Path, steps
     import shutil
 
     ddir = work / "lf-data"
-    if not (ddir / "dataset_info.json").exists():
-        ddir.mkdir(exist_ok=True)
-        shutil.copy(data, ddir / "train.jsonl")
-        (ddir / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": "train.jsonl"}}))
+    ddir.mkdir(exist_ok=True)  # copied every run: the data of this run, never one left by an earlier one
+    shutil.copy(data, ddir / "train.jsonl")
+    (ddir / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": "train.jsonl"}}))
     out = work / f"lf-{method}-{tag}"
     shutil.rmtree(out, ignore_errors=True)
     args = {"model_name_or_path": str(model_dir), "stage": "sft", "do_train": True, "finetuning_type": method,
@@ -316,11 +327,15 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every run")
     ap.add_argument("--methods", default="lora,full")
     ap.add_argument("--no-peer", action="store_true", help="skip LLaMA-Factory")
+    ap.add_argument("--cpu", help="run every job on this CPU only (taskset -c): the scheduler cannot move it, "
+                                  "which narrows the spread between repeats")
     ap.add_argument("--bare", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.bare:
         bare_main(json.loads(a.bare))
         return 0
+    if a.cpu is not None:
+        PIN[:] = ["taskset", "-c", a.cpu]
     t_all = time.perf_counter()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -343,7 +358,7 @@ def main() -> int:
                 res[(w, m)].append(r)
     print(f"\n## bench_train ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={a.threads}, "
           f"{n_params(model_dir) / 1e6:.1f}M-param Llama, seq {SEQ}, batch {BATCH}, lr {LR}, {a.steps} steps, "
-          f"LoRA r{LORA['rank']}, medians of {a.repeats})\n")
+          f"LoRA r{LORA['rank']}, medians of {a.repeats}{f', pinned to CPU {a.cpu}' if a.cpu else ''})\n")
     print("| method | way | tokens/s | wall (s) | peak RSS (MiB) | final loss | tokens/s vs hpcft |")
     print("|---|---|---|---|---|---|---|")
     for m in methods:

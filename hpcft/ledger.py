@@ -21,7 +21,7 @@ from sqlalchemy import JSON, Column, event as sa_event, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from hpcft import migrations, paths
+from hpcft import jobquery, migrations, paths
 from hpcft.errors import NotFound, StateError
 from hpcft.states import State, can_transition, is_terminal
 
@@ -363,52 +363,15 @@ class Ledger:
         sort: Sequence[str] = ("-created",),
         limit: Optional[int] = None,
     ) -> List[Job]:
-        """Jobs matching all given filters; name/output are case-insensitive substrings.
+        """Jobs matching all given filters, in `sort` order (the matching rules: hpcft.jobquery, the one query
+        builder, which `hpcft list` also runs without SQLAlchemy through hpcft.ledger_read)."""
+        from sqlalchemy import text
 
-        `resources`: `key=value` tokens (a string is split on spaces), each equal to a whole token of the job's
-        resource_spec, case-insensitive: gpus=8 matches `gpus=8`, never `gpus=80`. `since` / `until`: created at or
-        after / before (a naive datetime is UTC). `sort`: id, created, name, state, user, `-` prefix for descending;
-        ties newest first.
-        """
-        from sqlalchemy import literal
-
-        keys = {"id": Job.id, "created": Job.created_at, "name": Job.name, "state": Job.state, "user": Job.owner}
-        order = []
-        for key in sort:
-            col = keys.get(key.lstrip("-"))
-            if col is None:
-                raise ValueError(f"sort key {key!r}: use one of {', '.join(keys)} (prefix - for descending)")
-            order.append(col.desc() if key.startswith("-") else col.asc())  # type: ignore[union-attr]
-        q = select(Job)
-        if ids:
-            q = q.where(Job.id.in_(list(ids)))  # type: ignore[union-attr]
-        if name:
-            q = q.where(Job.name.ilike(f"%{name}%"))  # type: ignore[attr-defined]
-        if state:
-            q = q.where(Job.state.in_([str(State(x)) for x in state]))  # type: ignore[attr-defined]
-        if owner:
-            q = q.where(Job.owner == owner)
-        if project:
-            q = q.where(Job.project == project)
-        for tok in (resources.split() if isinstance(resources, str) else resources or ()):
-            tok = tok.replace("!", "!!").replace("%", "!%").replace("_", "!_")  # LIKE wildcards taken literally
-            spaced = literal(" ") + Job.resource_spec + literal(" ")  # concatenation on every SQL dialect
-            q = q.where(spaced.ilike(f"% {tok} %", escape="!"))
-        if output:
-            q = q.where(Job.output_dir.ilike(f"%{output}%"))  # type: ignore[attr-defined]
-        if executor:
-            q = q.where(Job.executor == executor)
-        if since is not None:
-            q = q.where(Job.created_at >= (since if since.tzinfo else since.replace(tzinfo=timezone.utc)))
-        if until is not None:
-            q = q.where(Job.created_at < (until if until.tzinfo else until.replace(tzinfo=timezone.utc)))
-        if limit:  # sort and cut the ids alone, then read those rows: the sort never carries the JSON columns
-            top = q.with_only_columns(Job.id).order_by(*order, Job.id.desc()).limit(limit)  # type: ignore[union-attr]
-            # ids from a derived table: MariaDB refuses LIMIT inside an IN subquery
-            q = select(Job).where(Job.id.in_(select(top.subquery().c.id)))  # type: ignore[union-attr]
-        q = q.order_by(*order, Job.id.desc())  # type: ignore[union-attr]
+        sql, params = jobquery.build(dialect=self._reader.dialect.name, columns=("*",), ids=ids, name=name,
+                                     state=state, owner=owner, project=project, resources=resources, output=output,
+                                     executor=executor, since=since, until=until, sort=sort, limit=limit)
         with self.read() as s:
-            return list(s.exec(q).all())
+            return list(s.execute(select(Job).from_statement(text(sql).bindparams(**params))).scalars().all())
 
     def live_jobs(self, executor: Optional[str] = None) -> List[Job]:
         return self.search(state=[State.queued, State.running], executor=executor)

@@ -13,11 +13,13 @@ def run(args, env=None, **kw):
     return subprocess.run(hpcft_cli() + args, capture_output=True, text=True, env=env, timeout=120, **kw)
 
 
-def _modules_imported(argv, env):
+HEAVY = ("torch", "transformers", "deepspeed", "peft", "trl", "diffusers", "bitsandbytes")
+
+
+def _modules_imported(argv, env, roots=HEAVY):
     code = ("import sys, runpy; sys.argv = %r\n"
             "try:\n    from hpcft.cli import main; main()\nexcept SystemExit: pass\n"
-            "print('MODS=' + ','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('torch','transformers','deepspeed','peft','trl','diffusers','bitsandbytes'))))" % (argv,))
+            "print('MODS=' + ','.join(sorted(m for m in sys.modules if m.split('.')[0] in %r)))" % (argv, roots))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     line = [x for x in out.stdout.splitlines() if x.startswith("MODS=")]
     assert line, out.stderr
@@ -30,6 +32,28 @@ def test_light_commands_never_import_torch(argv, hpcft_home, monkeypatch):
     import os
 
     assert _modules_imported(argv, dict(os.environ)) == ""
+
+
+def test_list_reads_the_ledger_without_sqlalchemy(hpcft_home, tmp_path):
+    """hpcft.ledger_read: `hpcft list` on an SQLite ledger at the newest schema imports no SQLAlchemy (~0.5 s);
+    a ledger that does not exist yet, or an older one, goes through the full ledger, which creates or upgrades it."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    sql = ("sqlalchemy", "sqlmodel", "alembic")
+    env = dict(os.environ)
+    assert run(["list"], env=env).returncode == 0  # no ledger yet: created by the full ledger
+    assert (hpcft_home / "ledger.db").exists()
+    assert _modules_imported(["hpcft", "list"], env, sql) == ""
+    assert _modules_imported(["hpcft", "list", "--json", "-r", "gpus=0", "--since", "1d"], env, sql) == ""
+    old = tmp_path / "v1.db"  # made before migrations: 3 jobs
+    shutil.copy(Path(__file__).parent / "fixtures" / "ledger-v1.sqlite", old)
+    env["HPCFT_DB_URL"] = f"sqlite:///{old}"
+    assert "sqlalchemy" in _modules_imported(["hpcft", "list"], env, sql)  # the probe can fail: upgraded here
+    assert _modules_imported(["hpcft", "list"], env, sql) == ""  # at head now
+    r = run(["list", "--json"], env=env)
+    assert r.returncode == 0 and len(json.loads(r.stdout)) == 3, r.stderr
 
 
 def test_the_check_would_catch_torch(hpcft_home):

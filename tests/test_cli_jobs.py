@@ -243,6 +243,27 @@ def test_search_tokens_times_and_sort_on_every_database(backend, tmp_path):
         assert found(since=now - timedelta(hours=2)) == [a.id] and found(until=now - timedelta(hours=2)) == [b.id]
         assert found(sort=["name"]) == [b.id, a.id] and found(sort=["-user"]) == [a.id, b.id]
         assert found(sort=["created"]) == [b.id, a.id] and found() == [a.id, b.id]
+        c = ledger.create_job(name="50%_off!", owner="al", resource_spec="nodes=2 gpus=0", output_dir="/r/X_1",
+                              created_at=now - timedelta(minutes=5))
+        assert found(name="%_OFF!") == [c.id] and found(name="0_") == [] and found(output="x_1") == [c.id]
+        assert found(since=(now - timedelta(hours=2)).astimezone(timezone(timedelta(hours=-7)))) == [c.id, a.id]
+        assert found(ids=[a.id, c.id], sort=["id"]) == [a.id, c.id] and found(limit=1, sort=["name"]) == [c.id]
+        if backend != "mariadb":  # `hpcft list` reads SQLite and PostgreSQL without SQLAlchemy: the same answers
+            from hpcft import ledger_read
+            from hpcft.cli.jobjson import job_dict
+
+            os.environ["HPCFT_DB_URL"] = url
+            try:
+                for search in ({}, {"resources": ["gpus=8"]}, {"resources": ["NODES=1", "partition=gpu_a"]},
+                               {"name": "%_off"}, {"output": "X_"}, {"since": now - timedelta(hours=2)},
+                               {"until": (now - timedelta(hours=2)).replace(tzinfo=None)}, {"sort": ["-user", "name"]},
+                               {"state": ["queued"], "owner": "al", "limit": 1}, {"ids": [b.id, c.id]},
+                               {"project": "nope"}, {"executor": "local", "sort": ["created"], "limit": 2}):
+                    fast = ledger_read.search(**search)
+                    assert fast is not None, search
+                    assert [job_dict(j) for j in fast] == [job_dict(j) for j in ledger.search(**search)], search
+            finally:
+                del os.environ["HPCFT_DB_URL"]
 
 
 def test_list_resource_keys_are_those_of_the_resource_spec():

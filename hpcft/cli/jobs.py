@@ -42,17 +42,26 @@ def _ledger():
 
 
 def _fmt_time(dt) -> str:
-    return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
+    """Local time; a naive datetime is the ledger's UTC (SQLite gives it back without its offset)."""
+    from datetime import timezone
+
+    if not dt:
+        return "-"
+    return (dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _duration(job) -> str:
-    from hpcft.ledger import utcnow
+    from datetime import datetime, timezone
+
     from hpcft.timefmt import format_duration
+
+    def utc(dt):  # SQLite gives back the stored UTC time without its offset
+        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
 
     if not job.started_at:
         return "-"
-    end = job.finished_at or utcnow()
-    return format_duration(max(0, int((end - job.started_at).total_seconds())))
+    end = utc(job.finished_at) if job.finished_at else datetime.now(timezone.utc)
+    return format_duration(max(0, int((end - utc(job.started_at)).total_seconds())))
 
 
 def _quote(value: str) -> str:
@@ -238,8 +247,13 @@ def list_(
     for k in keys:
         if k.lstrip("-") not in SORT_KEYS:
             raise HpcftError(f"--sort {k}: unknown key; use one of {', '.join(SORT_KEYS)} (- prefix: descending)")
-    jobs = _ledger().search(state=state, name=name, owner=owner, project=project, resources=tokens, output=output,
-                            since=_when(since, "--since"), until=_when(until, "--until"), sort=keys, limit=limit)
+    from hpcft import ledger_read
+
+    filters = dict(state=state, name=name, owner=owner, project=project, resources=tokens, output=output,
+                   since=_when(since, "--since"), until=_when(until, "--until"), sort=keys, limit=limit)
+    jobs = ledger_read.search(**filters)  # SQLite / PostgreSQL without importing SQLAlchemy (~0.5 s)
+    if jobs is None:
+        jobs = _ledger().search(**filters)
     if as_json:
         typer.echo(json.dumps([job_dict(j) for j in jobs], indent=1))
         return

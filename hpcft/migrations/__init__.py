@@ -20,8 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from sqlalchemy.exc import DBAPIError
-
 from hpcft.errors import HpcftError
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +46,8 @@ def head() -> str:
 
 def current(engine) -> Optional[List[str]]:
     """The revisions recorded in the ledger's alembic_version table, or None when it has no such table."""
+    from sqlalchemy.exc import DBAPIError
+
     try:
         with engine.connect() as conn:
             return sorted(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all())
@@ -99,6 +99,7 @@ def upgrade(engine, target: str = "head") -> None:
     from alembic.migration import MigrationContext
     from alembic.script import ScriptDirectory
     from sqlalchemy import inspect
+    from sqlalchemy.exc import DBAPIError
 
     url = engine.url.render_as_string(hide_password=True)
     with _THREAD_LOCK, engine.begin() as conn, _lock(conn):
