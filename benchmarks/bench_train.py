@@ -123,7 +123,8 @@ def steady(tps: list) -> float:
 
 # ------------------------------------------------------------------------------------------------- hpcft
 
-def hpcft_run(work: Path, method: str, model_dir: Path, data: Path, steps: int, env: dict, tag: str) -> dict:
+def hpcft_config(out: Path, method: str, model_dir: Path, data: Path, steps: int) -> Path:
+    """The run dir `out` with the config.yaml of the benchmark's job (what `hpcft submit` would write)."""
     import shutil
 
     from omegaconf import OmegaConf, open_dict
@@ -131,7 +132,6 @@ def hpcft_run(work: Path, method: str, model_dir: Path, data: Path, steps: int, 
     sys.path.insert(0, str(ROOT))
     import hpcft.config
 
-    out = work / f"hpcft-{method}-{tag}"
     shutil.rmtree(out, ignore_errors=True)
     ov = ["model=tiny", "model.source=pretrained", f"model.path={model_dir}", f"model.tokenizer={model_dir}",
           f"method={method}", "data=custom", f"data.train={data}", "data.format=alpaca", "resources=local",
@@ -147,6 +147,12 @@ def hpcft_run(work: Path, method: str, model_dir: Path, data: Path, steps: int, 
         cfg.output_dir = str(out)
     out.mkdir(parents=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return out / "config.yaml"
+
+
+def hpcft_run(work: Path, method: str, model_dir: Path, data: Path, steps: int, env: dict, tag: str) -> dict:
+    out = work / f"hpcft-{method}-{tag}"
+    hpcft_config(out, method, model_dir, data, steps)
     rc, wall, rss = run_proc([sys.executable, "-m", "hpcft.train.entry", "--config", str(out / "config.yaml")],
                              env, out / "run.log")
     if rc != 0:
@@ -162,21 +168,46 @@ ALPACA_IN = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Respo
 ALPACA = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
-def bare_main(spec: dict) -> None:
-    """What a user writes with transformers + peft: tokenize, shuffle, pad, AdamW, clip, step."""
+def bare_model(model_dir: str, method: str):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(42)
-    tok = AutoTokenizer.from_pretrained(spec["model"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
-    if spec["method"] == "lora":
+    if method == "lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"],
                                                  lora_dropout=LORA["dropout"], target_modules=LORA["targets"],
                                                  task_type="CAUSAL_LM"))
+    return model
+
+
+def bare_step(model, opt, batch: list, pad_id: int) -> tuple[float, int]:
+    """One step of the bare loop over [(input_ids, labels)]: pad, forward (the model's own loss), backward, clip,
+    AdamW. (loss, non-padding tokens)."""
+    import torch
+
+    n = max(len(ids) for ids, _ in batch)
+    input_ids = torch.tensor([ids + [pad_id] * (n - len(ids)) for ids, _ in batch])
+    labels = torch.tensor([lab + [-100] * (n - len(lab)) for _, lab in batch])
+    mask = torch.tensor([[1] * len(ids) + [0] * (n - len(ids)) for ids, _ in batch])
+    loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach()), int(mask.sum())
+
+
+def bare_main(spec: dict) -> None:
+    """What a user writes with transformers + peft: tokenize, shuffle, pad, AdamW, clip, step."""
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(42)
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    model = bare_model(spec["model"], spec["method"])
     samples = []
     for line in open(spec["data"]):
         r = json.loads(line)
@@ -192,19 +223,10 @@ def bare_main(spec: dict) -> None:
     log = []
     for step in range(spec["steps"]):
         t0 = time.perf_counter()
-        batch = [samples[i] for i in order[step * BATCH:(step + 1) * BATCH]]
-        n = max(len(ids) for ids, _ in batch)
-        input_ids = torch.tensor([ids + [tok.pad_token_id] * (n - len(ids)) for ids, _ in batch])
-        labels = torch.tensor([lab + [-100] * (n - len(lab)) for _, lab in batch])
-        mask = torch.tensor([[1] * len(ids) + [0] * (n - len(ids)) for ids, _ in batch])
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        lv = float(loss)
+        lv, n_tok = bare_step(model, opt, [samples[i] for i in order[step * BATCH:(step + 1) * BATCH]],
+                              tok.pad_token_id)
         dt = time.perf_counter() - t0
-        log.append({"step": step + 1, "loss": lv, "tokens_per_s": int(mask.sum()) / dt})
+        log.append({"step": step + 1, "loss": lv, "tokens_per_s": n_tok / dt})
     Path(spec["out"]).write_text(json.dumps(log))
 
 
@@ -217,6 +239,64 @@ def bare_run(work: Path, method: str, model_dir: Path, data: Path, steps: int, e
         return {"failed": rc, "log": str(work / f"bare-{method}-{tag}.log")}
     log = json.loads(out.read_text())
     return {"tps": steady([r["tokens_per_s"] for r in log]), "wall": wall, "rss": rss, "loss": log[-1]["loss"]}
+
+
+# ------------------------------------------------------------------------------------------------- step A/B
+
+def ab_main(spec: dict) -> None:
+    """hpcft's optimizer step and the bare loop's, alternating in one process on the same batches: hpcft's is the
+    job's own code (`CausalLMRecipe.setup()` from the job's config, then `train_step`, which is all the timed part
+    of a step in a job), the bare one is `bare_step` on its own copy of the same model. Every pair of steps meets the
+    same state of the machine, so the ratio of their times measures the loops, not the machine's mood: the
+    noise that moves whole runs by +-15% here cancels in each pair. Writes each pair's times."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from hpcft.config import from_yaml_file
+    from hpcft.train import data as D
+    from hpcft.train.context import RunContext
+    from trainers.causal_lm import CausalLMRecipe
+
+    cfg = from_yaml_file(spec["config"])
+    recipe = CausalLMRecipe(cfg, RunContext.from_env(output_dir=cfg.output_dir, job_id=None))
+    recipe.setup()
+    recipe.engine.train()
+    torch.manual_seed(42)
+    bare = bare_model(spec["model"], spec["method"])
+    bare.train()
+    opt = torch.optim.AdamW([p for p in bare.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
+    batches = D.epoch_batches(len(recipe.train_set), 42, 0, BATCH, 1, 0, 1)
+    pairs = []
+    for k in range(spec["steps"]):
+        micro = batches[k % len(batches)]
+        same = [(list(s.input_ids), list(s.labels)) for s in (recipe.train_set.samples[i] for mb in micro for i in mb)]
+        times = {}
+        for way in (("hpcft", "bare") if k % 2 == 0 else ("bare", "hpcft")):  # each goes first every other step
+            t0 = time.perf_counter()
+            if way == "hpcft":
+                loss, _ = recipe.train_step(micro)
+                float(loss)  # the step's work is done (a no-op on the CPU; a sync on a GPU)
+            else:
+                bare_step(bare, opt, same, recipe.pad_id)
+            times[way] = time.perf_counter() - t0
+        pairs.append(times)
+    Path(spec["out"]).write_text(json.dumps(pairs))
+
+
+def ab_run(work: Path, method: str, model_dir: Path, data: Path, steps: int, env: dict) -> dict:
+    """Median and quartiles of bare time / hpcft time over the pairs after the first third (warm-up)."""
+    cfg = hpcft_config(work / f"ab-{method}", method, model_dir, data, steps)
+    out = work / f"ab-{method}.json"
+    spec = {"config": str(cfg), "model": str(model_dir), "method": method, "steps": steps, "out": str(out)}
+    rc, _, _ = run_proc([sys.executable, __file__, "--ab", json.dumps(spec)], env, work / f"ab-{method}.log")
+    if rc != 0:
+        return {"failed": rc, "log": str(work / f"ab-{method}.log")}
+    pairs = json.loads(out.read_text())[steps // 3:]
+    r = sorted(p["bare"] / p["hpcft"] for p in pairs)
+    q = statistics.quantiles(r, n=4)
+    return {"ratio": statistics.median(r), "q1": q[0], "q3": q[2], "pairs": len(r),
+            "hpcft_ms": 1000 * statistics.median(p["hpcft"] for p in pairs),
+            "bare_ms": 1000 * statistics.median(p["bare"] for p in pairs)}
 
 
 # ------------------------------------------------------------------------------------------------- LLaMA-Factory
@@ -329,10 +409,16 @@ def main() -> int:
     ap.add_argument("--no-peer", action="store_true", help="skip LLaMA-Factory")
     ap.add_argument("--cpu", help="run every job on this CPU only (taskset -c): the scheduler cannot move it, "
                                   "which narrows the spread between repeats")
+    ap.add_argument("--ab-steps", type=int, default=60,
+                    help="pairs of steps in the in-process A/B of hpcft's step and the bare loop's (0: none)")
     ap.add_argument("--bare", help=argparse.SUPPRESS)
+    ap.add_argument("--ab", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.bare:
         bare_main(json.loads(a.bare))
+        return 0
+    if a.ab:
+        ab_main(json.loads(a.ab))
         return 0
     if a.cpu is not None:
         PIN[:] = ["taskset", "-c", a.cpu]
@@ -375,8 +461,24 @@ def main() -> int:
         if "hpcft" in med:
             for w in med:
                 if w != "hpcft":
-                    print(f"{m}: hpcft / {w} tokens/s = {med['hpcft']['tps'] / med[w]['tps']:.3f}, "
-                          f"wall = {med['hpcft']['wall'] / med[w]['wall']:.3f}")
+                    # each repeat's hpcft run against the same repeat's run of w (adjacent in time)
+                    paired = sorted(h["tps"] / o["tps"] for h, o in zip(res[("hpcft", m)], res[(w, m)], strict=True)
+                                    if "failed" not in h and "failed" not in o)
+                    print(f"{m}: hpcft / {w} tokens/s = {med['hpcft']['tps'] / med[w]['tps']:.3f} (median of "
+                          f"per-repeat ratios {statistics.median(paired):.3f}, range {paired[0]:.3f}-"
+                          f"{paired[-1]:.3f}), wall = {med['hpcft']['wall'] / med[w]['wall']:.3f}")
+    if a.ab_steps:
+        print(f"\nIn-process step A/B ({a.ab_steps} pairs, hpcft's train_step and the bare step alternating on the "
+              "same batches; ratios over the last two thirds):\n")
+        print("| method | hpcft step (ms) | bare step (ms) | hpcft speed / bare (median of pairs) | quartiles |")
+        print("|---|---|---|---|---|")
+        for m in methods:
+            r = ab_run(work, m, model_dir, data, a.ab_steps, env)
+            if "failed" in r:
+                print(f"| {m} | failed: {r['log']} | | | |")
+                continue
+            print(f"| {m} | {r['hpcft_ms']:.0f} | {r['bare_ms']:.0f} | {r['ratio']:.3f} | "
+                  f"{r['q1']:.3f}-{r['q3']:.3f} |", flush=True)
     print(f"\nwhole script: {time.perf_counter() - t_all:.0f} s")
     return 0
 
