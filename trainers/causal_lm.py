@@ -22,6 +22,7 @@ from hpcft.train import distributed as dist
 from hpcft.train import faults, signals
 from hpcft.train.metrics import MetricsWriter, peak_mem_mb, progress_line
 from hpcft.train.modeling import params_hash
+from hpcft.train.optim import adamw, param_groups
 from hpcft.train.schedule import make_scheduler
 from hpcft.train.summary import make_summary, write_summary
 
@@ -85,19 +86,6 @@ def build_model(cfg, ctx):
         model.to(dist.device(ctx))
     model.config.use_cache = False
     return model, tok, path
-
-
-def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases and norm weights (1-d tensors)."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or n.endswith(".bias") or "norm" in n.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
 
 
 def token_loss(logits, labels):
@@ -179,7 +167,7 @@ class CausalLMRecipe:
             self.epochs = int(t.epochs)
             self.total_steps = self.epochs * self.spe
 
-        opt = torch.optim.AdamW(param_groups(model, float(t.weight_decay)), lr=float(t.learning_rate))
+        opt = adamw(param_groups(model, float(t.weight_decay)), lr=float(t.learning_rate))
         sched = make_scheduler(opt, self.total_steps, float(t.warmup_ratio), float(t.lr_decay_ratio))
         ds_conf = None
         if use_ds:

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpcft.train.context import RunContext
 from hpcft.train.metrics import MetricsWriter
+from hpcft.train.optim import adamw
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -316,7 +317,7 @@ class T2ITrainer:
         total = self.steps_per_epoch * t.epochs
         self.total_steps = min(total, t.max_steps) if t.max_steps else total
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.opt = torch.optim.AdamW(self.params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        self.opt = adamw(self.params, lr=float(t.learning_rate), weight_decay=float(t.weight_decay))
         self.sched = make_scheduler(self.opt, self.total_steps, float(t.warmup_ratio), float(t.lr_decay_ratio))
         self.manager = ckpt.CheckpointManager(self.out / "checkpoints", t.keep_checkpoints, is_main=self.ctx.is_main,
                                               barrier=dist.barrier)
