@@ -7,6 +7,7 @@ clip 1.0) and number of steps for all three. Each run is a separate process with
 the runs alternate (A B C A B C ...), so that load from other work on the machine hits all of them alike.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 10] [--repeats 2] [--threads 1] [--methods lora,full] [--cpu 1]
+                                                [--ab-steps 60] [--no-peer]
 
 - hpcft: `python -m hpcft.train.entry --config RUN/config.yaml`, exactly what a job runs (local or Slurm).
 - bare: the loop a user would write with transformers + peft (this file, `--bare`).
@@ -23,7 +24,14 @@ tokens/s, by up to 20%).
 
 Reported per way and method: steady-state tokens/s (non-padding tokens, median over the last two thirds of the
 steps, medians over repeats), whole-job wall time including start-up, peak RSS of the process, final loss; and
-the ratios hpcft / bare and hpcft / LLaMA-Factory.
+the ratios hpcft / bare and hpcft / LLaMA-Factory, also per repeat (each hpcft run against the other way's run
+right after it: median and range).
+
+Whole runs on a shared 2-vCPU machine move by +-15% from one to the next, more than the differences sought. So the
+script also runs a step A/B in one process (`--ab-steps`, default 60 pairs): hpcft's own
+`CausalLMRecipe.train_step`, built from the job's config by `setup()`, and the bare loop's step on its own copy
+of the model, alternating on the same batches. It reports the median and quartiles of bare time / hpcft time
+over the pairs.
 """
 
 from __future__ import annotations
