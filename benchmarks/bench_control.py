@@ -79,10 +79,10 @@ def fill_ledger(n: int, live_array: str | None, n_live: int) -> None:
     from omegaconf import OmegaConf
     from sqlalchemy import insert
 
-    import hpcft.config
-    from hpcft.ledger import Event, Job, Ledger, utcnow
+    import hpcft.jobs.preflight
+    from hpcft.ledger.store import Event, Job, Ledger, utcnow
 
-    cfg = OmegaConf.to_container(hpcft.config.load(["+experiment=quickstart"]), resolve=True)
+    cfg = OmegaConf.to_container(hpcft.jobs.preflight.load(["+experiment=quickstart"]), resolve=True)
     led = Ledger()
     now = utcnow()
     rows = []

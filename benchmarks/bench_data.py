@@ -84,9 +84,9 @@ def make_corpus(path: Path, times: int) -> tuple[Path, int]:
 def write_config(out: Path, overrides: list) -> Path:
     from omegaconf import OmegaConf, open_dict
 
-    import hpcft.config
+    import hpcft.jobs.preflight
 
-    cfg = hpcft.config.load(overrides)
+    cfg = hpcft.jobs.preflight.load(overrides)
     with open_dict(cfg):
         cfg.output_dir = str(out)
     out.mkdir(parents=True, exist_ok=True)

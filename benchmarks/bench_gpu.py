@@ -43,9 +43,9 @@ def make_data(path: Path, n: int, response_chars: int) -> Path:
 def write_config(out: Path, overrides: list) -> Path:
     from omegaconf import OmegaConf, open_dict
 
-    import hpcft.config
+    import hpcft.jobs.preflight
 
-    cfg = hpcft.config.load(overrides)
+    cfg = hpcft.jobs.preflight.load(overrides)
     with open_dict(cfg):
         cfg.output_dir = str(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def run_entry(cfg_path: Path, timeout: int = 900, signal_after: float | None = N
 
 def read_train(out: Path) -> list:
     sys.path.insert(0, str(ROOT))
-    from hpcft.metrics_io import read_metrics
+    from hpcft.rundir.metrics_io import read_metrics
 
     return read_metrics(out, "train")
 

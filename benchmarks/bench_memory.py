@@ -1,4 +1,4 @@
-"""Will it fit? The memory estimate (hpcft.memory) beside the measured peak of real training runs, per method.
+"""Will it fit? The memory estimate (hpcft.config.memory) beside the measured peak of real training runs, per method.
 
 Each case is a real run of the trainer a job runs (`hpcft.train.entry.run`, in one child process for all cases, so
 the imports are paid once), with data long enough that every sample fills `training.sequence_length` (the estimate
@@ -134,7 +134,7 @@ def child(spec_path: str) -> int:
 
     import trainers._trl_common as trl_common
     import trainers.causal_lm as causal_lm
-    from hpcft.config import from_yaml_file
+    from hpcft.config.compose import from_yaml_file
     from hpcft.train.context import RunContext
     from hpcft.train.entry import run
 
@@ -221,8 +221,8 @@ def main(argv=None) -> int:
 
     from omegaconf import OmegaConf, open_dict
 
-    import hpcft.config
-    from hpcft import memory
+    import hpcft.jobs.preflight
+    from hpcft.config import memory
 
     gpu = _has_gpu()
     size = dict(SIZES[a.size or ("gpu" if gpu else "small")])
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
         if case not in CASES and case != "full_zero2":
             print(f"unknown case {case}; choose from {', '.join(CASES)}, full_zero2", file=sys.stderr)
             return 2
-        cfg = hpcft.config.load(case_overrides(case, size, data, a.steps, gpu, a.overrides))
+        cfg = hpcft.jobs.preflight.load(case_overrides(case, size, data, a.steps, gpu, a.overrides))
         out = work / case
         with open_dict(cfg):
             cfg.output_dir = str(out)
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
         e, why = memory.estimate_cfg(cfg)
         est[case] = (e, why)
         spec["cases"].append({"name": case, "config": str(out / "config.yaml")})
-    warm = hpcft.config.load(["model=tiny", "method=pretrain", "resources=local", "data=custom",
+    warm = hpcft.jobs.preflight.load(["model=tiny", "method=pretrain", "resources=local", "data=custom",
                               f"data.train={data['text']}", "data.format=text", "training.max_steps=1",
                               "training.batch_size=2", "training.sequence_length=32", "training.keep_checkpoints=off"])
     with open_dict(warm):

@@ -138,7 +138,7 @@ def hpcft_config(out: Path, method: str, model_dir: Path, data: Path, steps: int
     from omegaconf import OmegaConf, open_dict
 
     sys.path.insert(0, str(ROOT))
-    import hpcft.config
+    import hpcft.jobs.preflight
 
     shutil.rmtree(out, ignore_errors=True)
     ov = ["model=tiny", "model.source=pretrained", f"model.path={model_dir}", f"model.tokenizer={model_dir}",
@@ -150,7 +150,7 @@ def hpcft_config(out: Path, method: str, model_dir: Path, data: Path, steps: int
     if method == "lora":
         ov += [f"method.lora.rank={LORA['rank']}", f"method.lora.alpha={LORA['alpha']}",
                f"method.lora.dropout={LORA['dropout']}"]
-    cfg = hpcft.config.load(ov)
+    cfg = hpcft.jobs.preflight.load(ov)
     with open_dict(cfg):
         cfg.output_dir = str(out)
     out.mkdir(parents=True)
@@ -260,7 +260,7 @@ def ab_main(spec: dict) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from hpcft.config import from_yaml_file
+    from hpcft.config.compose import from_yaml_file
     from hpcft.train import data as D
     from hpcft.train.context import RunContext
     from trainers.causal_lm import CausalLMRecipe

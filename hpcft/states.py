@@ -43,7 +43,7 @@ def is_terminal(state: State | str) -> bool:
 
 # ---------------------------------------------------------------------------------------------------- causes
 # Why an attempt ended (or went back to the queue), machine-readable: `Ledger.transition(..., cause=...)` stores it in
-# the `state` event's data["cause"]; `Ledger.causes` reads it back; `hpcft retry` decides on it (hpcft.jobctl).
+# the `state` event's data["cause"]; `Ledger.causes` reads it back; `hpcft retry` decides on it (hpcft.jobs.control).
 NODE_FAIL = "node_fail"  # a node of the allocation failed (Slurm NODE_FAIL)
 PREEMPTED = "preempted"  # a higher-priority job took the nodes (Slurm PREEMPTED)
 BOOT_FAIL = "boot_fail"  # a node did not boot (Slurm BOOT_FAIL)

@@ -73,7 +73,7 @@ def new_database(kind: str, tmp_path) -> str:
 
 def drop_database(url: str) -> None:
     """Drop a database made by new_database (the ledger's engines for it are disposed first)."""
-    from hpcft import ledger as ledger_mod
+    from hpcft.ledger import store as ledger_mod
 
     for eng in set(ledger_mod._ENGINES.pop(url, ())):
         eng.dispose()

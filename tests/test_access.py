@@ -1,4 +1,4 @@
-"""Per-job access (hpcft.access) through the real CLI on a SQLite ledger, where hpcft itself enforces the rules
+"""Per-job access (hpcft.ledger.access) through the real CLI on a SQLite ledger, where hpcft itself enforces the rules
 (`HPCFT_USER` names the acting user on a single-machine SQLite ledger only). The same matrix against PostgreSQL,
 real Unix users and raw SQL is tests/test_team.py."""
 
@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from conftest import hpcft_cli
-from hpcft import access as A
+from hpcft.ledger import access as A
 
 
 def cli(user, *args, home):
@@ -22,7 +22,7 @@ def cli(user, *args, home):
 @pytest.fixture
 def team_ledger(hpcft_home, monkeypatch, tmp_path):
     """alice's jobs 1 (private), 2 (ro), 3 (rw) in project proj-a; bob is a member, carol is not."""
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     monkeypatch.setenv("HPCFT_USER", "alice")
     ledger = Ledger()

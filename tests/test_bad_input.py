@@ -90,8 +90,8 @@ def test_extra_refuses_privileged_options(name):
 def test_foreign_trust_remote_code_refused(monkeypatch):
     from types import SimpleNamespace
 
-    from hpcft.access import AccessDenied
-    from hpcft.jobctl import refuse_foreign_remote_code
+    from hpcft.ledger.access import AccessDenied
+    from hpcft.jobs.control import refuse_foreign_remote_code
     from hpcft.train import modeling
 
     job = SimpleNamespace(id=7, owner="alice", method="lora", config={"model": {"trust_remote_code": True}})

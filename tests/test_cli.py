@@ -35,7 +35,7 @@ def test_light_commands_never_import_torch(argv, hpcft_home, monkeypatch):
 
 
 def test_list_reads_the_ledger_without_sqlalchemy(hpcft_home, tmp_path):
-    """hpcft.ledger_read: `hpcft list` on an SQLite ledger at the newest schema imports no SQLAlchemy (~0.5 s);
+    """hpcft.ledger.fastread: `hpcft list` on an SQLite ledger at the newest schema imports no SQLAlchemy (~0.5 s);
     a ledger that does not exist yet, or an older one, goes through the full ledger, which creates or upgrades it."""
     import os
     import shutil

@@ -1,6 +1,6 @@
 """`hpcft clone`, `hpcft list` (exact resource tokens, --since/--until, --sort, the --json schema) and
 `hpcft delete` (many, live ones stopped first, --purge), through the real CLI on an isolated ledger whose rows
-are made directly (hpcft.submit.create_jobs / Ledger.create_job: nothing trains unless marked `train`)."""
+are made directly (hpcft.jobs.submit.create_jobs / Ledger.create_job: nothing trains unless marked `train`)."""
 
 import json
 import os
@@ -33,8 +33,8 @@ def ids(*args):
 
 def recorded_job(overrides=(), state="success"):
     """A job composed like `hpcft submit` (row, run dir, config.yaml) but never run; ended in `state`."""
-    from hpcft import submit as hsubmit
-    from hpcft.ledger import Ledger
+    from hpcft.jobs import submit as hsubmit
+    from hpcft.ledger.store import Ledger
 
     ledger = Ledger()
     (job,) = hsubmit.create_jobs(ledger, hsubmit.plan([*FAST, *overrides]))
@@ -46,7 +46,7 @@ def recorded_job(overrides=(), state="success"):
 
 def row(**fields):
     """A bare ledger row (list tests: only the searched fields matter)."""
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     fields = {"name": "job", "executor": "local", "state": "success", **fields}
     return Ledger().create_job(**fields)
@@ -59,14 +59,14 @@ def flat(d, prefix=""):
 
 
 def events(job_id):
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     return [e.model_dump() for e in Ledger().events(job_id)]
 
 
 def in_ledger(**search):
     """Job ids as Ledger.search finds them, in-process (the CLI's flags are tested with fewer subprocesses)."""
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     return [j.id for j in Ledger().search(**search)]
 
@@ -110,9 +110,9 @@ def test_clone_refuses_a_bad_override_in_one_line_and_creates_nothing(override, 
 def test_clone_of_a_derived_job_keeps_its_lineage_parent(hpcft_home, monkeypatch):
     """A config that starts from job 1's model (model.parent_job=1) keeps 1 as its parent when job 2 is cloned;
     the clone's source is still named in the `cloned` events."""
-    from hpcft import clone as hclone
-    from hpcft import executors
-    from hpcft.ledger import Ledger
+    from hpcft.jobs import clone as hclone
+    from hpcft.jobs import executors
+    from hpcft.ledger.store import Ledger
 
     class Recorder:
         def __init__(self):
@@ -155,7 +155,7 @@ def test_clone_runs_then_delete_stops_it_first_and_purges(hpcft_home):
     assert f"cloned job {src.id} as job {clone['id']} again" in r.stdout
     assert clone["parent_id"] == src.id and clone["name"] == "again"
     assert clone["output_dir"] != src.output_dir and Path(clone["output_dir"], "config.yaml").is_file()
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     new = Ledger().get(clone["id"]).config
     before, after = flat(src.config), flat(new)
@@ -224,7 +224,7 @@ def test_search_tokens_times_and_sort_on_every_database(backend, tmp_path):
     backend (ledger_dbs skips a server that is not running)."""
     from ledger_dbs import fresh_database
 
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     with fresh_database(backend, tmp_path) as url:
         ledger = Ledger(url)
@@ -249,8 +249,8 @@ def test_search_tokens_times_and_sort_on_every_database(backend, tmp_path):
         assert found(since=(now - timedelta(hours=2)).astimezone(timezone(timedelta(hours=-7)))) == [c.id, a.id]
         assert found(ids=[a.id, c.id], sort=["id"]) == [a.id, c.id] and found(limit=1, sort=["name"]) == [c.id]
         if backend != "mariadb":  # `hpcft list` reads SQLite and PostgreSQL without SQLAlchemy: the same answers
-            from hpcft import ledger_read
-            from hpcft.cli.jobjson import job_dict
+            from hpcft.ledger import fastread as ledger_read
+            from hpcft.ledger.jobjson import job_dict
 
             os.environ["HPCFT_DB_URL"] = url
             try:
@@ -270,8 +270,8 @@ def test_list_resource_keys_are_those_of_the_resource_spec():
     from omegaconf import OmegaConf
 
     from hpcft.cli.jobs import RESOURCE_KEYS
-    from hpcft.jobrecord import resource_spec
-    from hpcft.schema import ResourcesConfig
+    from hpcft.ledger.record import resource_spec
+    from hpcft.config.schema import ResourcesConfig
 
     r = OmegaConf.structured(ResourcesConfig(name="x", account="a", nodelist="n1", reservation="r", constraint="c"))
     assert tuple(tok.split("=")[0] for tok in resource_spec(r).split()) == RESOURCE_KEYS
@@ -316,7 +316,7 @@ def test_list_sort(hpcft_home):
     assert bad.returncode == 1 and "--sort -size: unknown key; use one of id, created, name, state, user" in bad.stderr
 
 
-# the --json schema, version 1: a change here is a change of a documented interface (hpcft/cli/jobjson.py)
+# the --json schema, version 1: a change here is a change of a documented interface (hpcft/ledger/jobjson.py)
 SCHEMA_V1 = {
     "schema_version": int, "id": int, "name": str, "description": str, "owner": str, "project": str, "method": str,
     "state": str, "state_reason": (str, None), "executor": str, "resources": dict, "resource_spec": str,

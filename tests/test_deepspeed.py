@@ -13,7 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def test_ds_config_follows_training_and_deepspeed_sections():
-    from hpcft.config import load
+    from hpcft.jobs.preflight import load
     from hpcft.train.deepspeed_config import build_ds_config
 
     cfg = load(["deepspeed=zero3_offload", "training.batch_size=4", "training.gradient_accumulation=3",
@@ -36,7 +36,7 @@ def test_ds_config_follows_training_and_deepspeed_sections():
 
 @pytest.mark.parametrize("name", ["zero0", "zero1", "zero2", "zero3", "zero3_offload"])
 def test_shipped_deepspeed_configs_compose(name):
-    from hpcft.config import load
+    from hpcft.jobs.preflight import load
 
     cfg = load([f"deepspeed={name}"])
     assert cfg.deepspeed.name == name and cfg.deepspeed.stage in (0, 1, 2, 3)
@@ -47,7 +47,7 @@ def test_shipped_deepspeed_configs_compose(name):
 def _torchrun(run_dir, overrides, env_extra=None, port=29600):
     from omegaconf import OmegaConf
 
-    from hpcft.config import load
+    from hpcft.jobs.preflight import load
 
     cfg = load(overrides)
     cfg.output_dir = str(run_dir)
@@ -61,7 +61,7 @@ def _torchrun(run_dir, overrides, env_extra=None, port=29600):
 
 
 def _read(run_dir, type):
-    from hpcft.metrics_io import read_metrics
+    from hpcft.rundir.metrics_io import read_metrics
 
     return read_metrics(run_dir, type)
 

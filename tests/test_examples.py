@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-import hpcft.config
+import hpcft.jobs.preflight
+import hpcft.config.compose
 from hpcft import paths
-from hpcft.schema import METHOD_SPECS
+from hpcft.config.methods import METHOD_SPECS
 
 CONF = paths.conf_dir()
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "experiment")
@@ -29,7 +30,7 @@ def options():
 
 def extra_overrides(group, option):
     if group == "method":
-        return METHOD_NEEDS.get(hpcft.config.compose([f"method={option}"]).method.name, [])
+        return METHOD_NEEDS.get(hpcft.config.compose.compose([f"method={option}"]).method.name, [])
     if group == "data":
         return DATA_NEEDS.get(option, []) + DATA_METHOD.get(option, [])
     if group == "model":
@@ -40,7 +41,7 @@ def extra_overrides(group, option):
 @pytest.mark.parametrize("group,option", list(options()), ids=lambda x: str(x))
 def test_every_group_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}", *extra_overrides(group, option)]
-    cfg = hpcft.config.load(overrides)  # the common rules and the method's
+    cfg = hpcft.jobs.preflight.load(overrides)  # the common rules and the method's
     if group == "method":  # the option extends the schema its method's spec names
         assert OmegaConf.get_type(cfg.method) is METHOD_SPECS[cfg.method.name].schema
     assert cfg[group].name  # every option names itself
@@ -54,7 +55,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 def test_an_experiment_for_every_method():
     assert len(EXPERIMENTS) >= len(METHOD_SPECS)
-    names = {hpcft.config.load([f"+experiment={e}"]).method.name for e in EXPERIMENTS}
+    names = {hpcft.jobs.preflight.load([f"+experiment={e}"]).method.name for e in EXPERIMENTS}
     assert names == set(METHOD_SPECS)
 
 
@@ -68,11 +69,11 @@ def test_every_experiment_composes_validates_and_opens_with_its_command(name):
             break
         header.append(line)
     assert any(x.startswith(f"# Launch: hpcft submit +experiment={name}") for x in header), header
-    cfg = hpcft.config.load([f"+experiment={name}"])
+    cfg = hpcft.jobs.preflight.load([f"+experiment={name}"])
     assert any(x.startswith("name: ") for x in lines), "an experiment names its jobs"
     assert cfg.resources.name and cfg.data.train and Path(cfg.data.train).is_file()
     # the preset is a starting point: overrides on top still work
-    cfg2 = hpcft.config.load([f"+experiment={name}", "training.seed=7"])
+    cfg2 = hpcft.jobs.preflight.load([f"+experiment={name}", "training.seed=7"])
     assert cfg2.training.seed == 7 and cfg2.method.name == cfg.method.name
 
 
@@ -80,4 +81,4 @@ def test_an_unknown_experiment_is_a_config_error():
     from hpcft.errors import ConfigError
 
     with pytest.raises(ConfigError, match="experiment"):
-        hpcft.config.load(["+experiment=nope"])
+        hpcft.jobs.preflight.load(["+experiment=nope"])

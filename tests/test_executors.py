@@ -4,7 +4,7 @@ import stat
 import pytest
 
 from hpcft.errors import ConfigError
-from hpcft.executors import get_executor, resolve_name
+from hpcft.jobs.executors import get_executor, resolve_name
 
 
 def test_auto_is_local_without_sbatch(monkeypatch, tmp_path):

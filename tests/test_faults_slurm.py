@@ -128,7 +128,7 @@ def events(name) -> str:
 
 
 def train_steps(out: Path) -> list:
-    from hpcft.metrics_io import read_metrics
+    from hpcft.rundir.metrics_io import read_metrics
 
     return [r["step"] for r in read_metrics(out, "train")]
 
@@ -162,10 +162,10 @@ def reference(tmp_path_factory):
     """The same job without any fault (in a plain process: same seed, same single thread)."""
     from omegaconf import OmegaConf, open_dict
 
-    import hpcft.config
+    import hpcft.jobs.preflight
 
     out = tmp_path_factory.mktemp("reference")
-    cfg = hpcft.config.load([o for o in TRAIN if not o.startswith("executor=")])
+    cfg = hpcft.jobs.preflight.load([o for o in TRAIN if not o.startswith("executor=")])
     with open_dict(cfg):
         cfg.output_dir = str(out)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

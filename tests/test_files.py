@@ -1,4 +1,4 @@
-"""`hpcft.files`: private run directories (0700 whatever the umask) shared through POSIX ACLs; the argv builders
+"""`hpcft.rundir.files`: private run directories (0700 whatever the umask) shared through POSIX ACLs; the argv builders
 without running anything, error messages with fake tools, and one walk with real users (scripts/team-local)."""
 
 import os
@@ -13,7 +13,7 @@ import pytest
 from team import ALICE, BOB, CAROL, RUNS, VENV, run_as, team  # noqa: F401  (team: the fixture)
 
 from hpcft.errors import HpcftError
-from hpcft.files import acl_entries, getfacl_argv, make_run_dir, parse_acl_users, setfacl_argv, share_run_dir
+from hpcft.rundir.files import acl_entries, getfacl_argv, make_run_dir, parse_acl_users, setfacl_argv, share_run_dir
 
 
 def mode(p: Path) -> int:
@@ -49,16 +49,16 @@ def test_make_run_dir_refuses_a_file_in_the_way(tmp_path):
 
 
 def test_submit_and_render_make_private_run_dirs(tmp_path, hpcft_home):
-    from hpcft import config
-    from hpcft.ledger import Ledger
-    from hpcft.render import render
-    from hpcft.submit import Plan, create_jobs
+    from hpcft.config import compose
+    from hpcft.ledger.store import Ledger
+    from hpcft.jobs.render import render
+    from hpcft.jobs.submit import Plan, create_jobs
 
     old = os.umask(0o000)  # the most open umask: the run directories are still 0700
     try:
-        cfg = config.compose(["executor=local"])
+        cfg = compose.compose(["executor=local"])
         (job,) = create_jobs(Ledger(), Plan([cfg], [[]], "local"))
-        cfg2 = config.compose(["resources=cpu_small"])
+        cfg2 = compose.compose(["resources=cpu_small"])
         cfg2.output_dir = str(tmp_path / "rendered")
         render(cfg2)
     finally:
@@ -162,7 +162,7 @@ def test_real_users_read_write_and_revoke(team):  # noqa: F811
     py = str(VENV / "bin" / "python")
 
     def alice(code: str):
-        r = run_as(ALICE, [py, "-c", "from hpcft.files import make_run_dir, share_run_dir\n" + code])
+        r = run_as(ALICE, [py, "-c", "from hpcft.rundir.files import make_run_dir, share_run_dir\n" + code])
         assert r.returncode == 0, r.stderr
 
     try:

@@ -27,16 +27,16 @@ def hpcft(args, timeout=120):
 
 def jobs():
     """The ledger's rows, read in this process (cheaper than `hpcft list --json` in a loop on 2 CPUs)."""
-    from hpcft.cli.jobjson import job_dict
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.jobjson import job_dict
+    from hpcft.ledger.store import Ledger
 
     return {j.id: job_dict(j) for j in Ledger().search()}
 
 
 def wait_ended(ids, timeout=300):
     """Until the points end: their workers record success; a stop shows in Slurm's accounting (sync)."""
-    from hpcft.executors.slurm import SlurmExecutor
-    from hpcft.ledger import Ledger
+    from hpcft.jobs.executors.slurm import SlurmExecutor
+    from hpcft.ledger.store import Ledger
 
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -91,7 +91,7 @@ def test_hydra_app_sweep_is_one_array_and_returns_at_once(slurm_cluster, hpcft_h
         out = Path(j["output_dir"])
         assert (out / "result.txt").read_text() == f"{x * 10}\n"
         assert (out / ".hydra" / "overrides.yaml").exists()  # Hydra's run_job ran in the point's directory
-    from hpcft.hydra_app import load_result
+    from hpcft.jobs.hydra_point import load_result
 
     assert load_result(ended[by_x[2]]["output_dir"]) == 20  # the task's return value
     logs = hpcft(["logs", str(by_x[1])])

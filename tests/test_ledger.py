@@ -3,7 +3,7 @@ import multiprocessing as mp
 import pytest
 
 from hpcft.errors import NotFound, StateError
-from hpcft.ledger import Ledger
+from hpcft.ledger.store import Ledger
 from hpcft.states import State
 from ledger_dbs import BACKENDS, fresh_database
 
@@ -184,7 +184,7 @@ def _pg_connect_error(url, **env):
 
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     environ.update(env)
-    code = f"from hpcft.ledger import Ledger; print(len(Ledger({url!r}).search()))"
+    code = f"from hpcft.ledger.store import Ledger; print(len(Ledger({url!r}).search()))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
     return None if r.returncode == 0 else r.stderr
 

@@ -146,7 +146,7 @@ def test_cron_retry_never_resubmits_a_data_error(hpcft_home, tmp_path):
 
 
 def _steps(out):
-    from hpcft.metrics_io import read_metrics
+    from hpcft.rundir.metrics_io import read_metrics
 
     return [r["step"] for r in read_metrics(out, "train")]
 

@@ -1,4 +1,4 @@
-"""Will it fit? hpcft.memory's per-GPU estimate: parameter counts against transformers' own models, the ZeRO
+"""Will it fit? hpcft.config.memory's per-GPU estimate: parameter counts against transformers' own models, the ZeRO
 arithmetic, the refusal of a job that cannot fit (through the CLI: nothing created), GPU defaults (precision auto,
 gradient checkpointing, attention), the DeepSeek presets, and the estimate against the measured peak of real CPU
 training runs of every LM method (benchmarks/bench_memory.py) and the H200 figures of BENCHMARKS.md."""
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import hpcft.config
-from hpcft import memory as M
+import hpcft.jobs.preflight
+from hpcft.config import memory as M
 from hpcft.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_lora_parameters_equal_peft():
 
 
 def test_the_tiny_model_is_counted_from_its_arch_and_the_byte_tokenizer():
-    cfg = hpcft.config.load(["+experiment=lora_tiny"])
+    cfg = hpcft.jobs.preflight.load(["+experiment=lora_tiny"])
     est, source = M.estimate_cfg(cfg)
     assert source == "model.arch" and est.arch.vocab == M.BYTE_TOKENIZER_VOCAB
     # 2 layers x rank 8 x (in + out) of q (64->64), k and v (64->32: 2 KV heads), o (64->64)
@@ -85,15 +85,15 @@ def test_the_tiny_model_is_counted_from_its_arch_and_the_byte_tokenizer():
 
 def test_a_local_model_directory_is_read_from_its_config_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(ARCHS["qwen2_5_7b"]))
-    cfg = hpcft.config.load(["model=qwen2_5_7b", f"model.path={tmp_path}"])
+    cfg = hpcft.jobs.preflight.load(["model=qwen2_5_7b", f"model.path={tmp_path}"])
     arch, source = M.model_arch(cfg.model)
     assert source == f"{tmp_path}/config.json" and arch.params == M.arch_from_config(ARCHS["qwen2_5_7b"]).params
-    none, why = M.model_arch(hpcft.config.load(["model=qwen2_5_7b", f"model.path={tmp_path}/x", "model.name=x"]).model)
+    none, why = M.model_arch(hpcft.jobs.preflight.load(["model=qwen2_5_7b", f"model.path={tmp_path}/x", "model.name=x"]).model)
     assert none is None and "no config.json" in why
     adapter = tmp_path / "final"  # a LoRA run's final/ (model.path=job:ID): the estimate is its base's
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path)}))
-    arch2, source2 = M.model_arch(hpcft.config.load(["model=qwen2_5_7b", f"model.path={adapter}"]).model)
+    arch2, source2 = M.model_arch(hpcft.jobs.preflight.load(["model=qwen2_5_7b", f"model.path={adapter}"]).model)
     assert arch2 == arch and source2 == f"the adapter's base, {tmp_path}/config.json"
 
 
@@ -139,21 +139,21 @@ def test_activations_scale_with_tokens_and_shrink_with_checkpointing_lora_and_ql
 def test_precision_auto_is_bf16_on_gpus_and_fp32_on_cpu(tmp_path):
     from hpcft.train.deepspeed_config import build_ds_config
 
-    gpu = hpcft.config.load(["resources=gpu_8x", "deepspeed=zero2"])
-    cpu = hpcft.config.load([])
+    gpu = hpcft.jobs.preflight.load(["resources=gpu_8x", "deepspeed=zero2"])
+    cpu = hpcft.jobs.preflight.load([])
     assert (gpu.training.precision, cpu.training.precision) == ("bf16", "fp32")  # resolved at submit, stored
-    assert hpcft.config.load(["resources=gpu_1x", "training.precision=fp32"]).training.precision == "fp32"
+    assert hpcft.jobs.preflight.load(["resources=gpu_1x", "training.precision=fp32"]).training.precision == "fp32"
     assert build_ds_config(gpu.deepspeed, gpu.training, 8)["bf16"]["enabled"] is True
     assert M.job_of(gpu).precision == "bf16"
     with pytest.raises(ConfigError, match="training.precision=fp64: unknown precision"):
-        hpcft.config.load(["training.precision=fp64"])
+        hpcft.jobs.preflight.load(["training.precision=fp64"])
 
 
 def test_gpu_memory_and_attention_are_validated():
     with pytest.raises(ConfigError, match="resources.gpu_mem=-1"):
-        hpcft.config.load(["resources.gpu_mem=-1"])
+        hpcft.jobs.preflight.load(["resources.gpu_mem=-1"])
     with pytest.raises(ConfigError, match="model.attn_implementation=flash: unknown attention"):
-        hpcft.config.load(["model.attn_implementation=flash"])
+        hpcft.jobs.preflight.load(["model.attn_implementation=flash"])
 
 
 def test_attention_defaults_to_sdpa_without_a_gpu_and_keeps_a_chosen_one():
@@ -171,12 +171,12 @@ def test_trl_trainers_get_gradient_checkpointing_and_attention_from_the_config(t
     from hpcft.train.context import RunContext
     from trainers._trl_common import model_init_kwargs, trl_args
 
-    cfg = hpcft.config.load(["+experiment=reward_tiny", "training.gradient_checkpointing=true",
+    cfg = hpcft.jobs.preflight.load(["+experiment=reward_tiny", "training.gradient_checkpointing=true",
                              f"output_dir={tmp_path}"])
     args = trl_args(RewardConfig, cfg, RunContext(output_dir=tmp_path), has_eval=False)
     assert args.gradient_checkpointing and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
     assert model_init_kwargs(cfg)["attn_implementation"] == "sdpa"
-    off = trl_args(RewardConfig, hpcft.config.load(["+experiment=reward_tiny", f"output_dir={tmp_path}"]),
+    off = trl_args(RewardConfig, hpcft.jobs.preflight.load(["+experiment=reward_tiny", f"output_dir={tmp_path}"]),
                    RunContext(output_dir=tmp_path), has_eval=False)
     assert off.gradient_checkpointing is False  # trl's own default is True (notes, pitfall 7)
 
@@ -201,18 +201,18 @@ def test_an_8b_full_fine_tune_on_one_24gb_gpu_is_refused_with_what_fits(hpcft_ho
     assert "deepspeed=zero3_offload" in line and "method=lora" in line and "gpus_per_node=8" in line
     # nothing was created: no ledger row, no run directory
     assert not (hpcft_home / "runs").exists() or not any((hpcft_home / "runs").iterdir())
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     assert Ledger().search(limit=10) == []
 
     # every suggested change really fits (estimated)
-    cfg = hpcft.config.load(REFUSED_8B)
+    cfg = hpcft.jobs.preflight.load(REFUSED_8B)
     est, _ = M.estimate_cfg(cfg)
     assert M.refusal(est) and not est.fits()
     for change in (["deepspeed=zero3_offload"], ["method=lora", "training.gradient_checkpointing=true"],
                    ["deepspeed=zero3", "resources.gpus_per_node=8", "resources.tasks_per_node=8",
                     "training.gradient_checkpointing=true"]):
-        assert M.estimate_cfg(hpcft.config.load(REFUSED_8B + change))[0].fits(), change
+        assert M.estimate_cfg(hpcft.jobs.preflight.load(REFUSED_8B + change))[0].fits(), change
 
 
 def test_dry_run_prints_the_estimate_and_refuses_unless_forced(hpcft_home):
@@ -226,9 +226,9 @@ def test_dry_run_prints_the_estimate_and_refuses_unless_forced(hpcft_home):
 
 
 def _submit_lines(overrides, force=False, show=True):
-    """What `hpcft submit` prints about memory (hpcft.memory.check_submit, as the CLI calls it)."""
+    """What `hpcft submit` prints about memory (hpcft.config.memory.check_submit, as the CLI calls it)."""
     lines = []
-    cfg = hpcft.config.load(overrides)
+    cfg = hpcft.jobs.preflight.load(overrides)
     M.check_submit([cfg], [overrides], force, lines.append, show)
     return lines
 
@@ -243,7 +243,7 @@ def test_what_submit_prints_when_a_job_fits_or_runs_on_cpu():
     assert "per process (CPU)" in cpu[0] and _submit_lines(["+experiment=lora_tiny"], show=False) == []
     assert _submit_lines(["+experiment=t2i_lora_tiny"]) == ["memory: not estimated (method=t2i_lora is not "
                                                               "estimated)"]
-    sweep = [hpcft.config.load(["+experiment=lora_tiny"]), hpcft.config.load(REFUSED_8B)]
+    sweep = [hpcft.jobs.preflight.load(["+experiment=lora_tiny"]), hpcft.jobs.preflight.load(REFUSED_8B)]
     with pytest.raises(ConfigError, match=r"^point 1 \(b\): memory: needs"):
         M.check_submit(sweep, [["a"], ["b"]], False, lambda _: None, False)
 
@@ -262,17 +262,17 @@ def test_predict_prints_the_memory_estimate(slurm_cluster, hpcft_home):
 @pytest.mark.parametrize("name,params,gpus", [("deepseek_r1_distill_qwen_7b_32k", 7.6e9, 8),
                                                ("deepseek_v3_lora_32k", 671e9, 128)])
 def test_deepseek_presets_carry_32k_context_zero3_and_the_gpus_they_need(name, params, gpus):
-    cfg = hpcft.config.load([f"+experiment={name}"])
+    cfg = hpcft.jobs.preflight.load([f"+experiment={name}"])
     assert cfg.training.sequence_length == 32768 and cfg.deepspeed.stage == 3 and cfg.training.gradient_checkpointing
     assert cfg.training.precision == "bf16"
     est, _ = M.estimate_cfg(cfg)
     assert est.params == pytest.approx(params, rel=0.01) and est.job.gpus == gpus
     assert est.fits() is True  # on the GPUs the preset asks for
     if name.startswith("deepseek_v3"):  # half the nodes: refused, and told what fits
-        small = M.estimate_cfg(hpcft.config.load([f"+experiment={name}", "resources.nodes=8"]))[0]
+        small = M.estimate_cfg(hpcft.jobs.preflight.load([f"+experiment={name}", "resources.nodes=8"]))[0]
         assert small.fits() is False and "resources.nodes=16" in M.refusal(small)
     else:  # 80 GB GPUs: the 32K logits alone are ~65 GiB per GPU
-        small = M.estimate_cfg(hpcft.config.load([f"+experiment={name}", "resources.gpu_mem=80"]))[0]
+        small = M.estimate_cfg(hpcft.jobs.preflight.load([f"+experiment={name}", "resources.gpu_mem=80"]))[0]
         assert small.fits() is False and "training.sequence_length=16384" in M.refusal(small)
 
 
@@ -289,7 +289,7 @@ def test_estimate_within_25_percent_of_the_h200_benchmark(case, tmp_path):
     import bench_memory as B
 
     data = B.write_data(tmp_path, 1024, 256)
-    cfg = hpcft.config.load(B.case_overrides(case, B.SIZES["gpu"], data, 30, True,
+    cfg = hpcft.jobs.preflight.load(B.case_overrides(case, B.SIZES["gpu"], data, 30, True,
                                              ["method.lora.rank=16"] if "lora" in case else []))
     est, _ = M.estimate_cfg(cfg)
     assert est.total / GIB == pytest.approx(H200_PEAK_GIB[case], rel=0.25)

@@ -90,14 +90,14 @@ def test_preference_reader_names_file_line_and_field(tmp_path):
 
 
 def test_method_checks_reject_wrong_data_format():
-    import hpcft.config
+    import hpcft.jobs.preflight
     from hpcft.errors import ConfigError
-    from hpcft.train.method_checks import check_method
+    from hpcft.config.methods import check_method
 
     with pytest.raises(ConfigError, match="data.format=prompt_response: method=dpo"):
-        check_method(hpcft.config.load(["method=dpo", "data=tiny_sft"]))
+        check_method(hpcft.jobs.preflight.load(["method=dpo", "data=tiny_sft"]))
     with pytest.raises(ConfigError, match="method.beta"):
-        check_method(hpcft.config.load(["method=dpo", "data=tiny_pref", "method.beta=0"]))
+        check_method(hpcft.jobs.preflight.load(["method=dpo", "data=tiny_pref", "method.beta=0"]))
     with pytest.raises(ConfigError, match="method.loss_type"):
-        check_method(hpcft.config.load(["method=dpo", "data=tiny_pref", "method.loss_type=nope"]))
-    check_method(hpcft.config.load(["method=dpo", "data=tiny_pref"]))
+        check_method(hpcft.jobs.preflight.load(["method=dpo", "data=tiny_pref", "method.loss_type=nope"]))
+    check_method(hpcft.jobs.preflight.load(["method=dpo", "data=tiny_pref"]))

@@ -84,17 +84,17 @@ def test_reward_registry():
 
 
 def test_grpo_method_checks(tmp_path):
-    import hpcft.config
+    import hpcft.jobs.preflight
     from hpcft.errors import ConfigError
-    from hpcft.train.method_checks import check_method
+    from hpcft.config.methods import check_method
 
     with pytest.raises(ConfigError, match="method.reward_model"):
-        check_method(hpcft.config.load(["method=grpo", "data=tiny_prompts", "method.reward_functions=[reward_model]"]))
+        check_method(hpcft.jobs.preflight.load(["method=grpo", "data=tiny_prompts", "method.reward_functions=[reward_model]"]))
     with pytest.raises(ConfigError, match="multiple of method.num_generations"):
-        check_method(hpcft.config.load(["method=grpo", "data=tiny_prompts", "training.batch_size=6"]))
+        check_method(hpcft.jobs.preflight.load(["method=grpo", "data=tiny_prompts", "training.batch_size=6"]))
     with pytest.raises(ConfigError, match="unknown reward function"):
-        check_method(hpcft.config.load(["method=grpo", "data=tiny_prompts", "method.reward_functions=[bogus]"]))
-    check_method(hpcft.config.load(["method=grpo", "data=tiny_sft"]))  # prompts of an SFT set are fine
+        check_method(hpcft.jobs.preflight.load(["method=grpo", "data=tiny_prompts", "method.reward_functions=[bogus]"]))
+    check_method(hpcft.jobs.preflight.load(["method=grpo", "data=tiny_sft"]))  # prompts of an SFT set are fine
 
 
 def test_prompt_reader(tmp_path):

@@ -101,14 +101,14 @@ def test_image_caption_reader(tmp_path):
 
 
 def test_t2i_checks():
-    import hpcft.config
+    import hpcft.jobs.preflight
     from hpcft.errors import ConfigError
-    from hpcft.train.method_checks import check_method
+    from hpcft.config.methods import check_method
 
     with pytest.raises(ConfigError, match="model.arch.model_type"):
-        check_method(hpcft.config.load(["method=t2i_lora", "data=tiny_images"]))  # default model: tiny Llama
+        check_method(hpcft.jobs.preflight.load(["method=t2i_lora", "data=tiny_images"]))  # default model: tiny Llama
     with pytest.raises(ConfigError, match="method=dpo trains a language model"):
-        check_method(hpcft.config.load(["method=dpo", "data=tiny_pref", "model=tiny_sd"]))
+        check_method(hpcft.jobs.preflight.load(["method=dpo", "data=tiny_pref", "model=tiny_sd"]))
     with pytest.raises(ConfigError, match="method.resolution"):
-        check_method(hpcft.config.load(["+experiment=t2i_lora_tiny", "method.resolution=30"]))
-    check_method(hpcft.config.load(["model=sd15", "method=t2i_lora", "data=tiny_images"]))
+        check_method(hpcft.jobs.preflight.load(["+experiment=t2i_lora_tiny", "method.resolution=30"]))
+    check_method(hpcft.jobs.preflight.load(["model=sd15", "method=t2i_lora", "data=tiny_images"]))

@@ -19,7 +19,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 def _torchrun(run_dir: Path, overrides, port: int):
     from omegaconf import OmegaConf
 
-    from hpcft.config import load
+    from hpcft.jobs.preflight import load
 
     cfg = load(overrides)
     cfg.output_dir = str(run_dir)
@@ -35,7 +35,7 @@ def _torchrun(run_dir: Path, overrides, port: int):
 
 
 def _train_rows(run_dir: Path):
-    from hpcft.metrics_io import read_metrics
+    from hpcft.rundir.metrics_io import read_metrics
 
     return read_metrics(run_dir, "train")
 
@@ -131,16 +131,16 @@ def test_t2i_lora_two_processes_ddp(tmp_path):
 
 
 def test_t2i_refuses_deepspeed_but_accepts_several_processes():
-    import hpcft.config
+    import hpcft.jobs.preflight
     from hpcft.errors import ConfigError
-    from hpcft.train.method_checks import check_method
+    from hpcft.config.methods import check_method
 
     with pytest.raises(ConfigError) as e:
-        check_method(hpcft.config.load(["+experiment=t2i_lora_tiny", "deepspeed=zero2"]))
+        check_method(hpcft.jobs.preflight.load(["+experiment=t2i_lora_tiny", "deepspeed=zero2"]))
     msg = str(e.value)
     assert msg.startswith("deepspeed.stage=2: t2i_lora trains only the UNet's LoRA adapters with torch DDP")
     assert "use deepspeed=none" in msg and "\n" not in msg
-    check_method(hpcft.config.load(["+experiment=t2i_lora_tiny", "resources.tasks_per_node=2",
+    check_method(hpcft.jobs.preflight.load(["+experiment=t2i_lora_tiny", "resources.tasks_per_node=2",
                                     "resources.nodes=2"]))
 
 

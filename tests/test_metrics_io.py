@@ -1,5 +1,5 @@
 from hpcft.cli.plot import ascii_plot
-from hpcft.metrics_io import loss_series
+from hpcft.rundir.metrics_io import loss_series
 
 
 def test_resumed_steps_count_once_last_wins():

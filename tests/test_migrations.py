@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import JSON, Column, MetaData, Table, create_engine, insert, inspect, select
 from sqlmodel import SQLModel
 
-from hpcft import migrations
-from hpcft.ledger import Ledger, engine_url
+from hpcft.ledger import migrations
+from hpcft.ledger.store import Ledger, engine_url
 from ledger_dbs import BACKENDS, fresh_database
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ledger-v1.sqlite"
@@ -162,7 +162,7 @@ def test_processes_opening_a_new_ledger_at_once_migrate_it_once(db_url, tmp_path
 
 
 def _imports_alembic(url) -> bool:
-    code = f"import sys; from hpcft.ledger import Ledger; Ledger({url!r}).search(); print('alembic' in sys.modules)"
+    code = f"import sys; from hpcft.ledger.store import Ledger; Ledger({url!r}).search(); print('alembic' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()[-1] == "True"

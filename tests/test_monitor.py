@@ -1,4 +1,4 @@
-"""Monitoring (hpcft.monitor, `hpcft top`, `hpcft monitor`, `hpcft curve`): the sampler with real psutil counters,
+"""Monitoring (hpcft.rundir.monitor, `hpcft top`, `hpcft monitor`, `hpcft curve`): the sampler with real psutil counters,
 Slurm's sstat parser on captured output, the method's curves, and a real local GRPO job watched while it runs.
 The 2-node Slurm job's monitoring is checked in tests/test_slurm_e2e.py (test_two_node_deepspeed_zero2_lora)."""
 
@@ -23,14 +23,14 @@ def run(args, timeout=120):
 
 
 def _by_rank(run_dir):
-    from hpcft.monitor import read_samples
+    from hpcft.rundir.monitor import read_samples
 
     samples = read_samples(run_dir)
     return {r: [s for s in samples if s["rank"] == r] for r in (0, 1)}
 
 
 def test_sampler_writes_process_and_node_series(tmp_path):
-    from hpcft.monitor import Sampler, latest, node_samples, read_samples, series
+    from hpcft.rundir.monitor import Sampler, latest, node_samples, read_samples, series
 
     node = Sampler(tmp_path, rank=0, local_rank=0, interval=0.1, node="n1").start()
     other = Sampler(tmp_path, rank=1, local_rank=1, interval=0.1, node="n1").start()
@@ -65,7 +65,7 @@ def test_sampler_writes_process_and_node_series(tmp_path):
 def test_monitoring_off_and_a_torn_line(tmp_path):
     from omegaconf import OmegaConf
 
-    from hpcft.monitor import read_samples, start_for
+    from hpcft.rundir.monitor import read_samples, start_for
     from hpcft.train.context import RunContext
 
     cfg = OmegaConf.create({"training": {"monitor_interval": 0}})
@@ -77,7 +77,7 @@ def test_monitoring_off_and_a_torn_line(tmp_path):
 
 
 def test_sstat_argv_and_parser_on_captured_output():
-    from hpcft.monitor import main_steps
+    from hpcft.rundir.monitor import main_steps
     from hpcft.slurm import commands as C
 
     assert C.sstat_argv("744") == ["sstat", "--allsteps", "--noheader", "--parsable2",
@@ -95,7 +95,7 @@ def test_sstat_argv_and_parser_on_captured_output():
 
 def test_curve_panels_follow_the_method():
     from hpcft.cli.monitor_cmds import curve_report
-    from hpcft.metrics_io import curve_panels, progress
+    from hpcft.rundir.metrics_io import curve_panels, progress
 
     recs = [{"type": "train", "step": s, "loss": 0.0, "reward": r, "num_tokens": 100.0 * s, "time": 10.0 + s}
             for s, r in ((1, 0.1), (2, 0.5), (3, 0.96))]
@@ -114,7 +114,7 @@ def test_curve_panels_follow_the_method():
 
 
 def test_monitor_without_samples_is_one_line(hpcft_home, tmp_path):
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     j = Ledger().create_job(name="never-ran", executor="local", output_dir=str(tmp_path), method="lora")
     r = run(["monitor", str(j.id)])
@@ -132,7 +132,7 @@ def test_local_grpo_job_top_while_running_then_monitor_and_curve(hpcft_home, tmp
     r = run(["submit", "executor=local", "+experiment=grpo_tiny", "training.max_steps=4", "data.validation=null",
              "data.test=null", "training.monitor_interval=0.5", "name=watched"])
     assert r.returncode == 0, r.stderr
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     ledger = Ledger()  # polled in this process: a CLI call per poll would take the CPU the job needs
     (job,) = ledger.search()

@@ -1,4 +1,4 @@
-"""Notifications when a job ends (hpcft.notify), through real apprise to a real local HTTP receiver.
+"""Notifications when a job ends (hpcft.ledger.notify), through real apprise to a real local HTTP receiver.
 
 Fast part: the ledger hook on SQLite and PostgreSQL (exactly one message when processes race to record different end
 states, none for a user's stop or a state left out of `notify.on`), what the message says, a receiver that is down
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import hpcft_cli
-from hpcft.ledger import Ledger
+from hpcft.ledger.store import Ledger
 from hpcft.states import USER_STOP, State
 from ledger_dbs import fresh_database
 
@@ -188,23 +188,23 @@ def test_receiver_down_or_silent_leaves_the_job_alone(hpcft_home, tmp_path, rece
 
 
 def test_user_defaults_file(hpcft_home, receiver):
-    from hpcft import config
+    from hpcft.jobs import preflight
     from hpcft.errors import ConfigError
 
     hpcft_home.mkdir(parents=True, exist_ok=True)
     f = hpcft_home / "notify.yaml"
     f.write_text(f"urls:\n  - {receiver.url}\non: [error, expired]\n")  # unquoted `on:` (YAML 1.1 boolean) works
-    cfg = config.load([])
+    cfg = preflight.load([])
     assert list(cfg.notify.urls) == [receiver.url] and list(cfg.notify.on) == ["error", "expired"]
-    cfg = config.load(["notify.on=[success]"])  # the command line wins, key by key
+    cfg = preflight.load(["notify.on=[success]"])  # the command line wins, key by key
     assert list(cfg.notify.urls) == [receiver.url] and list(cfg.notify.on) == ["success"]
-    assert list(config.load(["notify.urls=[]"]).notify.urls) == []  # no message for this job
+    assert list(preflight.load(["notify.urls=[]"]).notify.urls) == []  # no message for this job
     f.write_text("url: [ntfy://ntfy.sh/x]\n")
     with pytest.raises(ConfigError, match=r"notify.yaml: unknown key url; the keys are urls, on, timeout"):
-        config.load([])
+        preflight.load([])
     f.write_text("urls:\n  - nosuchservice://x\n")
     with pytest.raises(ConfigError, match=r"notify.urls: nosuchservice://\.\.\. is not a URL apprise can send to"):
-        config.load([])
+        preflight.load([])
 
 
 # ------------------------------------------------------------------------------------------------- end to end

@@ -22,7 +22,7 @@ def test_wheel_carries_configs_and_finds_them(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
-    code = ("from hpcft import paths, config; c = config.load(['method=lora']); "
+    code = ("from hpcft import paths; from hpcft.jobs import preflight; c = preflight.load(['method=lora']); "
             "print(paths.conf_dir()); print(c.data.train)")
     env = dict(os.environ, PYTHONPATH=str(target))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)

@@ -50,20 +50,20 @@ def assets(*args):
 
 def rows():
     """Every asset row, read in-process (cheaper than the CLI): {ref: ModelAsset}."""
-    from hpcft import registry_db
-    from hpcft.ledger import Ledger
+    from hpcft.ledger import assets as registry_db
+    from hpcft.ledger.store import Ledger
 
     return {r.ref: r for r in registry_db.search(Ledger())}
 
 
 def job(job_id):
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     return Ledger().get(job_id)
 
 
 def events(job_id):
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     return Ledger().events(job_id)
 
@@ -98,9 +98,9 @@ def trained(home):
 
 
 def test_bad_names_and_settings_are_refused_before_anything_is_recorded(trained):
-    from hpcft import registry
+    from hpcft.registry import core as registry
     from hpcft.errors import ConfigError, NotFound
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     for args, code, words in (  # through the CLI: exit code and one line
             (["publish", "1", "--name", "bad name"], 2, "--name='bad name': a model asset name is"),
@@ -142,7 +142,7 @@ def test_publish_a_checkpoint_and_the_final_model(home, trained):
     assert all(torch.equal(adapter[k.replace(".default", "")], v) for k, v in ckpt.items())
     final = load_file(run1 / "final" / "adapter_model.safetensors")
     assert any(not torch.equal(final[k], adapter[k]) for k in final)  # step 4 differs from step 2
-    from hpcft import registry
+    from hpcft.registry import core as registry
 
     for v in (v1, v2):
         cfg = json.loads((v / "adapter_config.json").read_text())
@@ -235,9 +235,9 @@ def test_export_merged_loads_in_transformers_and_generates(home, tmp_path):
     assert gen.shape[1] == ids["input_ids"].shape[1] + 8
     assert isinstance(tok.decode(gen[0, ids["input_ids"].shape[1]:]), str)
     assert yaml.safe_load((out / "README.md").read_text().split("---")[1])["library_name"] == "transformers"
-    from hpcft import registry
+    from hpcft.registry import core as registry
     from hpcft.errors import ConfigError
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     with pytest.raises(ConfigError, match="exists and is not empty"):
         registry.export(Ledger(), "from-asset", out)
@@ -246,9 +246,9 @@ def test_export_merged_loads_in_transformers_and_generates(home, tmp_path):
 def test_delete_keeps_the_number_and_the_other_versions(home):
     ok(run(["models", "delete", "sft@1"]))
     assert not (home / "registry" / "sft" / "v1").exists()
-    from hpcft import registry
+    from hpcft.registry import core as registry
     from hpcft.errors import StateError
-    from hpcft.ledger import Ledger
+    from hpcft.ledger.store import Ledger
 
     assert registry.verify(home / "registry" / "sft" / "v2") == []  # its hard-linked base survives
     assert "sft@1" not in [r.ref for r in registry.visible(Ledger())] and assets("--all")["sft@1"]["state"] == "deleted"
@@ -267,7 +267,7 @@ def test_a_full_model_checkpoint_converts_to_hugging_face_weights(tmp_path):
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from hpcft import registry
+    from hpcft.registry import core as registry
     from hpcft.train.checkpoint import save_trainable
     from hpcft.train.modeling import base_model_path
 

@@ -1,4 +1,4 @@
-"""`hpcft.render`: standalone sbatch scripts that hostile values cannot break out of."""
+"""`hpcft.jobs.render`: standalone sbatch scripts that hostile values cannot break out of."""
 
 import os
 import re
@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from hpcft import config
+from hpcft.config import compose
 from hpcft.errors import ConfigError
-from hpcft.render import render
+from hpcft.jobs.render import render
 
 SBATCH_LINE = re.compile(r"^#SBATCH --[a-z][a-z-]*(=[^\s'\"`$;]+)?$")
 
 
 def hostile_cfg(tmp_path: Path, resources: str = "cpu_small"):
-    cfg = config.compose([f"resources={resources}"])
+    cfg = compose.compose([f"resources={resources}"])
     marker = tmp_path / "pwned"
     cfg.name = f"x'\"$(touch {marker})`touch {marker}`\n#SBATCH --qos=high"
     cfg.description = f"a\nEOF\nHPCFT_CONFIG_EOF\n$(touch {marker})\n'\"\\"
@@ -61,7 +61,7 @@ def test_hostile_values_cannot_break_out(tmp_path, hpcft_home, resources, templa
     assert written.name == cfg.name and written.description == cfg.description
     assert written.output_dir == str((tmp_path / "run").resolve())
     calls = (tmp_path / "calls").read_text()
-    assert "-m hpcft.worker register-and-run --config" in calls and str(tmp_path / "run" / "config.yaml") in calls
+    assert "-m hpcft.jobs.worker register-and-run --config" in calls and str(tmp_path / "run" / "config.yaml") in calls
 
 
 def test_hostile_resource_value_is_refused(tmp_path, hpcft_home):
@@ -76,7 +76,7 @@ def test_hostile_resource_value_is_refused(tmp_path, hpcft_home):
 
 
 def test_render_uses_the_builder_lines(tmp_path, hpcft_home):
-    cfg = config.compose(["resources=cpu_small", "resources.time=90", "resources.priority=high"])
+    cfg = compose.compose(["resources=cpu_small", "resources.time=90", "resources.priority=high"])
     cfg.output_dir = str(tmp_path / "r")
     text = render(cfg, priority_policy="qos")
     assert "#SBATCH --time=01:30:00" in text and "#SBATCH --qos=high" in text

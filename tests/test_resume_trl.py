@@ -89,7 +89,7 @@ def wait_entry(proc: subprocess.Popen, cfg_path: Path, expect: int) -> None:
 
 def train_in_process(cfg_path: Path) -> dict:
     """The same run as `python -m hpcft.train.entry` (no subprocess: no second import of torch and trl)."""
-    from hpcft.config import from_yaml_file
+    from hpcft.config.compose import from_yaml_file
     from hpcft.train.entry import run
 
     cfg = from_yaml_file(str(cfg_path))

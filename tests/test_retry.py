@@ -13,9 +13,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from hpcft import jobctl
+from hpcft.jobs import control as jobctl
 from hpcft.errors import HpcftError, SchedulerError
-from hpcft.ledger import Ledger
+from hpcft.ledger.store import Ledger
 from hpcft.states import State, exit_cause, is_cause
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
@@ -93,7 +93,7 @@ def ledger(tmp_path):
 @pytest.fixture
 def recorder(monkeypatch):
     rec = Recorder()
-    monkeypatch.setattr("hpcft.executors.get_executor", lambda name: rec)
+    monkeypatch.setattr("hpcft.jobs.executors.get_executor", lambda name: rec)
     return rec
 
 
@@ -194,7 +194,7 @@ def test_cli_summary_and_exit_code(hpcft_home, recorder, tmp_path):
 
 RACER = """
 import os, sys, time
-import hpcft.ledger as L
+import hpcft.ledger.store as L
 barrier, n = sys.argv[1], int(sys.argv[2])
 read = L.Ledger.causes
 def causes(self, ids):  # both processes have read every failed job before either claims one
@@ -258,7 +258,7 @@ def test_two_retry_processes_at_once_submit_each_job_once(hpcft_home, tmp_path):
 
 @pytest.mark.slurm
 def test_scontrol_requeue_of_a_running_job_syncs_to_queued_never_error(slurm_cluster, tmp_path):
-    from hpcft.executors.slurm import SlurmExecutor
+    from hpcft.jobs.executors.slurm import SlurmExecutor
     from hpcft.slurm import commands as C
 
     ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")

@@ -9,7 +9,7 @@ from typing import List
 
 import pytest
 
-from hpcft import config
+from hpcft.config import compose
 from hpcft.paths import public_db_url
 
 SECRET = "s3cr3t-TOKEN"
@@ -39,11 +39,11 @@ def test_public_db_url_drops_only_the_password(url, public):
 
 
 def test_rendered_script_and_run_dir_carry_no_password(tmp_path, hpcft_home, monkeypatch):
-    from hpcft.render import render
+    from hpcft.jobs.render import render
 
     monkeypatch.setenv("HPCFT_DB_URL", SECRET_URL)
     for resources in ("cpu_small", "multinode_4x8"):
-        cfg = config.compose([f"resources={resources}"])
+        cfg = compose.compose([f"resources={resources}"])
         cfg.output_dir = str(tmp_path / f"run-{resources}")
         text = render(cfg)
         assert SECRET not in text
@@ -88,14 +88,14 @@ def fake_sbatch(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("points", [1, 2])  # one job, and a sweep (one job array, its folder beside the run dirs)
 def test_submitit_pickles_carry_no_password(tmp_path, hpcft_home, fake_sbatch, points):
-    from hpcft.executors.slurm import SlurmExecutor
-    from hpcft.ledger import Ledger
-    from hpcft.submit import Plan, create_jobs
+    from hpcft.jobs.executors.slurm import SlurmExecutor
+    from hpcft.ledger.store import Ledger
+    from hpcft.jobs.submit import Plan, create_jobs
 
     runs = tmp_path / "runs"
     cfgs = []
     for i in range(points):
-        cfg = config.compose(["executor=slurm", "resources=cpu_small", f"name=secret-{i}"])
+        cfg = compose.compose(["executor=slurm", "resources=cpu_small", f"name=secret-{i}"])
         cfg.output_dir = str(runs / f"run-{i}")
         cfgs.append(cfg)
     ledger = SecretLedger(Ledger())
@@ -116,12 +116,12 @@ def test_a_submitted_job_gets_the_password_only_from_the_environment(tmp_path, h
                                                                      monkeypatch):
     """sbatch hands the submitter's environment to the job (PGPASSWORD, or HPCFT_DB_URL with a password): that is how
     the job may authenticate; it is in the job's environment, never in its run directory."""
-    from hpcft.executors.slurm import SlurmExecutor
-    from hpcft.ledger import Ledger
-    from hpcft.submit import Plan, create_jobs
+    from hpcft.jobs.executors.slurm import SlurmExecutor
+    from hpcft.ledger.store import Ledger
+    from hpcft.jobs.submit import Plan, create_jobs
 
     monkeypatch.setenv("PGPASSWORD", SECRET)
-    cfg = config.compose(["executor=slurm", "resources=cpu_small"])
+    cfg = compose.compose(["executor=slurm", "resources=cpu_small"])
     cfg.output_dir = str(tmp_path / "run")
     ledger = SecretLedger(Ledger())
     SlurmExecutor().submit(ledger, create_jobs(ledger, Plan([cfg], [[]], "slurm")))

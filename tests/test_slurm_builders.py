@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from hpcft.errors import ConfigError, SchedulerError
-from hpcft.schema import ResourcesConfig
+from hpcft.config.schema import ResourcesConfig
 from hpcft.slurm import commands as C
 from hpcft.slurm.sbatch import priority_options, sbatch_options, to_argv, to_lines
 from hpcft.states import State
@@ -391,8 +391,8 @@ def test_sync_decision_without_squeue_decides_nothing_for_a_maybe_requeued_job()
 
 
 def test_executor_sync_with_one_sacct_and_one_squeue_call(tmp_path, monkeypatch):
-    from hpcft.executors.slurm import SlurmExecutor
-    from hpcft.ledger import Ledger
+    from hpcft.jobs.executors.slurm import SlurmExecutor
+    from hpcft.ledger.store import Ledger
 
     ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
     mixed = "".join(x + "\n" for x in SACCT_MIXED.splitlines() if x.startswith(("4|", "5|")))

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from hpcft.errors import SchedulerError
-from hpcft.executors import slurm as S
-from hpcft.ledger import Ledger
+from hpcft.jobs.executors import slurm as S
+from hpcft.ledger.store import Ledger
 from hpcft.slurm import commands as C
 from hpcft.slurm.sbatch import sbatch_options, to_argv
 from hpcft.states import State
@@ -261,12 +261,12 @@ def test_executor_submits_a_sweep_as_one_array(cluster, tmp_path):
 @pytest.mark.slow
 @pytest.mark.train
 def test_rendered_script_submitted_with_plain_sbatch_registers_and_succeeds(cluster, tmp_path, monkeypatch):
-    from hpcft import config
-    from hpcft.render import render
+    from hpcft.config import compose
+    from hpcft.jobs.render import render
 
     monkeypatch.setenv("HPCFT_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HPCFT_DB_URL", raising=False)
-    cfg = config.compose(["+experiment=quickstart", "resources=cpu_small", "training.max_steps=2",
+    cfg = compose.compose(["+experiment=quickstart", "resources=cpu_small", "training.max_steps=2",
                           "training.epochs=1"])
     cfg.name = "rendered 'job' $(touch pwned)"
     cfg.output_dir = str(tmp_path / "run")

@@ -66,9 +66,9 @@ def test_two_node_deepspeed_zero2_lora(slurm_cluster, hpcft_home):
 
 
 def check_two_node_monitoring(job, out: Path):
-    """hpcft.monitor sampled both nodes (Slurm's names n1, n2: one host runs both slurmd) and Slurm's sstat;
+    """hpcft.rundir.monitor sampled both nodes (Slurm's names n1, n2: one host runs both slurmd) and Slurm's sstat;
     `hpcft top` and `hpcft monitor` show them."""
-    from hpcft.monitor import node_samples, read_samples, read_sstat, series
+    from hpcft.rundir.monitor import node_samples, read_samples, read_sstat, series
 
     samples = read_samples(out)
     assert {(r["node"], r["rank"]) for r in samples} == {("n1", 0), ("n2", 1)}, samples[:2]
@@ -121,7 +121,7 @@ def test_multirun_sweep_is_one_array_and_returns_at_once(slurm_cluster, hpcft_ho
     assert submit_s < 120  # sanity, not a benchmark: submission did not wait for training
 
     # `hpcft sweep ID` (any point's id names the sweep): the points side by side, best validation loss first
-    from hpcft.metrics_io import read_metrics
+    from hpcft.rundir.metrics_io import read_metrics
 
     first = min(j["id"] for j in js)
     table = run(["sweep", str(max(j["id"] for j in js))])

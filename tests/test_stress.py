@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from conftest import hpcft_cli
-from hpcft.ledger import Ledger
+from hpcft.ledger.store import Ledger
 from hpcft.states import State, can_transition, is_terminal
 from ledger_dbs import BACKENDS, drop_database, fresh_database
 

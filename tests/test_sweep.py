@@ -1,7 +1,7 @@
 import pytest
 
 from hpcft.errors import ConfigError
-from hpcft.sweep import expand, is_sweep
+from hpcft.config.sweep import expand, is_sweep
 
 
 def test_cartesian_product_in_order():

@@ -5,7 +5,7 @@ import json
 import subprocess
 
 from conftest import hpcft_cli
-from hpcft.sweep import expand, point_name, short_value, swept_values
+from hpcft.config.sweep import expand, point_name, short_value, swept_values
 
 
 def test_values_read_as_written():
@@ -30,7 +30,7 @@ def test_points_are_named_by_the_keys_that_vary():
 
 
 def test_plan_names_each_point_and_keeps_an_explicit_name(hpcft_home):
-    from hpcft.submit import plan
+    from hpcft.jobs.submit import plan
 
     p = plan(["+experiment=quickstart", "executor=local", "training.learning_rate=1e-3,2e-3,5e-3"], multirun=True)
     assert [c.name for c in p.configs] == ["quickstart-tiny-lora lr=1e-3", "quickstart-tiny-lora lr=2e-3",
@@ -54,9 +54,9 @@ def _fake_run(job, train_losses, val_losses, summary_loss=None, key="loss"):
 
 
 def test_hpcft_sweep_compares_points_best_first(hpcft_home):
-    from hpcft.ledger import Ledger
-    from hpcft.submit import create_jobs, plan
-    from hpcft.sweep_ledger import compare
+    from hpcft.ledger.store import Ledger
+    from hpcft.jobs.submit import create_jobs, plan
+    from hpcft.ledger.sweeps import compare
 
     ledger = Ledger()
     other = create_jobs(ledger, plan(["executor=local"]))  # a job that is no sweep's point
@@ -85,9 +85,9 @@ def test_hpcft_sweep_compares_points_best_first(hpcft_home):
 
 
 def test_reward_sweeps_rank_by_highest_validation_accuracy(hpcft_home):
-    from hpcft.ledger import Ledger
-    from hpcft.submit import create_jobs, plan
-    from hpcft.sweep_ledger import compare
+    from hpcft.ledger.store import Ledger
+    from hpcft.jobs.submit import create_jobs, plan
+    from hpcft.ledger.sweeps import compare
 
     ledger = Ledger()
     a, b = create_jobs(ledger, plan(["executor=local", "method=reward", "data=tiny_pref",
@@ -100,9 +100,9 @@ def test_reward_sweeps_rank_by_highest_validation_accuracy(hpcft_home):
 
 
 def test_without_validation_the_train_loss_ranks(hpcft_home):
-    from hpcft.ledger import Ledger
-    from hpcft.submit import create_jobs, plan
-    from hpcft.sweep_ledger import compare
+    from hpcft.ledger.store import Ledger
+    from hpcft.jobs.submit import create_jobs, plan
+    from hpcft.ledger.sweeps import compare
 
     ledger = Ledger()
     a, b = create_jobs(ledger, plan(["executor=local", "training.seed=1,2"], multirun=True))

@@ -9,7 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from train_helpers import ctx_for, job_config, metrics_rows, torch_threads  # noqa: E402
 
 from hpcft.errors import ConfigError  # noqa: E402
-from hpcft.metrics_io import loss_series  # noqa: E402
+from hpcft.rundir.metrics_io import loss_series  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -111,19 +111,19 @@ def test_series_names_and_skipped_lines():
 
 
 def test_report_to_is_checked_at_submit(monkeypatch):
-    import hpcft.config
+    import hpcft.jobs.preflight
     from hpcft.train import trackers
 
     with pytest.raises(ConfigError, match=r"^training.report_to=\[tensorboard,nope\]: unknown tracker 'nope'; use"):
-        hpcft.config.load(["training.report_to=[tensorboard,nope]"])
+        hpcft.jobs.preflight.load(["training.report_to=[tensorboard,nope]"])
     with pytest.raises(ConfigError, match=r"^training.report_to: expected a list; write training.report_to=\[a,b\]"):
-        hpcft.config.load(["training.report_to=tensorboard"])
+        hpcft.jobs.preflight.load(["training.report_to=tensorboard"])
     monkeypatch.setitem(trackers.KNOWN, "wandb", ("hpcft_no_such_module", "pip install wandb"))
     with pytest.raises(ConfigError, match=r"wandb is not installed here; install it \(pip install wandb\)"):
-        hpcft.config.load(["training.report_to=[wandb]"])
-    assert list(hpcft.config.load(["training.report_to=[tensorboard,mlflow]"]).training.report_to) == [
+        hpcft.jobs.preflight.load(["training.report_to=[wandb]"])
+    assert list(hpcft.jobs.preflight.load(["training.report_to=[tensorboard,mlflow]"]).training.report_to) == [
         "tensorboard", "mlflow"]
-    assert list(hpcft.config.load([]).training.report_to) == []  # none by default
+    assert list(hpcft.jobs.preflight.load([]).training.report_to) == []  # none by default
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is None, reason="wandb is not installed")

@@ -34,7 +34,7 @@ def train(cfg):
 
 
 def metrics(out, type=None):
-    from hpcft.metrics_io import read_metrics
+    from hpcft.rundir.metrics_io import read_metrics
 
     return read_metrics(out, type)
 

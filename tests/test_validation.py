@@ -1,5 +1,5 @@
-"""Every validation rule, one by one: the common rules (hpcft.config) and each method's (hpcft.methods, named by
-hpcft.schema.METHOD_SPECS). Configs are composed once per method and then changed in memory, so each case is a
+"""Every validation rule, one by one: the common rules (hpcft.config.compose) and each method's (hpcft.config.methods, named by
+hpcft.config.methods.METHOD_SPECS). Configs are composed once per method and then changed in memory, so each case is a
 unit test of one rule; tests/test_cli.py proves the same refusals through the real `hpcft submit`."""
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from hpcft import config, methods, paths, schema
+from hpcft import paths
+from hpcft.config import compose
+from hpcft.jobs import preflight
+from hpcft.config import methods
+from hpcft.config import schema
 from hpcft.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +41,13 @@ _COMPOSED: dict = {}
 def base(name: str):
     """A fresh, valid config of method `name` (composed once, copied per test)."""
     if name not in _COMPOSED:
-        _COMPOSED[name] = config.validate(config.compose(BASES[name]))
+        _COMPOSED[name] = preflight.validate(compose.compose(BASES[name]))
     return copy.deepcopy(_COMPOSED[name])
 
 
 def refused(cfg, startswith: str) -> str:
     with pytest.raises(ConfigError) as e:
-        config.validate(cfg)
+        preflight.validate(cfg)
     msg = str(e.value)
     assert ONE_LINE.match(msg), msg
     assert msg.startswith(startswith), msg
@@ -60,19 +64,19 @@ def with_values(name: str, values: dict):
 # ----------------------------------------------------------------------------------------------- the registry
 
 def test_every_method_has_one_spec_with_schema_trainer_formats_and_rules():
-    assert set(schema.METHOD_SPECS) == {"pretrain", "full", "lora", "qlora", "reward", "dpo", "grpo", "t2i_lora"}
-    for name, spec in schema.METHOD_SPECS.items():
-        assert spec.name == name and schema.METHODS[name] == spec.trainer
+    assert set(methods.METHOD_SPECS) == {"pretrain", "full", "lora", "qlora", "reward", "dpo", "grpo", "t2i_lora"}
+    for name, spec in methods.METHOD_SPECS.items():
+        assert spec.name == name and methods.METHODS[name] == spec.trainer
         assert (ROOT / (spec.trainer.replace(".", "/") + ".py")).is_file(), spec.trainer
         assert spec.formats and set(spec.formats) <= set(schema.DATA_FORMATS) - {"auto"}, spec.formats
-        assert spec.rules.__module__ == "hpcft.methods" and callable(spec.rules)
+        assert spec.rules.__module__ == "hpcft.config.methods" and callable(spec.rules)
         assert issubclass(spec.schema, schema.MethodConfig)
 
 
 @pytest.mark.parametrize("option", sorted(BASES))
 def test_each_method_option_uses_its_specs_schema(option):
     cfg = base(option)
-    spec = schema.METHOD_SPECS[cfg.method.name]
+    spec = methods.METHOD_SPECS[cfg.method.name]
     assert OmegaConf.get_type(cfg.method) is spec.schema
     if option == "reward_lora":  # reward_lora = method reward with adapters
         assert cfg.method.name == "reward" and cfg.method.lora is not None
@@ -82,13 +86,7 @@ def test_one_format_table():
     # every format a method accepts is in the one table, and the data files shipped for it are accepted
     assert set(schema.DATA_FORMATS) == {"auto", "text", "prompt_response", "alpaca", "messages", "sharegpt",
                                         "preference", "sharegpt_preference", "prompt", "image_caption"}
-    assert not hasattr(config, "CAUSAL_FORMATS") and not hasattr(methods, "LM_DATA_FORMATS")
-
-
-def test_method_checks_is_the_same_function():
-    from hpcft.train.method_checks import check_method
-
-    assert check_method is methods.check_method is config.check_method
+    assert not hasattr(compose, "CAUSAL_FORMATS") and not hasattr(methods, "LM_DATA_FORMATS")
 
 
 # ----------------------------------------------------------------------------------------------- common rules
@@ -149,7 +147,7 @@ def test_common_rule(values, message):
     {"deepspeed.stage": 0},
 ])
 def test_common_rules_accept(values):
-    config.validate(with_values("lora", values))
+    preflight.validate(with_values("lora", values))
 
 
 # ----------------------------------------------------------------------------------------------- method rules
@@ -231,12 +229,12 @@ def test_method_rule(method, values, message):
     ("pretrain", {"data.format": "auto"}),
 ])
 def test_method_rules_accept(method, values):
-    config.validate(with_values(method, values))
+    preflight.validate(with_values(method, values))
 
 
 def test_grpo_reward_spec_errors_are_config_errors():
     with pytest.raises(ConfigError, match="unknown reward function"):
-        config.validate(with_values("grpo", {"method.reward_functions": ["bogus"]}))
+        preflight.validate(with_values("grpo", {"method.reward_functions": ["bogus"]}))
 
 
 def test_an_unknown_method_name_is_refused():
@@ -252,9 +250,9 @@ def test_common_rules_run_before_the_methods():
 
 
 def test_validation_imports_no_torch():
-    code = ("import sys\nfrom hpcft import config\n"
-            "config.validate(config.compose(['method=grpo', 'data=tiny_prompts']))\n"
-            "config.validate(config.compose(['model=tiny_sd', 'method=t2i_lora', 'data=tiny_images']))\n"
+    code = ("import sys\nfrom hpcft.config import compose\nfrom hpcft.jobs import preflight\n"
+            "preflight.validate(compose.compose(['method=grpo', 'data=tiny_prompts']))\n"
+            "preflight.validate(compose.compose(['model=tiny_sd', 'method=t2i_lora', 'data=tiny_images']))\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'transformers', 'peft', 'trl', 'diffusers', 'deepspeed', 'bitsandbytes')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

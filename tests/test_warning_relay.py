@@ -1,7 +1,7 @@
 """The time-limit warning while the trainer is still starting: Slurm may send `--signal=USR1@N` up to a minute
 early, to every process of the step. A trainer that has not installed its handler yet (still importing torch) must
 neither die of it nor lose it: it starts with the signal ignored and the worker's relay delivers the warning once
-the trainer listens (hpcft.worker.WarningRelay)."""
+the trainer listens (hpcft.jobs.worker.WarningRelay)."""
 
 import os
 import signal
@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from hpcft import exitcodes
-from hpcft.worker import WarningRelay
+from hpcft.jobs.worker import WarningRelay
 
 # a "trainer" that takes a while before it listens for SIGUSR1, then waits for it and exits 0 when it came
 SLOW_STARTER = """

@@ -28,16 +28,16 @@ def job_config(out, *overrides):
     """A composed, validated job config writing into `out`."""
     from omegaconf import open_dict
 
-    import hpcft.config
+    import hpcft.jobs.preflight
 
-    cfg = hpcft.config.load(list(overrides))
+    cfg = hpcft.jobs.preflight.load(list(overrides))
     with open_dict(cfg):
         cfg.output_dir = str(out)
     return cfg
 
 
 def metrics_rows(out, kind: Optional[str] = None) -> List[dict]:
-    from hpcft.metrics_io import read_metrics
+    from hpcft.rundir.metrics_io import read_metrics
 
     return read_metrics(out, kind)
 

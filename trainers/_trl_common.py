@@ -106,7 +106,7 @@ def prepare(cfg: DictConfig, ctx: RunContext, loader) -> tuple:
     tokenizer, train_dataset, eval_datasets)."""
     import torch
 
-    from hpcft.train.method_checks import check_method
+    from hpcft.config.methods import check_method
     from hpcft.train.modeling import base_model_path, load_tokenizer
 
     check_method(cfg)

@@ -11,7 +11,7 @@ trainable parameters are the LoRA adapters (gloo on CPU, nccl on GPU). Every opt
 batch_size * gradient_accumulation images per rank from one shuffled order shared by all ranks (rank r takes the
 r-th slice of each micro-batch; the order is padded by wrapping so every rank gets full batches). Evaluation is
 sharded and summed over ranks; samples, final/, metrics and summary are written by rank 0. DeepSpeed is not used
-here (hpcft.train.method_checks refuses deepspeed.stage for t2i_lora).
+here (hpcft.config.methods refuses deepspeed.stage for t2i_lora).
 
 Checkpoints (hpcft.train.checkpoint.CheckpointManager, atomic, `checkpoints/step-N/` + `latest`): the LoRA weights
 (same file format as final/), optimizer + schedule state, every rank's RNG, and in state.json the data position.
@@ -603,7 +603,7 @@ def warning_flag():
 
 def train(cfg: DictConfig, ctx: RunContext) -> dict:
     from hpcft.train import distributed as dist
-    from hpcft.train.method_checks import check_method
+    from hpcft.config.methods import check_method
 
     check_method(cfg)  # refuses deepspeed.stage: this trainer is plain DDP
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)

@@ -6,25 +6,17 @@ from __future__ import annotations
 import os
 import sys
 
-import typer
-
+# each module registers its commands on `app`, in this order (the order of `hpcft --help`)
+from hpcft.cli import jobs  # noqa: F401  (registers the commands)
+from hpcft.cli import slurm_cmds  # noqa: F401
+from hpcft.cli import team_cmds  # noqa: F401
+from hpcft.cli import sweep_cmds  # noqa: F401
+from hpcft.cli import models_cmds  # noqa: F401
+from hpcft.cli import monitor_cmds  # noqa: F401
+from hpcft.cli.common import app
 from hpcft.errors import HpcftError
 
-app = typer.Typer(
-    name="hpcft",
-    help="LLM fine-tuning as a first-class Slurm citizen: submit, track and manage training jobs.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-from hpcft.cli import jobs as _jobs  # noqa: E402,F401  (registers the commands)
-from hpcft.cli import slurm_cmds as _slurm_cmds  # noqa: E402,F401
-from hpcft.cli import team_cmds as _team_cmds  # noqa: E402,F401
-from hpcft.cli import sweep_cmds as _sweep_cmds  # noqa: E402,F401
-from hpcft.cli import models_cmds as _models_cmds  # noqa: E402,F401
-from hpcft.cli import monitor_cmds as _monitor_cmds  # noqa: E402,F401
+__all__ = ["app", "main"]
 
 
 def main() -> None:

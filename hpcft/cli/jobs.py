@@ -10,63 +10,9 @@ from typing import List, Optional
 
 import typer
 
-from hpcft.cli import app
+from hpcft.cli.common import JOB, app, authorized, console, duration, fmt_time, open_ledger, quote
 from hpcft.errors import ConfigError as HpcftConfigError
 from hpcft.errors import HpcftError
-
-JOB = typer.Argument(..., help="job id")
-
-
-def _console():
-    import shutil
-
-    from rich.console import Console
-
-    width = None if sys.stdout.isatty() else shutil.get_terminal_size((160, 24)).columns
-    return Console(highlight=False, width=width)
-
-
-def _authorized(job_id: int, action: str):
-    """(ledger, job, level): the job if the acting user may `action` it (hpcft.access), else exit 3 in one line."""
-    from hpcft.access import authorize
-
-    ledger = _ledger()
-    job, lvl = authorize(ledger, job_id, action)
-    return ledger, job, lvl
-
-
-def _ledger():
-    from hpcft.ledger import Ledger
-
-    return Ledger()
-
-
-def _fmt_time(dt) -> str:
-    """Local time; a naive datetime is the ledger's UTC (SQLite gives it back without its offset)."""
-    from datetime import timezone
-
-    if not dt:
-        return "-"
-    return (dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _duration(job) -> str:
-    from datetime import datetime, timezone
-
-    from hpcft.timefmt import format_duration
-
-    def utc(dt):  # SQLite gives back the stored UTC time without its offset
-        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
-
-    if not job.started_at:
-        return "-"
-    end = utc(job.finished_at) if job.finished_at else datetime.now(timezone.utc)
-    return format_duration(max(0, int((end - utc(job.started_at)).total_seconds())))
-
-
-def _quote(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)  # a Hydra-quoted string
-
 
 # ------------------------------------------------------------------------------------------------------ submit
 
@@ -82,8 +28,8 @@ def submit(
     force: bool = typer.Option(False, "--force", help="submit even when the memory estimate exceeds resources.gpu_mem"),
 ) -> None:
     """Validate a job config and submit it (local machine or Slurm)."""
-    from hpcft import config as hconfig
-    from hpcft import submit as hsubmit
+    from hpcft.config import compose
+    from hpcft.jobs import submit as hsubmit
 
     ovs = list(overrides or [])
     for key, text in (("name", name), ("description", description)):  # stored literally, on one line
@@ -92,19 +38,19 @@ def submit(
         if text is not None and any(ord(c) < 32 or ord(c) == 127 for c in text):
             raise HpcftConfigError(f"{key}: contains a newline or another control character; write {key} on one line")
     if name is not None:
-        ovs.append(f"name={_quote(name)}")
+        ovs.append(f"name={quote(name)}")
     if description is not None:
-        ovs.append(f"description={_quote(description)}")
+        ovs.append(f"description={quote(description)}")
     plan = hsubmit.plan(ovs, multirun=multirun)
-    con = _console()
+    con = console()
     if dry_run:
         for i, (cfg, pt) in enumerate(zip(plan.configs, plan.overrides, strict=True)):
             if len(plan.configs) > 1:
                 con.print(f"[bold]# point {i}: {' '.join(pt)}[/bold]")
-            typer.echo(hconfig.to_yaml(cfg))
+            typer.echo(compose.to_yaml(cfg))
         n = len(plan.configs)
         what = "one job" if n == 1 else (f"{n} jobs as one Slurm array" if plan.executor == "slurm" else f"{n} jobs")
-        from hpcft.schema import METHODS
+        from hpcft.config.methods import METHODS
 
         trainer = METHODS[plan.configs[0].method.name]
         typer.echo(f"# would submit {what} to the {plan.executor} executor; each runs {trainer} "
@@ -123,7 +69,7 @@ def submit(
     _memory(plan, force, show=False)  # before anything is created
     if plan.executor == "slurm":
         from hpcft.cli.slurm_cmds import prediction_line
-        from hpcft.executors.slurm import predict
+        from hpcft.jobs.executors.slurm import predict
 
         try:
             con.print(prediction_line(predict(plan.configs[0])))
@@ -141,18 +87,18 @@ def submit(
 
 
 def _memory(plan, force: bool, show: bool) -> None:
-    """Will it fit? hpcft.memory's estimate per GPU; a job that cannot fit its GPUs is refused unless --force."""
-    from hpcft.memory import check_submit
+    """Will it fit? hpcft.config.memory's estimate per GPU; a job that cannot fit its GPUs is refused unless --force."""
+    from hpcft.config.memory import check_submit
 
     check_submit(plan.configs, plan.overrides, force, typer.echo, show)
 
 
 def _wait(job_ids: List[int], follow: bool) -> int:
     """Block until the jobs end (following the log of a single job). 0 if all succeeded."""
-    from hpcft.executors import get_executor
+    from hpcft.jobs.executors import get_executor
     from hpcft.states import is_terminal
 
-    ledger = _ledger()
+    ledger = open_ledger()
     pos = 0
     last_sync = 0.0
     try:
@@ -178,10 +124,10 @@ def _wait(job_ids: List[int], follow: bool) -> int:
 
 
 def _auto_publishing(ledger, jobs) -> bool:
-    """A succeeded job with publish.auto=true whose automatic publish has not ended yet (hpcft.registry)."""
+    """A succeeded job with publish.auto=true whose automatic publish has not ended yet (hpcft.registry.core)."""
     if not any(j.state == "success" and ((j.config or {}).get("publish") or {}).get("auto") for j in jobs):
         return False
-    from hpcft.registry import auto_publish_pending
+    from hpcft.registry.core import auto_publish_pending
 
     return any(auto_publish_pending(ledger, j) for j in jobs)
 
@@ -202,7 +148,7 @@ def _print_new(log: Path, pos: int) -> int:
 # ------------------------------------------------------------------------------------------------------ list
 
 SORT_KEYS = ("id", "created", "name", "state", "user")  # Ledger.search(sort=...)
-# the keys of a resource spec (hpcft.jobrecord.resource_spec)
+# the keys of a resource spec (hpcft.ledger.record.resource_spec)
 RESOURCE_KEYS = ("nodes", "gpus", "tasks", "cpus", "mem", "time", "partition", "qos", "priority", "account",
                  "nodelist", "reservation", "constraint")
 _AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -228,8 +174,8 @@ def list_(
     json_schema: bool = typer.Option(False, "--json-schema", help="print the JSON Schema of --json and exit"),
 ) -> None:
     """List and search jobs (newest first unless --sort says otherwise)."""
-    from hpcft.cli.jobjson import job_dict
-    from hpcft.cli.jobjson import json_schema as schema_of_json
+    from hpcft.ledger.jobjson import job_dict
+    from hpcft.ledger.jobjson import json_schema as schema_of_json
     from hpcft.states import State
 
     if json_schema:
@@ -247,20 +193,20 @@ def list_(
     for k in keys:
         if k.lstrip("-") not in SORT_KEYS:
             raise HpcftError(f"--sort {k}: unknown key; use one of {', '.join(SORT_KEYS)} (- prefix: descending)")
-    from hpcft import ledger_read
+    from hpcft.ledger import fastread as ledger_read
 
     filters = dict(state=state, name=name, owner=owner, project=project, resources=tokens, output=output,
                    since=_when(since, "--since"), until=_when(until, "--until"), sort=keys, limit=limit)
     jobs = ledger_read.search(**filters)  # SQLite / PostgreSQL without importing SQLAlchemy (~0.5 s)
     if jobs is None:
-        jobs = _ledger().search(**filters)
+        jobs = open_ledger().search(**filters)
     if as_json:
         typer.echo(json.dumps([job_dict(j) for j in jobs], indent=1))
         return
     # a plain aligned table: rich's Table costs ~10 ms per row to lay out, more than the query and the imports
     head = ("ID", "NAME", "STATE", "USER", "METHOD", "EXEC", "SLURM", "CREATED", "ELAPSED")
     rows = [(str(j.id), j.name, j.state, j.owner, j.method, j.executor, j.slurm_job_id or "-",
-             _fmt_time(j.created_at), _duration(j)) for j in jobs]
+             fmt_time(j.created_at), duration(j)) for j in jobs]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     colors = {"success": "green", "error": "red", "running": "cyan", "expired": "yellow", "stopped": "magenta"}
 
@@ -295,19 +241,19 @@ def _when(text: Optional[str], option: str):
 @app.command()
 def show(job_id: int = JOB, config: bool = typer.Option(False, "--config", help="print the full config")) -> None:
     """Show one job: state, resources, paths, latest metrics."""
-    from hpcft.metrics_io import read_metrics
+    from hpcft.rundir.metrics_io import read_metrics
 
-    _, j, _ = _authorized(job_id, "show")
-    con = _console()
+    _, j, _ = authorized(job_id, "show")
+    con = console()
     rows = [
         ("id", j.id), ("name", j.name), ("description", j.description or "-"), ("state", j.state),
         ("reason", j.state_reason or "-"), ("owner", j.owner), ("project", j.project), ("method", j.method),
         ("executor", j.executor), ("slurm job", j.slurm_job_id or "-"), ("attempt", j.attempt),
         ("parent job", j.parent_id or "-"), ("resources", j.resource_spec), ("output", j.output_dir),
-        ("created", _fmt_time(j.created_at)), ("started", _fmt_time(j.started_at)),
-        ("finished", _fmt_time(j.finished_at)), ("elapsed", _duration(j)),
+        ("created", fmt_time(j.created_at)), ("started", fmt_time(j.started_at)),
+        ("finished", fmt_time(j.finished_at)), ("elapsed", duration(j)),
     ]
-    if ((j.config or {}).get("model") or {}).get("asset"):  # model.path=asset:NAME (hpcft.registry)
+    if ((j.config or {}).get("model") or {}).get("asset"):  # model.path=asset:NAME (hpcft.registry.core)
         rows.insert(rows.index(("parent job", j.parent_id or "-")) + 1, ("model asset", j.config["model"]["asset"]))
     recs = read_metrics(j.output_dir)
     last_train = next((r for r in reversed(recs) if r.get("type") == "train"), None)
@@ -335,7 +281,7 @@ def logs(job_id: int = JOB, follow: bool = typer.Option(False, "-f", "--follow",
     """Print a job's log."""
     from hpcft.states import is_terminal
 
-    ledger, j, _ = _authorized(job_id, "logs")
+    ledger, j, _ = authorized(job_id, "logs")
     log = Path(j.output_dir) / "logs" / ("job.log" if rank == 0 else f"rank-{rank}.log")
     if not log.exists() and not follow:
         raise HpcftError(f"job {job_id}: no log yet at {log} (state {j.state})")
@@ -350,13 +296,13 @@ def logs(job_id: int = JOB, follow: bool = typer.Option(False, "-f", "--follow",
 @app.command()
 def events(job_id: int = JOB, as_json: bool = typer.Option(False, "--json")) -> None:
     """A job's event history (submitted, started, checkpoints, state changes with reasons...)."""
-    ledger, _, _ = _authorized(job_id, "events")
+    ledger, _, _ = authorized(job_id, "events")
     evs = ledger.events(job_id)
     if as_json:
         typer.echo(json.dumps([e.model_dump() for e in evs], indent=1, default=str))
         return
     for e in evs:
-        typer.echo(f"{_fmt_time(e.ts)}  #{e.attempt}  {e.kind:<11} {e.message}")
+        typer.echo(f"{fmt_time(e.ts)}  #{e.attempt}  {e.kind:<11} {e.message}")
 
 
 # `hpcft curve` (with `top` and `monitor`) lives in hpcft/cli/monitor_cmds.py
@@ -367,12 +313,12 @@ def events(job_id: int = JOB, as_json: bool = typer.Option(False, "--json")) -> 
 @app.command()
 def stop(job_ids: List[int] = typer.Argument(..., help="job ids")) -> None:
     """Stop jobs (a stop you ask for is recorded as `stopped`, never as a failure)."""
-    from hpcft.access import acts_for_owner
-    from hpcft.executors import get_executor
+    from hpcft.ledger.access import acts_for_owner
+    from hpcft.jobs.executors import get_executor
     from hpcft.states import is_terminal
 
     for jid in job_ids:
-        ledger, j, lvl = _authorized(jid, "stop")
+        ledger, j, lvl = authorized(jid, "stop")
         if is_terminal(j.state):
             typer.echo(f"job {jid} already ended: {j.state}")
             continue
@@ -390,10 +336,10 @@ def stop(job_ids: List[int] = typer.Argument(..., help="job ids")) -> None:
 def resume(job_id: int = JOB, checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="checkpoint dir (default: latest)"),
            wait: bool = typer.Option(False, "--wait", "-w")) -> None:
     """Run an ended job again (new attempt, same run dir) from its latest or a chosen checkpoint."""
-    from hpcft.hydra_app import HYDRA_METHOD
-    from hpcft.jobctl import resume as resume_job
+    from hpcft.jobs.hydra_point import HYDRA_METHOD
+    from hpcft.jobs.control import resume as resume_job
 
-    ledger, _, _ = _authorized(job_id, "resume")
+    ledger, _, _ = authorized(job_id, "resume")
     j = resume_job(ledger, job_id, checkpoint)
     frm = (j.config.get("training") or {}).get("resume_from") if j.method != HYDRA_METHOD else None
     typer.echo(f"job {job_id}: attempt {j.attempt} queued " + (f"(resume from {frm})" if frm else "(runs again)"))
@@ -415,14 +361,14 @@ def retry(max_attempts: int = typer.Option(3, "--max-attempts", help="total atte
     """Resubmit jobs that failed for a transient cause (node failure, preemption, boot failure; --oom, --exit-codes)
     from their latest checkpoint, up to --max-attempts, after a backoff. Safe to run from several crons at once:
     each job is resubmitted once. One summary line; exit 1 when a resubmission failed (for cron, after `sync`)."""
-    from hpcft.jobctl import parse_exit_codes, retry_failed
+    from hpcft.jobs.control import parse_exit_codes, retry_failed
 
     bad = [s for s in state if s not in ("error", "expired", "stopped")]
     if bad:
         raise HpcftError(f"--state {bad[0]}: only ended states can be retried (error, expired, stopped)")
     if max_attempts < 1:
         raise HpcftError(f"--max-attempts {max_attempts}: must be at least 1")
-    report = retry_failed(_ledger(), max_attempts, list(state), oom=oom, exit_codes=parse_exit_codes(exit_codes),
+    report = retry_failed(open_ledger(), max_attempts, list(state), oom=oom, exit_codes=parse_exit_codes(exit_codes),
                           backoff=backoff)
     typer.echo(report.summary())
     raise typer.Exit(report.exit_code)
@@ -440,15 +386,15 @@ def clone(
     """A new job from JOB's recorded config with changes (training.learning_rate=1e-3 resources.time=02:00:00),
     validated like `submit`, in its own run directory, recorded as cloned from JOB. A group swap (method=dpo)
     needs `hpcft submit`."""
-    from hpcft import clone as hclone
-    from hpcft import config as hconfig
+    from hpcft.config import compose
+    from hpcft.jobs import clone as hclone
 
-    ledger, src, _ = _authorized(job_id, "clone")
-    ovs = list(overrides or []) + ([f"name={_quote(name)}"] if name is not None else [])
+    ledger, src, _ = authorized(job_id, "clone")
+    ovs = list(overrides or []) + ([f"name={quote(name)}"] if name is not None else [])
     plan = hclone.plan(src, ovs)
-    con = _console()
+    con = console()
     if dry_run:
-        typer.echo(hconfig.to_yaml(plan.configs[0]))
+        typer.echo(compose.to_yaml(plan.configs[0]))
         for line in hclone.changes(src.config, plan.configs[0]):
             typer.echo(f"# changed: {line}")
         typer.echo(f"# would submit one job, a clone of job {job_id}, to the {plan.executor} executor")
@@ -465,7 +411,7 @@ def clone(
 def _predict_and_confirm(con, cfg, yes: bool) -> None:
     """Before a Slurm submission: the queue-wait prediction (advice: never blocks), then `submit?` on a terminal."""
     from hpcft.cli.slurm_cmds import prediction_line
-    from hpcft.executors.slurm import predict
+    from hpcft.jobs.executors.slurm import predict
 
     try:
         con.print(prediction_line(predict(cfg)))
@@ -486,13 +432,13 @@ def delete(job_ids: List[int] = typer.Argument(..., help="job ids"),
     directories, after listing them with their sizes and asking (--yes: without asking)."""
     import shutil
 
-    from hpcft.executors import get_executor
+    from hpcft.jobs.executors import get_executor
     from hpcft.states import is_terminal
 
-    from hpcft.access import AccessDenied, acts_for_owner
+    from hpcft.ledger.access import AccessDenied, acts_for_owner
 
-    ledger = _ledger()
-    checked = [_authorized(j, "delete")[1:] for j in dict.fromkeys(job_ids)]  # all exist and may be deleted first
+    ledger = open_ledger()
+    checked = [authorized(j, "delete")[1:] for j in dict.fromkeys(job_ids)]  # all exist and may be deleted first
     for j, lvl in checked:
         if acts_for_owner(lvl) and not is_terminal(j.state):
             raise AccessDenied(f"job {j.id} (owner {j.owner}) is {j.state} and runs as {j.owner}: stop it first "
@@ -554,13 +500,13 @@ def _wait_for_supervisors(jobs, timeout: float = 30.0) -> None:
     import os
     import signal
 
-    from hpcft.executors.local import _alive
+    from hpcft.jobs.executors.local import alive
 
     deadline = time.monotonic() + timeout
     for j in jobs:
-        while _alive(j.pid) and time.monotonic() < deadline:
+        while alive(j.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(j.pid):
+        if alive(j.pid):
             try:
                 os.killpg(j.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -570,11 +516,11 @@ def _wait_for_supervisors(jobs, timeout: float = 30.0) -> None:
 @app.command()
 def sync() -> None:
     """Bring the states of all live jobs in line with reality (safe to run from cron)."""
-    from hpcft.executors import get_executor
+    from hpcft.jobs.executors import get_executor
 
-    from hpcft.jobctl import carry_out_stop_requests
+    from hpcft.jobs.control import carry_out_stop_requests
 
-    ledger = _ledger()
+    ledger = open_ledger()
     live = ledger.live_jobs()
     changed = 0
     for ex in sorted({j.executor for j in live}):

@@ -1,4 +1,4 @@
-"""Model registry commands: `hpcft publish` and `hpcft models list|show|republish|delete|export` (hpcft.registry)."""
+"""Model registry commands: `hpcft publish` and `hpcft models list|show|republish|delete|export` (hpcft.registry.core)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,13 @@ from typing import Optional
 
 import typer
 
-from hpcft.cli import app
+from hpcft.cli.common import app, open_ledger
 from hpcft.errors import HpcftError
 
 models = typer.Typer(help="Published models (the model registry): list, show, republish, delete, export.",
                      no_args_is_help=True)
 app.add_typer(models, name="models")
 REF = typer.Argument(..., help="NAME[@VERSION] (default: the newest published version)")
-
-
-def _ledger():
-    from hpcft.ledger import Ledger
-
-    return Ledger()
 
 
 def _say(msg: str) -> None:
@@ -51,9 +45,9 @@ def publish(
 ) -> None:
     """Publish a job's final model, or one of its checkpoints, into the model registry as the next version of NAME
     (copied atomically, with checksums and a model card)."""
-    from hpcft import registry
+    from hpcft.registry import core as registry
 
-    _outcome(registry.publish(_ledger(), job_id, name=name, checkpoint=checkpoint, description=description,
+    _outcome(registry.publish(open_ledger(), job_id, name=name, checkpoint=checkpoint, description=description,
                               visibility=visibility, say=_say))
 
 
@@ -70,11 +64,11 @@ def list_models(name: Optional[str] = typer.Argument(None, help="only this name"
                 all_: bool = typer.Option(False, "--all", help="also deleted versions"),
                 as_json: bool = typer.Option(False, "--json", help="a JSON array")) -> None:
     """The versions you may see (yours, your projects' and everyone's), newest first per name."""
-    from hpcft import registry
+    from hpcft.registry import core as registry
 
     if name is not None:
         registry.check_name(name, "NAME")
-    rows = registry.visible(_ledger(), name, include_deleted=all_)
+    rows = registry.visible(open_ledger(), name, include_deleted=all_)
     if as_json:
         typer.echo(json.dumps([_row_json(r) for r in rows], indent=1, default=str))
         return
@@ -94,9 +88,9 @@ def show(ref: str = REF,
          verify: bool = typer.Option(False, "--verify", help="check every file against SHA256SUMS"),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """One version: state (and why), source job and checkpoint, base, lineage, evaluation, files."""
-    from hpcft import registry
+    from hpcft.registry import core as registry
 
-    ledger = _ledger()
+    ledger = open_ledger()
     row = registry.find(ledger, ref, published_only=False)
     if as_json:
         typer.echo(json.dumps(_row_json(row), indent=1, default=str))
@@ -132,18 +126,18 @@ def show(ref: str = REF,
 @models.command("republish")
 def republish(ref: str = REF) -> None:
     """Retry a version whose publish failed (same version number), once the cause is fixed."""
-    from hpcft import registry
+    from hpcft.registry import core as registry
 
-    _outcome(registry.republish(_ledger(), ref, say=_say))
+    _outcome(registry.republish(open_ledger(), ref, say=_say))
 
 
 @models.command("delete")
 def delete(ref: str = typer.Argument(..., help="NAME@VERSION")) -> None:
     """Delete a version (its files; the ledger keeps the row as deleted, so the number is never reused). Refused
     while a queued or running job starts from it."""
-    from hpcft import registry
+    from hpcft.registry import core as registry
 
-    row = registry.delete(_ledger(), ref)
+    row = registry.delete(open_ledger(), ref)
     typer.echo(f"deleted {row.ref}")
 
 
@@ -153,7 +147,7 @@ def export(ref: str = REF,
            merge: bool = typer.Option(False, "--merge", help="merge a LoRA adapter into its base: a plain HF model")) -> None:
     """Copy a version out of the registry; with --merge a LoRA asset becomes a plain Hugging Face model that
     transformers and serving stacks load as is."""
-    from hpcft import registry
+    from hpcft.registry import core as registry
 
-    path = registry.export(_ledger(), ref, out, merge=merge, say=_say)
+    path = registry.export(open_ledger(), ref, out, merge=merge, say=_say)
     typer.echo(f"exported {ref}" + (" (merged)" if merge else "") + f" -> {path}")

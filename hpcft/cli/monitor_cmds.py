@@ -1,6 +1,6 @@
 """Watching a job: `hpcft top` (a live view per node and rank), `hpcft monitor` (resource series, and as a PNG beside
 the loss) and `hpcft curve` (the method's own series and the loss, by step). They read the run directory
-(metrics.jsonl, monitor/ written by hpcft.monitor inside the job) and never import torch."""
+(metrics.jsonl, monitor/ written by hpcft.rundir.monitor inside the job) and never import torch."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 import typer
 
-from hpcft.cli import app
-from hpcft.cli.jobs import JOB, _authorized, _duration
+from hpcft.cli.common import JOB, app, authorized, duration
 from hpcft.errors import HpcftError
 
 TAIL_BYTES = 256 * 1024  # a live view reads the end of each file, not a long run's whole history
@@ -68,7 +67,7 @@ def curve_report(records: List[dict], method: str, title: str, width: int = 60) 
     method's most telling series, a terminal plot of each series, the validation and test values by epoch; and the
     panels for the PNG. HpcftError when nothing was recorded."""
     from hpcft.cli.plot import ascii_plot
-    from hpcft.metrics_io import curve_panels
+    from hpcft.rundir.metrics_io import curve_panels
 
     panels = curve_panels(records, method)
     if not panels:
@@ -94,9 +93,9 @@ def curve(job_id: int = JOB,
     GRPO: mean reward; DPO: reward margin and accuracy; reward models: pairwise accuracy and margin; every method:
     the training loss with the validation and test losses beside it."""
     from hpcft.cli.plot import save_grid_png
-    from hpcft.metrics_io import read_metrics
+    from hpcft.rundir.metrics_io import read_metrics
 
-    _, j, _ = _authorized(job_id, "curve")
+    _, j, _ = authorized(job_id, "curve")
     records = read_metrics(j.output_dir)
     if not any(r.get("type") == "train" for r in records):
         raise HpcftError(f"job {job_id}: no training metrics recorded yet ({j.output_dir}/metrics.jsonl)")
@@ -121,7 +120,7 @@ def _age(ts: Optional[float], now: float) -> str:
 
 def _sstat_lines(rows: List[dict], now: float) -> List[str]:
     """Slurm's latest accounting of the job's trainer steps (the newest sstat query), a line per step."""
-    from hpcft.monitor import main_steps
+    from hpcft.rundir.monitor import main_steps
 
     if not rows:
         return []
@@ -143,11 +142,11 @@ def top_frame(j, samples: List[dict], sstat: List[dict], records: List[dict], no
     from rich.table import Table
     from rich.text import Text
 
-    from hpcft.metrics_io import METHOD_CURVES, progress
-    from hpcft.monitor import latest
+    from hpcft.rundir.metrics_io import METHOD_CURVES, progress
+    from hpcft.rundir.monitor import latest
 
     method = _method(j)
-    head = f"job {j.id} {j.name} ({method})  {j.state}  {_duration(j)}"
+    head = f"job {j.id} {j.name} ({method})  {j.state}  {duration(j)}"
     if j.slurm_job_id:
         head += f"  Slurm job {j.slurm_job_id}"
     p = progress(records, method)
@@ -198,10 +197,10 @@ def top(job_id: int = JOB,
     One row per rank: the trainer's CPU and memory, its node's CPU, memory, network, disk and GPU; above them the
     current step, loss and tokens/s; below Slurm's accounting (sstat). Refreshes until the job ends (Ctrl-C
     leaves); --once prints one frame."""
-    from hpcft.monitor import read_metrics_tail, read_samples, read_sstat
+    from hpcft.rundir.monitor import read_metrics_tail, read_samples, read_sstat
     from hpcft.states import is_terminal
 
-    ledger, j, _ = _authorized(job_id, "top")
+    ledger, j, _ = authorized(job_id, "top")
     con = _console()
 
     def frame(job):
@@ -235,8 +234,8 @@ def monitor_panels(samples: List[dict], records: List[dict], method: str, sstat:
     """The PNG's panels over minutes since the first sample: node CPU, trainer CPU, memory, network, disk, GPUs,
     Slurm's accounting (max RSS per task of each trainer step), then the loss (and the method's main series) on the
     same time axis."""
-    from hpcft.metrics_io import METHOD_CURVES
-    from hpcft.monitor import gpu_keys, main_steps, series
+    from hpcft.rundir.metrics_io import METHOD_CURVES
+    from hpcft.rundir.monitor import gpu_keys, main_steps, series
 
     t0 = samples[0]["ts"]
 
@@ -289,10 +288,10 @@ def monitor(job_id: int = JOB,
     from rich.table import Table
 
     from hpcft.cli.plot import save_grid_png, sparkline
-    from hpcft.metrics_io import read_metrics
-    from hpcft.monitor import SERIES, gpu_keys, natural_key, node_samples, read_samples, read_sstat, series
+    from hpcft.rundir.metrics_io import read_metrics
+    from hpcft.rundir.monitor import SERIES, gpu_keys, natural_key, node_samples, read_samples, read_sstat, series
 
-    _, j, _ = _authorized(job_id, "monitor")
+    _, j, _ = authorized(job_id, "monitor")
     samples = read_samples(j.output_dir)
     if not samples:
         raise HpcftError(_no_samples(j))

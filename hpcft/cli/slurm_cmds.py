@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from hpcft.cli import app
+from hpcft.cli.common import app
 from hpcft.errors import HpcftError
 
 
@@ -20,9 +20,9 @@ def prediction_line(pred) -> str:
 
 
 def _slurm_job(job_id: int, action: str):
-    """(ledger, job, level) of a Slurm job the acting user may `action` (hpcft.access; exit 3 otherwise)."""
-    from hpcft.access import authorize
-    from hpcft.ledger import Ledger
+    """(ledger, job, level) of a Slurm job the acting user may `action` (hpcft.ledger.access; exit 3 otherwise)."""
+    from hpcft.ledger.access import authorize
+    from hpcft.ledger.store import Ledger
 
     ledger = Ledger()
     job, lvl = authorize(ledger, job_id, action)
@@ -43,11 +43,11 @@ def _request_for_owner(ledger, job, action: str, what: str, **data) -> None:
 def predict(overrides: Optional[List[str]] = typer.Argument(None, help="the same overrides as submit")) -> None:
     """Will it fit and when would it start: the per-GPU memory estimate, then the queue-wait prediction
     (sbatch --test-only): would the job start now, when, and how many jobs are ahead."""
-    from hpcft import config as hconfig
-    from hpcft import memory
-    from hpcft.executors.slurm import predict as slurm_predict
+    from hpcft.jobs import preflight
+    from hpcft.config import memory
+    from hpcft.jobs.executors.slurm import predict as slurm_predict
 
-    cfg = hconfig.load(list(overrides or []))
+    cfg = preflight.load(list(overrides or []))
     est, why = memory.estimate_cfg(cfg)  # will it fit? (advice here; submit refuses)
     typer.echo("\n".join(memory.summary_lines(est, why)))
     if est is not None and memory.refusal(est):
@@ -59,10 +59,10 @@ def predict(overrides: Optional[List[str]] = typer.Argument(None, help="the same
 def extend(job_id: int = typer.Argument(..., help="job id"),
            time: str = typer.Option(..., "--time", "-t", help="new time limit (HH:MM:SS, minutes) or +MINUTES")) -> None:
     """Change a queued or running Slurm job's time limit (raising it may need a Slurm operator)."""
-    from hpcft.executors.slurm import extend as slurm_extend
+    from hpcft.jobs.executors.slurm import extend as slurm_extend
     from hpcft.states import is_terminal
 
-    from hpcft.access import acts_for_owner
+    from hpcft.ledger.access import acts_for_owner
 
     ledger, job, lvl = _slurm_job(job_id, "extend")
     if is_terminal(job.state):
@@ -76,10 +76,10 @@ def extend(job_id: int = typer.Argument(..., help="job id"),
 def priority(job_id: int = typer.Argument(..., help="job id"),
              level: str = typer.Argument(..., help="low | normal | high")) -> None:
     """Change a queued or running Slurm job's priority."""
-    from hpcft.executors.slurm import set_priority
+    from hpcft.jobs.executors.slurm import set_priority
     from hpcft.states import is_terminal
 
-    from hpcft.access import acts_for_owner
+    from hpcft.ledger.access import acts_for_owner
 
     ledger, job, lvl = _slurm_job(job_id, "priority")
     if is_terminal(job.state):
@@ -94,10 +94,10 @@ def priority(job_id: int = typer.Argument(..., help="job id"),
 def render(overrides: Optional[List[str]] = typer.Argument(None, help="the same overrides as submit"),
            output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the script here (default: stdout)")) -> None:
     """Render a standalone sbatch script (submit it with plain `sbatch`; the job registers itself in the ledger)."""
-    from hpcft import config as hconfig
-    from hpcft.render import render as render_script
+    from hpcft.jobs import preflight
+    from hpcft.jobs.render import render as render_script
 
-    cfg = hconfig.load(list(overrides or []))
+    cfg = preflight.load(list(overrides or []))
     text = render_script(cfg, script_hint=output.name if output else "job.sbatch")
     if output is None:
         typer.echo(text, nl=False)

@@ -1,5 +1,5 @@
 """`hpcft sweep [ID]`: the points of a sweep side by side (state, final train loss, best validation figure), best
-first; without an id, the latest sweeps. Reads the ledger and the run directories only (hpcft.sweep_ledger)."""
+first; without an id, the latest sweeps. Reads the ledger and the run directories only (hpcft.ledger.sweeps)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 
 import typer
 
-from hpcft.cli import app
+from hpcft.cli.common import app
 
 _COLORS = {"success": "green", "error": "red", "running": "cyan", "expired": "yellow", "stopped": "magenta"}
 
@@ -39,8 +39,8 @@ def sweep(
     limit: int = typer.Option(20, "--limit", help="without an id: how many sweeps to list"),
 ) -> None:
     """Compare a sweep's points side by side, best first (`hpcft submit -m ...` makes a sweep)."""
-    from hpcft import sweep_ledger as sl
-    from hpcft.ledger import Ledger
+    from hpcft.ledger import sweeps as sl
+    from hpcft.ledger.store import Ledger
 
     ledger = Ledger()
     if sweep_id is None:
@@ -71,7 +71,7 @@ def sweep(
 
 
 def _list(ledger, limit: int, as_json: bool) -> None:
-    from hpcft import sweep_ledger as sl
+    from hpcft.ledger import sweeps as sl
 
     found = sl.recent(ledger, limit)
     jobs = {j.id: j for j in ledger.search(ids=[i for s in found for i in s["jobs"]])} if found else {}

@@ -6,7 +6,7 @@ from typing import List
 
 import typer
 
-from hpcft.cli import app
+from hpcft.cli.common import app, open_ledger
 from hpcft.errors import HpcftError
 
 admin = typer.Typer(help="Administrator commands: set up the team ledger, projects, sharing, requests.",
@@ -14,21 +14,15 @@ admin = typer.Typer(help="Administrator commands: set up the team ledger, projec
 app.add_typer(admin, name="admin")
 
 
-def _ledger():
-    from hpcft.ledger import Ledger
-
-    return Ledger()
-
-
 @app.command()
 def share(job_id: int = typer.Argument(..., help="job id"),
           level: str = typer.Argument(..., help="none | ro | rw: what the other members of its project may do")) -> None:
     """Share a job you own with the other members of its project: ro (show, logs, events, curve, top, monitor,
     clone), rw (also stop, extend, priority, resume, delete) or none. Its run directory follows (POSIX ACLs)."""
-    from hpcft import access
+    from hpcft.ledger import access
 
     level = access.check_level(level, "level")
-    ledger = _ledger()
+    ledger = open_ledger()
     job, _ = access.authorize(ledger, job_id, "share")
     if job.parent_id is not None:
         try:
@@ -48,20 +42,20 @@ def share(job_id: int = typer.Argument(..., help="job id"),
 @admin.command("init")
 def admin_init() -> None:
     """Create the team ledger's roles, grants and row-level security (PostgreSQL; run as the database owner)."""
-    from hpcft import team
+    from hpcft.ledger import team
 
-    for line in team.init(_ledger()):
+    for line in team.init(open_ledger()):
         typer.echo(line)
 
 
 @admin.command("sync-projects")
 def admin_sync_projects() -> None:
     """Projects = Slurm accounts: read the members from Slurm's associations (for cron)."""
-    from hpcft import team
+    from hpcft.ledger import team
     from hpcft.slurm import commands as C
 
     members = C.parse_assoc(C.run(C.assoc_argv()))
-    for line in team.sync_projects(_ledger(), members):
+    for line in team.sync_projects(open_ledger(), members):
         typer.echo(line)
 
 
@@ -70,7 +64,7 @@ def admin_sharing(state: str = typer.Argument(..., help="on | off")) -> None:
     """Switch sharing on or off for the whole site (off: every job is private to its owner and administrators)."""
     if state not in ("on", "off"):
         raise HpcftError(f"sharing {state}: use `hpcft admin sharing on` or `hpcft admin sharing off`")
-    ledger = _ledger()
+    ledger = open_ledger()
     ledger.set_setting("sharing", state)
     typer.echo(f"sharing {state}" + ("" if state == "on" else ": every job is now private to its owner"))
 
@@ -79,9 +73,9 @@ def admin_sharing(state: str = typer.Argument(..., help="on | off")) -> None:
 def admin_grant(username: str = typer.Argument(..., help="Unix user name"),
                 revoke: bool = typer.Option(False, "--revoke", help="take administrator rights away")) -> None:
     """Make a user a ledger administrator (sees and may change every job)."""
-    from hpcft import team
+    from hpcft.ledger import team
 
-    team.grant_admin(_ledger(), username, not revoke)
+    team.grant_admin(open_ledger(), username, not revoke)
     typer.echo(f"{username}: {'no longer an' if revoke else 'now an'} administrator")
 
 
@@ -89,10 +83,10 @@ def admin_grant(username: str = typer.Argument(..., help="Unix user name"),
 def admin_apply() -> None:
     """Carry out requests members made on other users' jobs: time limits and priorities (run by a Slurm
     operator, e.g. from cron). Stop requests are carried out by the jobs' own workers and their owners' sync."""
-    from hpcft.executors.slurm import extend, set_priority
+    from hpcft.jobs.executors.slurm import extend, set_priority
     from hpcft.states import LIVE, State
 
-    ledger = _ledger()
+    ledger = open_ledger()
     applied: List[str] = []
     for job in ledger.live_jobs(executor="slurm"):
         for req in ledger.open_requests(job.id):

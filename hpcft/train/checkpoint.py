@@ -36,7 +36,7 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(str(path), os.O_RDONLY)
     except OSError:
@@ -55,7 +55,7 @@ def fsync_tree(path: Path) -> None:
         for f in files:
             with open(os.path.join(dirpath, f), "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def staging_for(final: Path) -> Path:
@@ -73,7 +73,7 @@ def publish_dir(tmp: Path, final: Path) -> Path:
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
 
 
@@ -217,14 +217,14 @@ class CheckpointManager:
             if final.exists():  # the same step saved again (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.rename(staging, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             pointer = self.root / (LATEST + ".tmp")
             with open(pointer, "w", encoding="utf-8") as f:
                 f.write(final.name + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(pointer, self.root / LATEST)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             self.apply_retention()
         self.barrier()
         return final

@@ -41,7 +41,7 @@ class RunContext:
         if not self.is_main or self.job_id is None:
             return
         if self._ledger is None:
-            from hpcft.ledger import Ledger
+            from hpcft.ledger.store import Ledger
 
             self._ledger = Ledger(self.db_url)
         self._ledger.add_event(self.job_id, kind, message, **data)

@@ -1,9 +1,9 @@
 """The data checks of `hpcft submit` (and `--dry-run`), run before any ledger row or Slurm job exists.
 
 - `check_sources`: every split names something readable (file, save_to_disk directory, cached hub dataset), and
-  data.columns / data.template are known (hpcft.config.check_data).
+  data.columns / data.template are known (hpcft.jobs.preflight.check_data).
 - `scan`: the first SAMPLE records of every split (at most SAMPLE_SECONDS of reading) parse, have a format the
-  method trains on (data.format, or detected) and its fields (hpcft.config.scan_data).
+  method trains on (data.format, or detected) and its fields (hpcft.jobs.preflight.scan_data).
 - `preview_lines`: what `--dry-run` prints: per split the record count and the format, and one training example
   rendered as the trainer will see it, with the part that gets no loss (the prompt) marked.
 
@@ -48,7 +48,7 @@ def _cfg_columns(cfg) -> Dict[str, str]:
 
 
 def _accepted(cfg) -> Tuple[str, ...]:
-    from hpcft.schema import METHOD_SPECS
+    from hpcft.config.methods import METHOD_SPECS
 
     spec = METHOD_SPECS.get(str(cfg.method.name))
     return tuple(spec.formats) if spec else ()
@@ -58,7 +58,7 @@ def check_sources(cfg) -> None:
     """data.train is set, every split resolves to a readable source, data.columns and data.template are known."""
     from hpcft.train import formats as F
     from hpcft.train import sources
-    from hpcft.train.data import TEMPLATES
+    from hpcft.train.encode import TEMPLATES
 
     d = cfg.data
     if d.get("train") in (None, ""):
@@ -188,7 +188,7 @@ def _example_lines(cfg, rep: SplitReport) -> List[str]:
         return out
     if fmt == "image_caption":
         return [f"# example (data.train, first record): image {rec['image']}, caption {rec['caption']!r}"]
-    from hpcft.train.data import encode_record, template_for
+    from hpcft.train.encode import encode_record, template_for
 
     loss_on_all = str(cfg.method.name) == "pretrain"
     template = str(cfg.data.get("template") or "auto")

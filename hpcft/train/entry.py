@@ -1,7 +1,7 @@
 """The process a job runs: `python -m hpcft.train.entry --config RUN_DIR/config.yaml [--job-id N]`.
 
 Loads the run's config, builds the RunContext from the environment (torchrun or Slurm), and calls the trainer
-module that `hpcft.schema.METHODS` names for `method.name`. Exit code 0 on success, 1 on failure (traceback
+module that `hpcft.config.methods.METHODS` names for `method.name`. Exit code 0 on success, 1 on failure (traceback
 printed). Under torchrun, every rank runs this.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 def run(cfg, ctx) -> dict[str, Any]:
     """Run the trainer for cfg.method.name and return its summary."""
-    from hpcft.config import resolve_auto
-    from hpcft.schema import METHODS
+    from hpcft.config.compose import resolve_auto
+    from hpcft.config.methods import METHODS
 
     resolve_auto(cfg)  # a config written by hand may still say training.precision=auto
     name = cfg.method.name
@@ -36,12 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     from hpcft.train import signals
 
     signals.install_early()  # the time-limit warning may come while torch is still being imported
-    from hpcft.config import from_yaml_file
+    from hpcft.config.compose import from_yaml_file
     from hpcft.train.context import RunContext
 
     code = 0
     ctx = None
-    sampler = None  # resource samples into <run>/monitor/ (hpcft.monitor; training.monitor_interval)
+    sampler = None  # resource samples into <run>/monitor/ (hpcft.rundir.monitor; training.monitor_interval)
     try:
         cfg = from_yaml_file(args.config)
         if not cfg.get("output_dir"):
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg.output_dir = str(Path(args.config).resolve().parent)
         ctx = RunContext.from_env(output_dir=cfg.output_dir, job_id=args.job_id)
-        from hpcft.monitor import start_for
+        from hpcft.rundir.monitor import start_for
 
         sampler = start_for(cfg, ctx)
         summary = run(cfg, ctx)

@@ -1,6 +1,6 @@
 """Record formats: detect a record's format, map the user's field names, check it and bring it to hpcft's form.
 
-`hpcft.schema.DATA_FORMATS` lists the formats and their fields. Beyond hpcft's own field names this reads:
+`hpcft.config.schema.DATA_FORMATS` lists the formats and their fields. Beyond hpcft's own field names this reads:
 
   sharegpt             {"conversations": [{"from": "human"|"gpt"|"system"|..., "value"}], "system"?}  (SFT)
   sharegpt_preference  {"conversations": [...], "chosen": {"from": "gpt", "value"}, "rejected": {...}}
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from hpcft.config.schema import PREFERENCE_FORMATS, SFT_FORMATS  # noqa: F401  (one definition: the schema's)
 from hpcft.train.jsonl import DataError
 
 Record = Dict[str, Any]
@@ -30,8 +31,6 @@ Message = Dict[str, str]
 # the fields data.columns may map (hpcft field -> the user's field)
 COLUMN_FIELDS = ("text", "prompt", "response", "instruction", "input", "output", "system", "messages",
                  "conversations", "chosen", "rejected", "image", "caption")
-SFT_FORMATS = ("prompt_response", "alpaca", "messages", "sharegpt")
-PREFERENCE_FORMATS = ("preference", "sharegpt_preference")
 # ShareGPT speakers -> chat-template roles
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "system": "system",
@@ -99,7 +98,7 @@ def choose(where: str, rec: Mapping[str, Any], fmt: str, accepted: Sequence[str]
         return accepted[0]
     found = detect(rec)
     if accepted and found not in accepted:  # the accepted format the record comes closest to: its missing field
-        from hpcft.schema import DATA_FORMATS
+        from hpcft.config.schema import DATA_FORMATS
 
         def needs(f: str) -> list:
             return [x for x in DATA_FORMATS.get(f, ()) if not x.endswith("?")]
@@ -126,7 +125,7 @@ def confirm(where: str, rec: Mapping[str, Any], fmt: str) -> None:
     try:
         normalize(where, rec, fmt)
     except DataError as e:
-        from hpcft.schema import DATA_FORMATS
+        from hpcft.config.schema import DATA_FORMATS
 
         found = detect(rec)
         fields = {x.rstrip("?") for x in DATA_FORMATS.get(fmt, ())}

@@ -15,9 +15,9 @@ REMOTE_CODE_BY = "HPCFT_REMOTE_CODE_BY"  # set by `hpcft render`: who enabled mo
 
 
 def acting_user() -> str:
-    """Who runs this process, as the ledger names them (hpcft.ledger.Ledger.user)."""
+    """Who runs this process, as the ledger names them (hpcft.ledger.store.Ledger.user)."""
     try:
-        from hpcft.ledger import Ledger
+        from hpcft.ledger.store import Ledger
 
         return Ledger().user
     except Exception:  # no ledger reachable: the login name (what SQLite would use)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
+from hpcft.config.methods import parse_reward_spec
 from hpcft.errors import ConfigError
 
-NAMES = ("length", "contains", "format_regex", "char_fraction", "reward_model")
 
 
 def _text(c: Any) -> str:
@@ -74,26 +74,6 @@ REGISTRY: Dict[str, Callable[[Optional[str]], Callable]] = {
     "format_regex": lambda a: format_regex_reward(a),
     "char_fraction": lambda a: char_fraction_reward(a),
 }
-
-
-def parse_reward_spec(spec: str) -> Tuple[str, Optional[str]]:
-    """("name", argument or None); ConfigError for an unknown name or a bad argument."""
-    name, _, arg = spec.partition(":")
-    name = name.strip()
-    key = "method.reward_functions"
-    if name not in NAMES:
-        raise ConfigError(f"{key}: unknown reward function '{spec}'; choose from length[:N], contains:<word>, "
-                          "format_regex:<re>, char_fraction:<chars>, reward_model")
-    if name == "length" and arg and not (arg.isdigit() and int(arg) >= 1):
-        raise ConfigError(f"{key}: '{spec}': the target length must be a positive integer, e.g. length:20")
-    if name in ("contains", "format_regex", "char_fraction") and not arg:
-        raise ConfigError(f"{key}: '{spec}' needs an argument, e.g. {name}:yes")
-    if name == "format_regex":
-        try:
-            re.compile(arg)
-        except re.error as e:
-            raise ConfigError(f"{key}: '{spec}': invalid regular expression ({e})") from None
-    return name, (arg or None)
 
 
 def load_reward_model(path: str, dtype: Any = None):

@@ -44,7 +44,7 @@ _early: Optional[WarningFlag] = None
 
 def install_early() -> WarningFlag:
     """The first thing `hpcft.train.entry` does, before importing torch: from here on the warning is caught (the
-    trainer starts with it ignored, see `hpcft.worker.WarningRelay`), and one that arrives while the model is still
+    trainer starts with it ignored, see `hpcft.jobs.worker.WarningRelay`), and one that arrives while the model is still
     being built is kept for the trainer's flag (`install`)."""
     global _early
     _early = WarningFlag().install()

@@ -106,19 +106,19 @@ def build_or_open(recs, tok, directory: Path, log: Optional[Callable[[str], None
 def _build(recs, tok, directory: Path, key: str, log: Optional[Callable[[str], None]]) -> None:
     import numpy as np
 
-    from hpcft.train.data import _bos, _eos, encode_record
+    from hpcft.train.encode import bos, encode_record, eos
 
     dtype = np.uint16 if len(tok) <= 65535 else np.uint32
     bin_, idx, meta_p = _paths(directory, key)
     tmp_bin = bin_.with_suffix(f".bin.tmp{os.getpid()}")
     offsets = [0]
     t0 = last = time.time()
-    bos, eos = _bos(tok), _eos(tok)
+    head, tail = bos(tok), eos(tok)
 
     def flush(batch: list[dict], out) -> None:
         if recs.format == "text":
             encoded = tok([r["text"] for r in batch], add_special_tokens=False)["input_ids"]
-            seqs = [bos + list(e) + eos for e in encoded]
+            seqs = [head + list(e) + tail for e in encoded]
         else:
             seqs = [encode_record(r, recs.format, tok, loss_on_all=True)[0] for r in batch]
         for ids in seqs:
@@ -177,7 +177,7 @@ class TokenSamples(Sequence):
     def __getitem__(self, i: int):  # type: ignore[override]
         import numpy as np
 
-        from hpcft.train.data import Sample
+        from hpcft.train.encode import Sample
 
         a = int(self.tf.offsets[i])
         b = min(int(self.tf.offsets[i + 1]), a + self.seq)

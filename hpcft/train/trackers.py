@@ -8,7 +8,7 @@ validation/perplexity, test/accuracy ...), each at the line's optimizer step.
 
 Where they write (inside the run directory unless the tracker's own environment variable says otherwise):
 - tensorboard: `<run>/tensorboard/` (`tensorboard --logdir ~/.hpcft/runs` shows every run side by side); a resumed
-  run purges the steps it redoes, so the curves read like metrics.jsonl read by hpcft.metrics_io.
+  run purges the steps it redoes, so the curves read like metrics.jsonl read by hpcft.rundir.metrics_io.
 - mlflow: `MLFLOW_TRACKING_URI` when set, else a file store `<run>/mlruns`; experiment `MLFLOW_EXPERIMENT_NAME` or
   the job's project; run name `<job id>-<name>`; params = the flattened config, artifact `config.yaml`; a resumed
   job continues the same MLflow run (its id is kept in `<run>/trackers.json`).
@@ -46,7 +46,7 @@ _OPEN: List["Trackers"] = []  # open sets in this process (close_all, at exit)
 
 def check_report_to(values: Sequence[Any]) -> List[str]:
     """`training.report_to` at submit: known tracker names, each installed. ConfigError (one line) otherwise."""
-    from hpcft.methods import check
+    from hpcft.config.methods import check
 
     names = [str(v) for v in values]
     shown = "[" + ",".join(names) + "]"

@@ -1,5 +1,5 @@
 """`hydra/launcher=hpcft`: the launcher's config (registered in Hydra's ConfigStore) and the Launcher itself, a thin
-shell around `hpcft.hydra_app.launch`. Imported by Hydra's plugin scan in every Hydra app: light imports only.
+shell around `hpcft.jobs.hydra_launch.launch`. Imported by Hydra's plugin scan in every Hydra app: light imports only.
 No `from __future__ import annotations`: the scan runs the module outside sys.modules, where dataclasses cannot
 resolve string annotations."""
 
@@ -12,12 +12,12 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
 from hpcft import paths
-from hpcft.schema import ResourcesConfig
+from hpcft.config.schema import ResourcesConfig
 
 
 @dataclass
 class HpcftLauncherConf:
-    """`hydra.launcher.*`. `resources` is hpcft's resources section (hpcft/schema.py ResourcesConfig): nodes,
+    """`hydra.launcher.*`. `resources` is hpcft's resources section (hpcft/config/schema.py ResourcesConfig): nodes,
     gpus_per_node, tasks_per_node, cpus_per_task, mem, time, partition, account, qos, priority, extra, ...; hpcft's
     presets (conf/resources/*.yaml) are the group `hydra/launcher/resources` (`hydra/launcher/resources=gpu_1x`)."""
 
@@ -51,7 +51,7 @@ class HpcftLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[Any]:
         from hpcft.errors import HpcftError
-        from hpcft.hydra_app import launch
+        from hpcft.jobs.hydra_launch import launch
 
         try:
             return launch(self.hydra_context, self.task_function, self.config, job_overrides, initial_job_idx)

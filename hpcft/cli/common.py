@@ -1,0 +1,71 @@
+"""What every command module of the CLI shares: the typer `app` they register on, the job argument, a console,
+the ledger and the access check, and the time formats of the tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="hpcft",
+    help="LLM fine-tuning as a first-class Slurm citizen: submit, track and manage training jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JOB = typer.Argument(..., help="job id")
+
+
+def console():
+    import shutil
+
+    from rich.console import Console
+
+    width = None if sys.stdout.isatty() else shutil.get_terminal_size((160, 24)).columns
+    return Console(highlight=False, width=width)
+
+
+def authorized(job_id: int, action: str):
+    """(ledger, job, level): the job if the acting user may `action` it (hpcft.ledger.access), else exit 3 in one line."""
+    from hpcft.ledger.access import authorize
+
+    ledger = open_ledger()
+    job, lvl = authorize(ledger, job_id, action)
+    return ledger, job, lvl
+
+
+def open_ledger():
+    from hpcft.ledger.store import Ledger
+
+    return Ledger()
+
+
+def fmt_time(dt) -> str:
+    """Local time; a naive datetime is the ledger's UTC (SQLite gives it back without its offset)."""
+    from datetime import timezone
+
+    if not dt:
+        return "-"
+    return (dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(job) -> str:
+    from datetime import datetime, timezone
+
+    from hpcft.timefmt import format_duration
+
+    def utc(dt):  # SQLite gives back the stored UTC time without its offset
+        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
+
+    if not job.started_at:
+        return "-"
+    end = utc(job.finished_at) if job.finished_at else datetime.now(timezone.utc)
+    return format_duration(max(0, int((end - utc(job.started_at)).total_seconds())))
+
+
+def quote(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # a Hydra-quoted string

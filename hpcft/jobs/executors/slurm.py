@@ -1,0 +1,270 @@
+"""The Slurm executor: submitit submits `hpcft.jobs.worker.run_in_allocation(job_id, db_url)` into every task.
+
+- The ledger URL handed to the job (pickled by submitit into the run directory) carries no password
+  (`paths.public_db_url`): the job authenticates with PGPASSWORD or ~/.pgpass on the compute node.
+- Resources go through `hpcft.slurm.sbatch.sbatch_options` (the one mapping) and are handed to submitit: options
+  submitit knows become its parameters, the rest `additional_parameters`.
+- A sweep (several jobs with the same sbatch options) is ONE Slurm job array (`executor.batch()`); each point
+  keeps its ledger row with `slurm_job_id="123_0"`, `array_job_id`, `array_task_id`. Nothing waits for results.
+- `sync` reads every given job with ONE `sacct` call (and ONE `squeue` call for jobs Slurm may have requeued) and
+  moves the ledger through `Ledger.transition`, with the cause of every end.
+- `extend`, `set_priority`, `predict` talk to scontrol / sbatch --test-only / squeue and record events.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from hpcft.errors import ConfigError, SchedulerError
+from hpcft.jobs.executors.base import Executor
+from hpcft.rundir.files import make_run_dir
+from hpcft.paths import public_db_url
+from hpcft.slurm import commands as C
+from hpcft.slurm.sbatch import (PRIORITIES, PRIORITY_NICE, PRIORITY_QOS, Options, default_policy, safe_job_name,
+                                sbatch_options, to_argv)
+from hpcft.states import LIVE, USER_STOP, State
+from hpcft.timefmt import format_duration, parse_duration
+
+# submitit asks for USR2 90 s before the time limit and, for a function that cannot checkpoint, turns it into a
+# failure. hpcft's own warning (resources.signal_grace -> --signal=USR1@N, from sbatch_options) replaces it; with the
+# warning off, the option still replaces submitit's: SIGURG to the batch shell only (B:), which ignores it.
+NO_WARNING_SIGNAL = "B:URG@1"
+
+
+def _submitit_parameters(opts: Options) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Split sbatch options into submitit's own parameters and `additional_parameters` (no mapping of values)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    native_names = set(inspect.signature(_make_sbatch_string).parameters)
+    native: Dict[str, Any] = {}
+    extra: Dict[str, Any] = {}
+    for key, value in opts.items():
+        v = True if value is None else value
+        name = key.replace("-", "_")
+        if name in native_names and name not in ("command", "folder", "additional_parameters"):
+            native[name] = int(v) if isinstance(v, str) and v.isdigit() else v  # submitit computes with counts
+        else:
+            extra[key] = v
+    extra.setdefault("signal", NO_WARNING_SIGNAL)
+    return native, extra
+
+
+def job_options(job, policy: Optional[str] = None) -> Options:
+    """sbatch options of a ledger job (its resources and name; submitit adds output, error and array)."""
+    return sbatch_options(job.resources or {}, job_name=job.name, priority_policy=policy)
+
+
+def _submitit_id(sj) -> str:
+    return str(sj.job_id)
+
+
+class SlurmExecutor(Executor):
+    name = "slurm"
+
+    def __init__(self, priority_policy: Optional[str] = None):
+        self.priority_policy = priority_policy
+
+    # ------------------------------------------------------------------------------------------ submit
+    def submit(self, ledger, jobs: Sequence) -> List:
+        import submitit
+
+        from hpcft.jobs.worker import run_in_allocation
+
+        groups: Dict[Tuple, List] = {}
+        for job in jobs:
+            opts = job_options(job, self.priority_policy)
+            opts.pop("job-name", None)  # an array takes its first point's name: group by resources only
+            groups.setdefault(tuple(opts.items()), []).append(job)
+
+        url = public_db_url(ledger.url)  # pickled into the run dir by submitit: never a password (PGPASSWORD/.pgpass)
+        out = []
+        for group in groups.values():
+            first = group[0]
+            opts = job_options(first, self.priority_policy)
+            if len(group) == 1:
+                folder = Path(first.output_dir) / "slurm"
+            else:
+                folder = Path(first.output_dir).parent / f"slurm-array-{first.id}"
+                # the sweep's name without the points' values (`quickstart-tiny-lora lr=2e-3` -> quickstart-tiny-lora)
+                common = os.path.commonprefix([j.name for j in group]).rpartition(" ")[0].strip()
+                opts["job-name"] = safe_job_name(f"{common or first.name}-sweep")
+            make_run_dir(folder)  # private like the run directories (0700): array task logs too
+            native, extra = _submitit_parameters(opts)
+            ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
+            ex.update_parameters(**native, additional_parameters=extra, array_parallelism=len(group))
+            try:
+                if len(group) == 1:
+                    submitted = [ex.submit(run_in_allocation, first.id, url)]
+                else:  # ONE sbatch --array; the Job objects get their ids ("123_0", ...) when the block ends
+                    with ex.batch():
+                        submitted = [ex.submit(run_in_allocation, job.id, url) for job in group]
+            except (submitit.core.utils.FailedSubmissionError, subprocess.CalledProcessError, OSError) as e:
+                msg = str(e).strip().splitlines()
+                raise SchedulerError(f"sbatch refused the job: {_sbatch_reason(msg)}") from None
+            out += self._record(ledger, group, submitted, folder)
+        return out
+
+    def _record(self, ledger, group, submitted, folder) -> List:
+        recorded = []
+        for job, sj in zip(group, submitted, strict=True):
+            sid = _submitit_id(sj)
+            fields: Dict[str, Any] = {"slurm_job_id": sid}
+            if "_" in sid:
+                base, task = sid.split("_", 1)
+                fields.update(array_job_id=base, array_task_id=int(task))
+            recorded.append(ledger.update(job.id, **fields))
+            ledger.add_event(job.id, "slurm", f"submitted as Slurm job {sid}", folder=str(folder), **fields)
+        return recorded
+
+    # ------------------------------------------------------------------------------------------ stop
+    def stop(self, ledger, job) -> None:
+        user = ledger.user
+        if not job.slurm_job_id:
+            ledger.add_event(job.id, "stop", f"stop requested by {user}", user=user)
+            ledger.transition(job.id, State.stopped, f"stopped by {user} before it reached Slurm",
+                              cause=USER_STOP)
+            return
+        try:
+            C.run(C.scancel_argv([job.slurm_job_id]))
+        except SchedulerError as e:
+            if not re.search(r"already completing or completed|invalid job id", str(e), re.IGNORECASE):
+                raise  # refused (e.g. not the owner): nothing is recorded as if the stop had happened
+            self.sync(ledger, [job])  # it ended before the stop arrived: record how it ended
+            return
+        ledger.add_event(job.id, "stop", f"stop requested by {user}", user=user, slurm_job_id=job.slurm_job_id)
+        # scancel answers 0 even for a job that had already ended: record what Slurm knows now, and a job that
+        # was still pending is stopped at once (Slurm's accounting may not show the cancel yet)
+        self.sync(ledger, [ledger.get(job.id)])
+        if ledger.get(job.id).state == State.queued.value:
+            ledger.transition(job.id, State.stopped, f"cancelled by {user} while pending", source="slurm",
+                              cause=USER_STOP)
+
+    # ------------------------------------------------------------------------------------------ sync
+    def sync(self, ledger, jobs: Sequence) -> int:
+        """ONE sacct call for all these live jobs; ONE squeue call for those Slurm may have requeued (sacct shows
+        NODE_FAIL / PREEMPTED / REQUEUED, or PENDING for a job the ledger has running). A requeued job goes back to
+        queued with the cause, never to error; every end is recorded with its cause (`SacctRecord.ledger_cause`)."""
+        live = [j for j in jobs if j.slurm_job_id and State(j.state) in LIVE]
+        if not live:
+            return 0
+        records = C.parse_sacct(C.run(C.sacct_argv(j.slurm_job_id for j in live)))
+        check = [j.slurm_job_id for j in live
+                 if j.slurm_job_id in records and C.needs_queue_check(records[j.slurm_job_id], j.state)]
+        queue = squeue_jobs(check) if check else {}
+        changed = 0
+        for job in live:
+            rec = records.get(job.slurm_job_id)
+            decision = C.sync_decision(rec, job.state, queue) if rec is not None else None
+            if decision is None:
+                continue
+            moved = ledger.transition(job.id, decision.state, decision.reason, source="slurm-sync",
+                                      cause=decision.cause)
+            changed += bool(moved)
+            if moved and decision.state == State.success:  # its worker did not record the end: publish.auto here
+                from hpcft.registry.core import auto_publish
+
+                auto_publish(ledger, job.id)
+        return changed
+
+
+def squeue_jobs(job_ids: Sequence[str]) -> Optional[Dict[str, C.QueueState]]:
+    """What squeue says about these jobs ({} = Slurm holds none of them); None when squeue does not answer."""
+    try:
+        return C.parse_squeue_jobs(C.run(C.squeue_jobs_argv(job_ids)))
+    except SchedulerError as e:
+        return {} if C.is_invalid_job_id(e) else None
+
+
+def _sbatch_reason(lines: List[str]) -> str:
+    for line in lines:
+        if "error" in line.lower():
+            return line.strip()
+    return lines[-1].strip() if lines else "unknown error"
+
+
+# ---------------------------------------------------------------------------------------------- operations
+
+def _slurm_id(job) -> str:
+    if not job.slurm_job_id:
+        raise SchedulerError(f"job {job.id} has no Slurm job id (executor {job.executor}); nothing to change")
+    if State(job.state) not in LIVE:
+        raise SchedulerError(f"job {job.id} is {job.state}: only a queued or running job can be changed")
+    return job.slurm_job_id
+
+
+def show_job(slurm_job_id: str) -> Dict[str, str]:
+    jobs = C.parse_show_job(C.run(C.show_job_argv(slurm_job_id)))
+    if not jobs:
+        raise SchedulerError(f"scontrol show job {slurm_job_id}: no such job")
+    return jobs[0]
+
+
+def extend(ledger, job, time: str) -> str:
+    """Set the time limit (`time`, e.g. 02:00:00), or change it by `+30`/`-10` minutes style values. Returns the
+    new limit as Slurm reports it. Raising a limit needs a Slurm operator/admin (SchedulerError says so)."""
+    sid = _slurm_id(job)
+    t = str(time).strip()
+    sign = t[0] if t[:1] in "+-" else ""
+    try:
+        value = sign + format_duration(parse_duration(t[len(sign):]))
+    except ValueError:
+        raise ConfigError(f"time={time}: not a Slurm time; use HH:MM:SS, minutes, or +MINUTES to add") from None
+    C.run(C.update_time_argv(sid, value))
+    new = show_job(sid).get("TimeLimit", value)
+    resources = dict(job.resources or {}, time=new)
+    ledger.update(job.id, resources=resources)
+    ledger.add_event(job.id, "extend", f"time limit set to {new} (asked {value})", requested=value, time=new,
+                     user=ledger.user)
+    return new
+
+
+def set_priority(ledger, job, level: str, policy: Optional[str] = None) -> None:
+    """Change a live job's priority level (low/normal/high) via its QoS, or its nice value under policy nice."""
+    if level not in PRIORITIES:
+        raise ConfigError(f"priority={level}: unknown priority; use low|normal|high")
+    sid = _slurm_id(job)
+    policy = policy or default_policy()
+    if policy == "nice":
+        argv = C.update_nice_argv(sid, PRIORITY_NICE[level] or 0)
+    elif policy == "qos":
+        argv = C.update_qos_argv(sid, PRIORITY_QOS[level] or "normal")
+    else:
+        raise ConfigError(f"priority policy {policy}: priorities are not managed; use qos or nice")
+    C.run(argv)
+    ledger.update(job.id, resources=dict(job.resources or {}, priority=level))
+    ledger.add_event(job.id, "priority", f"priority set to {level} ({argv[-1]})", level=level, slurm=argv[-1],
+                     user=ledger.user)
+
+
+@dataclass
+class Prediction:
+    start_now: bool
+    start_time: Optional[datetime]
+    jobs_ahead: int
+    raw: str
+    partition: str = ""
+
+
+def predict(cfg, policy: Optional[str] = None, now: Optional[datetime] = None) -> Prediction:
+    """Would a job with this config start now? (`sbatch --test-only`), and how many pending jobs in its partition
+    have a higher or equal priority (`squeue`; QoS priorities from `sacctmgr`)."""
+    resources = cfg.resources if hasattr(cfg, "resources") else cfg["resources"]
+    name = cfg.get("name", "hpcft") if hasattr(cfg, "get") else "hpcft"
+    opts = sbatch_options(resources, job_name=name, priority_policy=policy)
+    _, err = C.run_both(C.test_only_argv(to_argv(opts)))
+    t = C.parse_test_only(err)
+    rows = C.parse_squeue(C.run(C.squeue_pending_argv(t.partition)))
+    try:
+        qos_prio = C.parse_qos_priority(C.run(C.qos_priority_argv()))
+    except SchedulerError:
+        qos_prio = {}
+    ahead = C.count_jobs_ahead(rows, t.partition, opts.get("qos") or "normal", qos_prio)
+    now = now or datetime.now()
+    return Prediction(C.starts_now(t.start_time, now) and ahead == 0, t.start_time, ahead, t.raw, t.partition)

@@ -1,0 +1,467 @@
+"""The compute side of a job: what runs where the job was placed (local machine or Slurm allocation).
+
+A worker is a small supervisor around the trainer process (`python -m hpcft.train.entry`):
+- it moves the ledger state (running, then success / error / expired / stopped / queued again) with reasons and
+  a machine-readable cause (what `hpcft retry` reads);
+- the time-limit warning: `resources.signal_grace` seconds before the limit the trainer gets SIGUSR1 (from Slurm's
+  `--signal=USR1@N`, forwarded by the worker; on the local executor sent by the supervisor), saves a checkpoint at
+  the next step boundary and exits 75. Then `resources.on_timeout=expire` ends the job `expired` (with that
+  checkpoint), `requeue` continues the same ledger job from it (Slurm: `scontrol requeue`; local: the supervisor
+  starts the trainer again with a fresh time allowance) until it finishes or `resources.max_requeues` are spent;
+- on the local executor it enforces the time limit itself and turns a SIGTERM from `hpcft stop` into `stopped`;
+- in Slurm it derives rank, world size and the rendezvous from Slurm's environment (hpcft.slurm.env), records a
+  `restart` event when Slurm restarted the job (requeue after node failure or preemption); the trainer continues
+  from the run's latest checkpoint by itself (training.resume_from=latest). Slurm enforces the time limit
+  (TIMEOUT is mapped to `expired` by `hpcft sync`).
+
+Entry points:
+  python -m hpcft.jobs.worker supervise JOB_ID            (local executor, detached)
+  python -m hpcft.jobs.worker register-and-run --config F (rendered sbatch scripts: registers the job at start)
+  hpcft.jobs.worker.run_in_allocation(job_id, db_url)     (submitit, in every Slurm task)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hpcft import exitcodes
+from hpcft.slurm import env as slurm_env
+from hpcft.states import LIVE, TIMEOUT, USER_STOP, State, exit_cause
+from hpcft.timefmt import format_duration, parse_duration
+
+GRACE_S = 10  # between SIGTERM and SIGKILL when stopping a trainer
+WARNING_SIGNAL = signal.SIGUSR1  # hpcft.train.signals.WARNING_SIGNAL (not imported: that module is the trainer's)
+
+
+def trainer_argv(config_path: Path, job_id: Optional[int]) -> List[str]:
+    argv = [sys.executable, "-u", "-m", "hpcft.train.entry", "--config", str(config_path)]
+    if job_id is not None:
+        argv += ["--job-id", str(job_id)]
+    return argv
+
+
+def _tail_error(log: Path, n: int = 40) -> str:
+    """The most telling line at the end of a log: the last exception line, else the last line."""
+    try:
+        lines = [x.rstrip() for x in log.read_text(errors="replace").splitlines()[-n:] if x.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line or line.startswith("error:"):
+            return line.strip()[:300]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the trainer's process group, then SIGKILL after a grace period."""
+    for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _latest_step(out: Path) -> Optional[int]:
+    from hpcft.train.checkpoint import latest_checkpoint  # torch-free module
+
+    d = latest_checkpoint(out / "checkpoints")
+    try:
+        return int(d.name.split("-")[1]) if d is not None else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _timeout_policy(job) -> tuple:
+    """(on_timeout, max_requeues, warning seconds) of a ledger job."""
+    from hpcft.slurm.sbatch import warning_grace
+
+    r = job.resources or {}
+    return str(r.get("on_timeout", "expire")), int(r.get("max_requeues", 0) or 0), warning_grace(r)
+
+
+def _requeues_so_far(ledger, job) -> int:
+    """Time-limit requeues of the job's current attempt (the `requeue` events)."""
+    return sum(1 for e in ledger.events(job.id) if e.kind == "requeue" and e.attempt == job.attempt)
+
+
+def after_warning_save(ledger, job_id: int, out: Path) -> str:
+    """The trainer saved at the time-limit warning (exit 75): `requeue` (the job goes back to queued; the caller
+    restarts it) or `expired` (recorded here). Returns "requeue" or "expired"."""
+    job = ledger.get(job_id)
+    on_timeout, max_requeues, _ = _timeout_policy(job)
+    step = _latest_step(out)
+    done = _requeues_so_far(ledger, job)
+    if on_timeout == "requeue" and done < max_requeues:
+        ledger.add_event(job_id, "requeue", f"time limit near: checkpoint of step {step} saved; requeued "
+                         f"({done + 1} of {max_requeues})", step=step, requeue=done + 1, max_requeues=max_requeues)
+        ledger.transition(job_id, State.queued, f"requeued at its time limit ({done + 1}/{max_requeues}); continues "
+                          f"from step {step}", cause=TIMEOUT)
+        return "requeue"
+    spent = f"; {max_requeues} requeue(s) spent" if on_timeout == "requeue" else ""
+    ledger.transition(job_id, State.expired, f"time limit: checkpoint of step {step} saved before the limit{spent}; "
+                      f"`hpcft resume {job_id}` continues from it", cause=TIMEOUT)
+    return "expired"
+
+
+REQUEST_POLL_S = 5.0  # how often a running job's worker looks for stop requests from other members
+
+
+def stop_requested(ledger, job_id: int):
+    """The oldest open stop request another member recorded on this job (hpcft.ledger.access: read-write members cannot
+    stop another user's job through Slurm, so the job's own worker, which runs as its owner, does), or None."""
+    reqs = ledger.open_requests(job_id, "stop")
+    return reqs[0] if reqs else None
+
+
+def honour_stop(ledger, job_id: int, req, before_start: bool = False) -> None:
+    by = (req.data or {}).get("by", "?")
+    ledger.transition(job_id, State.stopped, f"stopped at the request of {by}" + (" before it started" if
+                      before_start else ""), cause=USER_STOP)
+    ledger.request_done(job_id, req, "stopped" + (" before it started" if before_start else ""))
+
+
+def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
+    ledger.add_event(job_id, "finished", f"trainer exited with code {rc}", exit_code=rc)
+    if rc == 0:
+        changed = ledger.transition(job_id, State.success, "trainer finished")
+        print(f"[hpcft] job {job_id} finished: success", flush=True)
+        if changed:  # publish.auto=true: into the model registry; never raises, never changes the job's state
+            from hpcft.registry.core import auto_publish
+
+            auto_publish(ledger, job_id)
+        return 0
+    reason = f"trainer exited with code {rc}"
+    if rc < 0:
+        reason = f"trainer killed by signal {-rc}"
+    elif rc == exitcodes.BAD_INPUT:
+        reason = "the config or the data was refused (not retried)"
+    tail = _tail_error(log)
+    if tail:
+        reason += f": {tail}"
+    ledger.transition(job_id, State.error, reason, cause=exit_cause(rc))
+    print(f"[hpcft] job {job_id} failed: {reason}", flush=True)
+    return 1
+
+
+# --------------------------------------------------------------------------------------------------- local side
+
+def supervise(job_id: int) -> int:
+    """Run a local job: the trainer as a child with a deadline, the warning before it, requeues after it."""
+    from hpcft.ledger.store import Ledger
+
+    ledger = Ledger()
+    job = ledger.get(job_id)
+    out = Path(job.output_dir)
+    log = out / "logs" / "job.log"
+    limit = parse_duration(job.resources.get("time", "01:00:00"))
+    _, _, grace = _timeout_policy(job)
+    req = stop_requested(ledger, job_id)
+    if req is not None:
+        honour_stop(ledger, job_id, req, before_start=True)
+        return 0
+    if not ledger.transition(job_id, State.running, "started on the local machine", pid=os.getpid()):
+        print(f"job {job_id} is {ledger.get(job_id).state}: not starting", flush=True)
+        return 0
+    ledger.add_event(job_id, "started", f"pid {os.getpid()}, time limit {format_duration(limit)}",
+                     pid=os.getpid(), host=os.uname().nodename)
+    print(f"[hpcft] job {job_id} started (time limit {format_duration(limit)})", flush=True)
+
+    stopping = {"by": None}
+
+    def on_term(signum, _frame):
+        stopping["by"] = signum
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    env = dict(os.environ, HPCFT_DB_URL=ledger.url, PYTHONUNBUFFERED="1")
+    while True:
+        relay = WarningRelay(group=True)
+        proc = relay.popen(trainer_argv(out / "config.yaml", job_id), env=env, start_new_session=True,
+                           stdout=sys.stdout, stderr=sys.stderr)
+        deadline = time.monotonic() + limit
+        warn_at = deadline - grace if 0 < grace < limit else None
+        rc: Optional[int] = None
+        next_poll = time.monotonic() + REQUEST_POLL_S
+        while rc is None:
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + REQUEST_POLL_S
+                req = stop_requested(ledger, job_id)
+                if req is not None:
+                    _kill_group(proc)
+                    honour_stop(ledger, job_id, req)
+                    print(f"[hpcft] job {job_id} stopped at the request of {(req.data or {}).get('by')}", flush=True)
+                    return 0
+            if stopping["by"] is not None:
+                _kill_group(proc)
+                ledger.transition(job_id, State.stopped, "stopped by user", cause=USER_STOP)
+                print(f"[hpcft] job {job_id} stopped", flush=True)
+                return 0
+            now = time.monotonic()
+            if warn_at is not None and now >= warn_at:
+                warn_at = None
+                ledger.add_event(job_id, "warning", f"time limit in {grace} s: asked the trainer to save and stop",
+                                 grace=grace)
+                relay.warn()
+            relay.pump()
+            if now > deadline:
+                _kill_group(proc)
+                ledger.transition(job_id, State.expired, f"ran past its time limit {format_duration(limit)}",
+                                  cause=TIMEOUT)
+                ledger.add_event(job_id, "finished", "killed at the time limit", exit_code=proc.returncode)
+                print(f"[hpcft] job {job_id} expired: ran past its time limit {format_duration(limit)}", flush=True)
+                return 0
+            try:
+                rc = proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        if rc != exitcodes.SAVED_AT_WARNING:
+            return _finish(ledger, job_id, rc, log)
+        ledger.add_event(job_id, "finished", "trainer saved a checkpoint at the time-limit warning", exit_code=rc)
+        if after_warning_save(ledger, job_id, out) != "requeue":
+            print(f"[hpcft] job {job_id} expired (checkpoint saved at the warning)", flush=True)
+            return 0
+        # a local requeue: the same job goes on at once, from its checkpoint, with a fresh time allowance
+        ledger.transition(job_id, State.running, "requeued on the local machine", pid=os.getpid())
+        ledger.add_event(job_id, "restart", f"trainer restarted after a time-limit requeue, time limit "
+                         f"{format_duration(limit)}", cause=TIMEOUT, step=_latest_step(out))
+        print(f"[hpcft] job {job_id} requeued: continuing from its checkpoint", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------- Slurm side
+
+def run_in_allocation(job_id: int, db_url: str) -> None:
+    """Run a ledger job's trainer in this Slurm task (called by submitit in every task of the job)."""
+    from hpcft.jobs.hydra_point import HYDRA_METHOD, point_argv
+    from hpcft.ledger.store import Ledger
+    from hpcft.paths import public_db_url
+
+    # the URL handed over carries no password (hpcft.paths.public_db_url); one inherited from the submitter's
+    # environment for the same database does, and is the one to connect with
+    inherited = os.environ.get("HPCFT_DB_URL")
+    if not inherited or public_db_url(inherited) != db_url:
+        os.environ["HPCFT_DB_URL"] = db_url
+    db_url = os.environ["HPCFT_DB_URL"]
+
+    ledger = Ledger(db_url)
+    job = ledger.get(job_id)
+    # a point of a user's Hydra app sweep (hydra/launcher=hpcft) runs that app's task instead of the trainer
+    argv = point_argv(job.output_dir) if job.method == HYDRA_METHOD else None
+    _run_slurm_task(ledger, job_id, Path(job.output_dir) / "config.yaml", argv)
+
+
+def _start_attempt(ledger, job_id: int, dist: dict, out: Path) -> bool:
+    """Rank 0: move the job to running and say why this run started (first start or a Slurm restart).
+    False when the job is no longer live (a user stopped it, it ended): this run must not train."""
+    restarts = slurm_env.restart_count()
+    host = os.uname().nodename
+    job = ledger.get(job_id)
+    if State(job.state) not in LIVE:
+        return False
+    req = stop_requested(ledger, job_id)
+    if req is not None:  # a member asked to stop it while it was pending
+        honour_stop(ledger, job_id, req, before_start=True)
+        return False
+    if restarts:
+        step = _latest_step(out)
+        ledger.add_event(job_id, "restart", f"Slurm restarted the job (restart {restarts}); continuing from "
+                         + (f"checkpoint step {step}" if step is not None else "the start (no checkpoint yet)"),
+                         restart=restarts, step=step, host=host)
+    ledger.transition(job_id, State.running, f"started in Slurm on {host}" + (f" (restart {restarts})" if restarts
+                      else ""), **slurm_env.slurm_ids())
+    ledger.add_event(job_id, "started", f"Slurm job {os.environ.get('SLURM_JOB_ID')}, world size "
+                     f"{dist['WORLD_SIZE']}", host=host, **dist)
+    return State(ledger.get(job_id).state) == State.running
+
+
+def _requeue_slurm_job(ledger, job_id: int) -> None:
+    """Put this Slurm job back in the queue (it then restarts from the checkpoint just saved)."""
+    from hpcft.errors import SchedulerError
+    from hpcft.slurm import commands as C
+
+    sid = os.environ.get("SLURM_JOB_ID", "")
+    try:
+        C.run(C.requeue_argv(sid))
+    except SchedulerError as e:
+        ledger.transition(job_id, State.expired, f"the requeue at the time limit failed ({e}); `hpcft resume "
+                          f"{job_id}` continues from the saved checkpoint", cause=TIMEOUT)
+
+
+def _run_slurm_task(ledger, job_id: int, config_path: Path, argv: Optional[List[str]] = None) -> None:
+    """Run the trainer (or `argv`, e.g. a Hydra app's point) in this task; rank 0 records the states."""
+    dist = slurm_env.dist_env()
+    rank = int(dist["RANK"])
+    out = config_path.parent
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    if rank == 0 and not _start_attempt(ledger, job_id, dist, out):
+        print(f"[hpcft] job {job_id} is {ledger.get(job_id).state}: not starting", flush=True)
+        return
+    env = dict(os.environ, **dist, HPCFT_DB_URL=ledger.url, PYTHONUNBUFFERED="1")
+    log = out / "logs" / ("job.log" if rank == 0 else f"rank-{rank}.log")
+    relay = WarningRelay()
+    previous = relay.install()  # from before the trainer starts: a warning now must not kill this worker either
+    try:
+        with open(log, "a") as f:
+            proc = relay.popen(argv or trainer_argv(config_path, job_id), env=env, stdout=f,
+                               stderr=subprocess.STDOUT)
+            rc = _wait_honouring_requests(ledger, job_id, proc, relay, requests=rank == 0)
+    finally:
+        signal.signal(WARNING_SIGNAL, previous)
+    if rank == 0:
+        if rc == exitcodes.SAVED_AT_WARNING:
+            ledger.add_event(job_id, "finished", "trainer saved a checkpoint at the time-limit warning", exit_code=rc)
+            if after_warning_save(ledger, job_id, out) == "requeue":
+                _requeue_slurm_job(ledger, job_id)
+        elif rc < 0:
+            # Killed by a signal: Slurm's time limit (TIMEOUT), scancel (CANCELLED), preemption or a memory kill.
+            # Slurm knows which and submitit keeps this process alive through SIGTERM, so do not guess `error`
+            # here: `hpcft sync` maps the accounting state (TIMEOUT -> expired, CANCELLED -> stopped, ...).
+            ledger.add_event(job_id, "finished", f"trainer ended by signal {-rc}; state from Slurm accounting",
+                             exit_code=rc)
+        else:
+            _finish(ledger, job_id, rc, log)
+    if rc not in (0, exitcodes.SAVED_AT_WARNING):
+        raise SystemExit(rc)
+
+
+def _wait_honouring_requests(ledger, job_id: int, proc: subprocess.Popen, relay: Optional[WarningRelay] = None,
+                             requests: bool = True) -> int:
+    """Wait for the trainer, relaying a pending time-limit warning once it listens; with `requests` (rank 0) a stop
+    request from another member ends the job: recorded as stopped, then the whole Slurm job is cancelled (this
+    worker runs as the job's owner, whom Slurm lets cancel it)."""
+    from hpcft.slurm import commands as C
+
+    next_poll = time.monotonic() + REQUEST_POLL_S
+    while True:
+        if relay is not None:
+            relay.pump()
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        if not requests or time.monotonic() < next_poll:
+            continue
+        next_poll = time.monotonic() + REQUEST_POLL_S
+        try:
+            req = stop_requested(ledger, job_id)
+        except Exception as e:  # the ledger unreachable for a moment must not end the training
+            print(f"[hpcft] note: could not read requests ({type(e).__name__}: {e})", flush=True)
+            continue
+        if req is not None:
+            honour_stop(ledger, job_id, req)
+            C.run(C.scancel_argv([os.environ.get("SLURM_JOB_ID", "")]))
+            return proc.wait()
+
+
+def _listening(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (Linux: the SigCgt mask of /proc/PID/status; elsewhere
+    assumed)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        return True
+    return True
+
+
+class WarningRelay:
+    """Passes the time-limit warning on to the trainer, never before the trainer listens for it.
+
+    The trainer starts with the signal ignored (`popen`: an ignored signal stays ignored through exec) until
+    `hpcft.train.entry` installs its handler, first thing: Slurm may send `--signal=USR1@N` up to a minute early,
+    and to every process of the step, and a trainer still importing torch would die of it. A warning that arrives
+    while the trainer does not listen yet stays pending; `pump()` (called from the wait loops) delivers it as soon
+    as the trainer's handler is there. `group`: signal the trainer's process group (local executor)."""
+
+    def __init__(self, signum: int = WARNING_SIGNAL, group: bool = False) -> None:
+        self.signum, self.group = signum, group
+        self.proc: Optional[subprocess.Popen] = None
+        self.pending = False
+
+    def popen(self, argv, **kw) -> subprocess.Popen:
+        """Start the trainer with the signal ignored, then relay it from this process."""
+        previous = signal.signal(self.signum, signal.SIG_IGN)
+        try:
+            self.proc = subprocess.Popen(argv, **kw)
+        finally:
+            signal.signal(self.signum, previous)
+        return self.proc
+
+    def warn(self) -> None:
+        self.pending = True
+        self.pump()
+
+    def pump(self) -> None:
+        proc = self.proc
+        if not self.pending or proc is None or proc.poll() is not None or not _listening(proc.pid, self.signum):
+            return
+        try:
+            os.killpg(proc.pid, self.signum) if self.group else proc.send_signal(self.signum)
+        except ProcessLookupError:
+            pass
+        self.pending = False
+
+    def install(self) -> Any:
+        """Relay the signal when this process gets it (Slurm signals the worker too); returns the old handler."""
+        return signal.signal(self.signum, lambda _s, _f: self.warn())
+
+
+def register_and_run(config_path: Path) -> int:
+    """For a rendered sbatch script: register this Slurm job in the ledger (rank 0) and run it."""
+    from hpcft.config import compose
+    from hpcft.ledger.record import ledger_fields
+    from hpcft.ledger.store import Ledger
+
+    cfg = compose.from_yaml_file(config_path)
+    ledger = Ledger()
+    ids = slurm_env.slurm_ids()
+    rank = int(slurm_env.dist_env(expand=None)["RANK"])
+    if rank == 0:
+        found = ledger.search(output=str(config_path.parent))
+        found = [j for j in found if j.slurm_job_id == ids["slurm_job_id"]]
+        if found:
+            job_id = found[0].id
+        else:
+            job = ledger.create_job(**ledger_fields(cfg), executor="slurm", output_dir=str(config_path.parent), **ids)
+            job_id = job.id
+            ledger.add_event(job_id, "submitted", "registered by a rendered sbatch script", **ids)
+        (config_path.parent / f".job-id-{ids['slurm_job_id']}").write_text(str(job_id))
+    else:  # wait for rank 0 to register
+        marker = config_path.parent / f".job-id-{ids['slurm_job_id']}"
+        for _ in range(600):
+            if marker.exists() and marker.read_text().strip():
+                break
+            time.sleep(0.5)
+        job_id = int(marker.read_text().strip())
+    _run_slurm_task(ledger, job_id, config_path)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hpcft.jobs.worker")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("supervise", help="run a local job under its time limit")
+    s.add_argument("job_id", type=int)
+    r = sub.add_parser("register-and-run", help="register this Slurm job in the ledger, then run it")
+    r.add_argument("--config", required=True, type=Path)
+    a = p.parse_args(argv)
+    if a.cmd == "supervise":
+        return supervise(a.job_id)
+    return register_and_run(a.config.resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The job search as SQL text: one builder for `Ledger.search` (run through SQLAlchemy) and for `hpcft list`'s fast
+read (hpcft.ledger.fastread: the DB-API driver directly, so that listing never imports SQLAlchemy).
+
+Pure: filters in, `(sql, params)` out, with `:name` placeholders (SQLAlchemy's text() and sqlite3 take them as they
+are; hpcft.ledger.fastread rewrites them for psycopg). Every filter value is a bound parameter, never SQL text; column
+names and sort directions come only from the fixed tables below.
+
+Matching rules (the one place they are written):
+- name / output: case-insensitive substring; `%`, `_` and `!` in the value are taken literally.
+- resources: `key=value` tokens (a string is split on spaces), each equal to a whole token of the job's
+  resource_spec, case-insensitive: gpus=8 matches `gpus=8`, never `gpus=80`.
+- state / owner / project / executor / ids: equality.
+- since / until: created at or after / before; a naive datetime is UTC. The ledger stores UTC: on SQLite as text
+  "YYYY-MM-DD HH:MM:SS.ffffff" (how SQLAlchemy writes it), on PostgreSQL as `timestamp with time zone`.
+- sort: id, created, name, state, user; `-` prefix for descending; ties newest (highest id) first.
+- limit: the sort and the cut run on the ids alone, then those rows are read (the sort never carries the JSON
+  columns); the ids come from a derived table because MariaDB refuses LIMIT inside an IN subquery.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from hpcft.states import State
+
+SORT_COLUMNS = {"id": "id", "created": "created_at", "name": "name", "state": "state", "user": "owner"}
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _like(value: str) -> str:
+    """A LIKE pattern matching `value` literally (escape character `!`)."""
+    return value.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+def time_param(dt: datetime, dialect: str) -> Any:
+    """A datetime as the ledger compares it: UTC; on SQLite the text SQLAlchemy stores, elsewhere an aware datetime
+    (the columns are `timestamp with time zone` on PostgreSQL)."""
+    utc = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    return utc.strftime(SQLITE_TIME) if dialect == "sqlite" else utc
+
+
+def order_by(sort: Sequence[str]) -> str:
+    parts = []
+    for key in sort:
+        col = SORT_COLUMNS.get(key.lstrip("-"))
+        if col is None:
+            raise ValueError(f"sort key {key!r}: use one of {', '.join(SORT_COLUMNS)} (prefix - for descending)")
+        parts.append(f"{col} {'DESC' if key.startswith('-') else 'ASC'}")
+    return ", ".join([*parts, "id DESC"])
+
+
+def build(
+    *,
+    dialect: str,
+    columns: Sequence[str] = ("*",),
+    ids: Optional[Sequence[int]] = None,
+    name: Optional[str] = None,
+    state: Optional[Sequence[str]] = None,
+    owner: Optional[str] = None,
+    project: Optional[str] = None,
+    resources: Optional[str | Sequence[str]] = None,
+    output: Optional[str] = None,
+    executor: Optional[str] = None,
+    since: Optional[datetime] = None,
+    until: Optional[datetime] = None,
+    sort: Sequence[str] = ("-created",),
+    limit: Optional[int] = None,
+) -> Tuple[str, Dict[str, Any]]:
+    """(SQL, params) selecting `columns` of the matching jobs in order. `dialect`: sqlite, postgresql, mysql,
+    mariadb (SQLAlchemy's dialect names)."""
+    where, params = [], {}
+
+    def bind(value: Any) -> str:
+        key = f"p{len(params)}"
+        params[key] = value
+        return f":{key}"
+
+    if ids:
+        where.append(f"id IN ({', '.join(bind(int(i)) for i in ids)})")
+    if name:
+        where.append(f"lower(name) LIKE lower({bind('%' + _like(name) + '%')}) ESCAPE '!'")
+    if state:
+        where.append(f"state IN ({', '.join(bind(State(s).value) for s in state)})")
+    if owner:
+        where.append(f"owner = {bind(owner)}")
+    if project:
+        where.append(f"project = {bind(project)}")
+    spaced = ("CONCAT(' ', resource_spec, ' ')" if dialect in ("mysql", "mariadb")  # || is OR there
+              else "' ' || resource_spec || ' '")
+    for tok in (resources.split() if isinstance(resources, str) else resources or ()):
+        where.append(f"lower({spaced}) LIKE lower({bind('% ' + _like(tok) + ' %')}) ESCAPE '!'")
+    if output:
+        where.append(f"lower(output_dir) LIKE lower({bind('%' + _like(output) + '%')}) ESCAPE '!'")
+    if executor:
+        where.append(f"executor = {bind(executor)}")
+    if since is not None:
+        where.append(f"created_at >= {bind(time_param(since, dialect))}")
+    if until is not None:
+        where.append(f"created_at < {bind(time_param(until, dialect))}")
+    cond = f" WHERE {' AND '.join(where)}" if where else ""
+    order = order_by(sort)
+    cols = ", ".join(columns)
+    if limit:
+        top = f"SELECT id FROM jobs{cond} ORDER BY {order} LIMIT {int(limit)}"
+        return f"SELECT {cols} FROM jobs WHERE id IN (SELECT id FROM ({top}) AS top_ids) ORDER BY {order}", params
+    return f"SELECT {cols} FROM jobs{cond} ORDER BY {order}", params

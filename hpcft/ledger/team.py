@@ -1,0 +1,237 @@
+"""The team ledger on PostgreSQL: roles, grants, row-level security and triggers that make the database itself
+enforce hpcft.ledger.access, plus the administrator's operations (`hpcft admin ...`). Torch-free.
+
+- Every Unix user reaches the database as the role of the same name (peer authentication on the socket; over TCP
+  with their own password). `session_user` is that identity: it cannot be changed by an environment variable.
+- Role `hpcft_users` (every member of a project) may read the jobs and events the rules let it see and change
+  those it may change; `hpcft_admins` also edits projects, settings and administrators.
+- Policies (jobs): read if owner, administrator, or shared ro/rw with a project the user belongs to while sharing
+  is on; insert only as oneself; update and delete if owner, administrator or shared rw. Events follow their job.
+  A trigger refuses a changed owner, an access changed by anyone but the owner (or an administrator), and an access
+  more open than the parent job's.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+USERS_ROLE = "hpcft_users"
+ADMINS_ROLE = "hpcft_admins"
+
+_FUNCTIONS = r"""
+CREATE OR REPLACE FUNCTION hpcft_is_admin() RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER
+  SET search_path = public AS $$ SELECT EXISTS (SELECT 1 FROM admins WHERE username = session_user) $$;
+CREATE OR REPLACE FUNCTION hpcft_is_owner_role() RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER
+  SET search_path = public AS $$
+  SELECT session_user = (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'public.jobs'::regclass) $$;
+CREATE OR REPLACE FUNCTION hpcft_sharing_on() RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER
+  SET search_path = public AS $$
+  SELECT coalesce((SELECT value FROM settings WHERE key = 'sharing'), 'on') <> 'off' $$;
+CREATE OR REPLACE FUNCTION hpcft_member(p text) RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER
+  SET search_path = public AS $$
+  SELECT EXISTS (SELECT 1 FROM project_members WHERE project = p AND username = session_user) $$;
+CREATE OR REPLACE FUNCTION hpcft_can_read(o text, a text, p text) RETURNS boolean LANGUAGE sql STABLE
+  SECURITY DEFINER SET search_path = public AS $$
+  SELECT o = session_user OR hpcft_is_admin() OR (a IN ('ro', 'rw') AND hpcft_sharing_on() AND hpcft_member(p)) $$;
+CREATE OR REPLACE FUNCTION hpcft_can_write(o text, a text, p text) RETURNS boolean LANGUAGE sql STABLE
+  SECURITY DEFINER SET search_path = public AS $$
+  SELECT o = session_user OR hpcft_is_admin() OR (a = 'rw' AND hpcft_sharing_on() AND hpcft_member(p)) $$;
+CREATE OR REPLACE FUNCTION hpcft_job_readable(j integer) RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER
+  SET search_path = public AS $$
+  SELECT EXISTS (SELECT 1 FROM jobs WHERE id = j AND hpcft_can_read(owner, access, project)) $$;
+CREATE OR REPLACE FUNCTION hpcft_job_writable(j integer) RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER
+  SET search_path = public AS $$
+  SELECT EXISTS (SELECT 1 FROM jobs WHERE id = j AND hpcft_can_write(owner, access, project)) $$;
+CREATE OR REPLACE FUNCTION hpcft_access_rank(a text) RETURNS integer LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE a WHEN 'rw' THEN 2 WHEN 'ro' THEN 1 ELSE 0 END $$;
+CREATE OR REPLACE FUNCTION hpcft_jobs_guard() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = public AS $$
+DECLARE pa text;
+BEGIN
+  IF NEW.access NOT IN ('none', 'ro', 'rw') THEN
+    RAISE EXCEPTION 'access=%: use none, ro or rw', NEW.access;
+  END IF;
+  IF TG_OP = 'UPDATE' AND NOT (hpcft_is_admin() OR hpcft_is_owner_role()) THEN
+    IF NEW.owner <> OLD.owner THEN
+      RAISE EXCEPTION 'job % (owner %): only an administrator may change its owner', OLD.id, OLD.owner;
+    END IF;
+    IF NEW.access <> OLD.access AND session_user <> OLD.owner THEN
+      RAISE EXCEPTION 'job % (owner %): only its owner may change its access', OLD.id, OLD.owner;
+    END IF;
+  END IF;
+  IF NEW.parent_id IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.access <> OLD.access) THEN
+    SELECT access INTO pa FROM jobs WHERE id = NEW.parent_id;
+    IF pa IS NOT NULL AND hpcft_access_rank(NEW.access) > hpcft_access_rank(pa) THEN
+      RAISE EXCEPTION 'job %: access % is more open than its parent job % (%)', NEW.id, NEW.access,
+        NEW.parent_id, pa;
+    END IF;
+  END IF;
+  RETURN NEW;
+END $$;
+"""
+
+_POLICIES = f"""
+ALTER TABLE jobs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE events ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS hpcft_jobs_read ON jobs;
+DROP POLICY IF EXISTS hpcft_jobs_insert ON jobs;
+DROP POLICY IF EXISTS hpcft_jobs_update ON jobs;
+DROP POLICY IF EXISTS hpcft_jobs_delete ON jobs;
+DROP POLICY IF EXISTS hpcft_events_read ON events;
+DROP POLICY IF EXISTS hpcft_events_insert ON events;
+DROP POLICY IF EXISTS hpcft_events_delete ON events;
+CREATE POLICY hpcft_jobs_read ON jobs FOR SELECT TO {USERS_ROLE} USING (hpcft_can_read(owner, access, project));
+CREATE POLICY hpcft_jobs_insert ON jobs FOR INSERT TO {USERS_ROLE} WITH CHECK (owner = session_user);
+CREATE POLICY hpcft_jobs_update ON jobs FOR UPDATE TO {USERS_ROLE}
+  USING (hpcft_can_write(owner, access, project)) WITH CHECK (hpcft_can_write(owner, access, project));
+CREATE POLICY hpcft_jobs_delete ON jobs FOR DELETE TO {USERS_ROLE} USING (hpcft_can_write(owner, access, project));
+CREATE POLICY hpcft_events_read ON events FOR SELECT TO {USERS_ROLE} USING (hpcft_job_readable(job_id));
+CREATE POLICY hpcft_events_insert ON events FOR INSERT TO {USERS_ROLE}
+  WITH CHECK (hpcft_job_writable(job_id) OR (kind = 'cloned' AND hpcft_job_readable(job_id)));
+CREATE POLICY hpcft_events_delete ON events FOR DELETE TO {USERS_ROLE} USING (hpcft_job_writable(job_id));
+DROP TRIGGER IF EXISTS hpcft_jobs_guard ON jobs;
+CREATE TRIGGER hpcft_jobs_guard BEFORE INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION hpcft_jobs_guard();
+GRANT USAGE ON SCHEMA public TO {USERS_ROLE};
+GRANT SELECT, INSERT, UPDATE, DELETE ON jobs, events TO {USERS_ROLE};
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {USERS_ROLE};
+GRANT SELECT ON projects, project_members, settings, admins, alembic_version TO {USERS_ROLE};
+GRANT INSERT, UPDATE, DELETE ON projects, project_members, settings TO {ADMINS_ROLE};
+GRANT {USERS_ROLE} TO {ADMINS_ROLE};
+"""
+
+# The model registry (hpcft.registry.core, hpcft.ledger.assets): a version is seen by its owner, administrators and, while
+# sharing is on, everyone (visibility all) or its project's members (project); only its owner or an administrator
+# changes it. The trigger keeps a name with the user who first published it and refuses deleting a version a queued
+# or running job starts from (config model.asset), naming the jobs, whoever owns them.
+_ASSETS = f"""
+CREATE OR REPLACE FUNCTION hpcft_asset_readable(o text, v text, p text) RETURNS boolean LANGUAGE sql STABLE
+  SECURITY DEFINER SET search_path = public AS $$
+  SELECT o = session_user OR hpcft_is_admin()
+    OR (hpcft_sharing_on() AND (v = 'all' OR (v = 'project' AND hpcft_member(p)))) $$;
+CREATE OR REPLACE FUNCTION hpcft_asset_users(r text) RETURNS TABLE(job_id integer, owner text, state text)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
+  SELECT j.id, j.owner, j.state FROM jobs j
+   WHERE j.state IN ('queued', 'running') AND (j.config::jsonb -> 'model' ->> 'asset') = r
+     AND EXISTS (SELECT 1 FROM model_assets a WHERE a.name || '@' || a.version = r
+                 AND (a.owner = session_user OR hpcft_is_admin() OR hpcft_is_owner_role()))
+   ORDER BY j.id $$;
+CREATE OR REPLACE FUNCTION hpcft_assets_guard() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = public AS $$
+DECLARE first_owner text; users text;
+BEGIN
+  IF NEW.visibility NOT IN ('project', 'all') THEN
+    RAISE EXCEPTION 'visibility=%: use project or all', NEW.visibility;
+  END IF;
+  IF TG_OP = 'INSERT' THEN
+    SELECT owner INTO first_owner FROM model_assets WHERE name = NEW.name ORDER BY version LIMIT 1;
+    IF first_owner IS NOT NULL AND first_owner <> NEW.owner AND NOT (hpcft_is_admin() OR hpcft_is_owner_role()) THEN
+      RAISE EXCEPTION 'model asset name % belongs to %', NEW.name, first_owner;
+    END IF;
+  ELSE
+    IF NEW.owner <> OLD.owner AND NOT (hpcft_is_admin() OR hpcft_is_owner_role()) THEN
+      RAISE EXCEPTION 'model asset %@% (owner %): only an administrator may change its owner', OLD.name,
+        OLD.version, OLD.owner;
+    END IF;
+    IF NEW.state = 'deleted' AND OLD.state <> 'deleted' THEN
+      SELECT string_agg('job ' || id || ' (' || owner || ', ' || state || ')', ', ' ORDER BY id) INTO users
+        FROM jobs WHERE state IN ('queued', 'running')
+         AND (config::jsonb -> 'model' ->> 'asset') = OLD.name || '@' || OLD.version;
+      IF users IS NOT NULL THEN
+        RAISE EXCEPTION 'model asset %@% is in use by %', OLD.name, OLD.version, users;
+      END IF;
+    END IF;
+  END IF;
+  RETURN NEW;
+END $$;
+ALTER TABLE model_assets ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS hpcft_assets_read ON model_assets;
+DROP POLICY IF EXISTS hpcft_assets_insert ON model_assets;
+DROP POLICY IF EXISTS hpcft_assets_update ON model_assets;
+DROP POLICY IF EXISTS hpcft_assets_delete ON model_assets;
+CREATE POLICY hpcft_assets_read ON model_assets FOR SELECT TO {USERS_ROLE}
+  USING (hpcft_asset_readable(owner, visibility, project));
+CREATE POLICY hpcft_assets_insert ON model_assets FOR INSERT TO {USERS_ROLE} WITH CHECK (owner = session_user);
+CREATE POLICY hpcft_assets_update ON model_assets FOR UPDATE TO {USERS_ROLE}
+  USING (owner = session_user OR hpcft_is_admin()) WITH CHECK (owner = session_user OR hpcft_is_admin());
+CREATE POLICY hpcft_assets_delete ON model_assets FOR DELETE TO {USERS_ROLE}
+  USING (owner = session_user OR hpcft_is_admin());
+DROP TRIGGER IF EXISTS hpcft_assets_guard ON model_assets;
+CREATE TRIGGER hpcft_assets_guard BEFORE INSERT OR UPDATE ON model_assets FOR EACH ROW
+  EXECUTE FUNCTION hpcft_assets_guard();
+GRANT SELECT, INSERT, UPDATE, DELETE ON model_assets TO {USERS_ROLE};
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {USERS_ROLE};
+"""
+
+
+def _is_postgres(ledger) -> bool:
+    return ledger.url.startswith(("postgresql", "postgres"))
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _run(ledger, sql: str) -> None:
+    from sqlalchemy import text
+
+    with ledger._writer.begin() as conn:
+        conn.execute(text(sql))
+
+
+def init(ledger) -> List[str]:
+    """Create roles, grants, functions, policies and the trigger (idempotent; run by the database owner).
+    Returns what it did, one line each. On SQLite and MariaDB there is nothing to create: hpcft enforces access."""
+    from hpcft.errors import HpcftError
+
+    if not _is_postgres(ledger):
+        return [f"{ledger.url.split(':')[0]}: no row-level security here; hpcft enforces access itself "
+                "(use PostgreSQL for a team ledger the database enforces)"]
+    done = []
+    with ledger._writer.connect() as conn:
+        existing = set(conn.exec_driver_sql("SELECT rolname FROM pg_roles").scalars().all())
+        owner = conn.exec_driver_sql("SELECT pg_get_userbyid(relowner) FROM pg_class "
+                                     "WHERE oid = 'public.jobs'::regclass").scalar()
+        me = conn.exec_driver_sql("SELECT session_user").scalar()
+    if me != owner:
+        raise HpcftError(f"hpcft admin init must run as the ledger's owner ({owner}), not {me}")
+    for role in (USERS_ROLE, ADMINS_ROLE):
+        if role not in existing:
+            _run(ledger, f"CREATE ROLE {role} NOLOGIN")
+            done.append(f"created role {role}")
+    _run(ledger, _FUNCTIONS)
+    _run(ledger, _POLICIES)
+    done.append("row-level security on jobs and events: policies, guard trigger and grants in place")
+    _run(ledger, _ASSETS)
+    done.append("row-level security on model_assets: visibility project|all, guard trigger and grants in place")
+    return done
+
+
+def ensure_user(ledger, username: str, admin: bool = False) -> None:
+    """A login role for a Unix user (peer authentication), member of hpcft_users (and hpcft_admins)."""
+    if not _is_postgres(ledger):
+        return
+    with ledger._writer.connect() as conn:
+        exists = conn.exec_driver_sql("SELECT 1 FROM pg_roles WHERE rolname = %(n)s", {"n": username}).scalar()
+    q = _quote_ident(username)
+    if not exists:
+        _run(ledger, f"CREATE ROLE {q} LOGIN")
+    _run(ledger, f"GRANT {USERS_ROLE} TO {q}")
+    if admin:
+        _run(ledger, f"GRANT {ADMINS_ROLE} TO {q}")
+
+
+def sync_projects(ledger, members: Dict[str, List[str]]) -> List[str]:
+    """Projects = Slurm accounts: replace the ledger's membership with `members` and give every member a role."""
+    ledger.set_projects(members)
+    users = sorted({u for us in members.values() for u in us})
+    for u in users:
+        ensure_user(ledger, u)
+    return [f"{p}: {', '.join(us)}" for p, us in sorted(members.items())]
+
+
+def grant_admin(ledger, username: str, admin: bool = True) -> None:
+    ledger.set_admin(username, admin)
+    if admin:
+        ensure_user(ledger, username, admin=True)
+    elif _is_postgres(ledger):
+        _run(ledger, f"REVOKE {ADMINS_ROLE} FROM {_quote_ident(username)}")
