@@ -1,4 +1,4 @@
-"""Model registry commands: `hpcft publish` and `hpcft models list|show|republish|delete|export` (hpcft.registry.core)."""
+"""Model registry commands: `hpcft publish` and `hpcft models list|show|republish|delete|export` (hpcft.registry)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def publish(
 ) -> None:
     """Publish a job's final model, or one of its checkpoints, into the model registry as the next version of NAME
     (copied atomically, with checksums and a model card)."""
-    from hpcft.registry import core as registry
+    from hpcft.registry import publish as registry
 
     _outcome(registry.publish(open_ledger(), job_id, name=name, checkpoint=checkpoint, description=description,
                               visibility=visibility, say=_say))
@@ -64,11 +64,11 @@ def list_models(name: Optional[str] = typer.Argument(None, help="only this name"
                 all_: bool = typer.Option(False, "--all", help="also deleted versions"),
                 as_json: bool = typer.Option(False, "--json", help="a JSON array")) -> None:
     """The versions you may see (yours, your projects' and everyone's), newest first per name."""
-    from hpcft.registry import core as registry
+    from hpcft.registry import names
 
     if name is not None:
-        registry.check_name(name, "NAME")
-    rows = registry.visible(open_ledger(), name, include_deleted=all_)
+        names.check_name(name, "NAME")
+    rows = names.visible(open_ledger(), name, include_deleted=all_)
     if as_json:
         typer.echo(json.dumps([_row_json(r) for r in rows], indent=1, default=str))
         return
@@ -88,10 +88,10 @@ def show(ref: str = REF,
          verify: bool = typer.Option(False, "--verify", help="check every file against SHA256SUMS"),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """One version: state (and why), source job and checkpoint, base, lineage, evaluation, files."""
-    from hpcft.registry import core as registry
+    from hpcft.registry import files, names, use
 
     ledger = open_ledger()
-    row = registry.find(ledger, ref, published_only=False)
+    row = names.find(ledger, ref, published_only=False)
     if as_json:
         typer.echo(json.dumps(_row_json(row), indent=1, default=str))
     else:
@@ -103,12 +103,12 @@ def show(ref: str = REF,
                  f"  published   {_when(row.published_at)}",
                  f"  path        {row.path or '-'}"]
         if row.kind == "lora":
-            lines.append(f"  base        {registry.base_of(row, ledger)}")
+            lines.append(f"  base        {use.base_of(row, ledger)}")
         if row.description:
             lines.append(f"  description {row.description}")
         if meta.get("files") is not None:
-            lines.append(f"  files       {meta['files']} ({registry._size(meta.get('size_bytes') or 0)}), "
-                         f"{registry.MANIFEST} sha256 {str(meta.get('manifest_sha256'))[:16]}...")
+            lines.append(f"  files       {meta['files']} ({files.size_text(meta.get('size_bytes') or 0)}), "
+                         f"{files.MANIFEST} sha256 {str(meta.get('manifest_sha256'))[:16]}...")
         for split, vals in sorted((meta.get("eval") or {}).items()):
             lines.append(f"  eval        {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())))
         lines += [f"  lineage     {x}" for x in meta.get("lineage") or []]
@@ -116,17 +116,17 @@ def show(ref: str = REF,
     if verify:
         if row.state != "published":
             raise HpcftError(f"model asset {row.ref} is {row.state}: nothing to verify")
-        problems = registry.verify(Path(row.path))
+        problems = files.verify(Path(row.path))
         if problems:
-            raise HpcftError(f"model asset {row.ref}: {len(problems)} file(s) do not match {registry.MANIFEST}: "
+            raise HpcftError(f"model asset {row.ref}: {len(problems)} file(s) do not match {files.MANIFEST}: "
                              + "; ".join(problems[:5]))
-        typer.echo(f"verified: every file of {row.ref} matches {registry.MANIFEST}")
+        typer.echo(f"verified: every file of {row.ref} matches {files.MANIFEST}")
 
 
 @models.command("republish")
 def republish(ref: str = REF) -> None:
     """Retry a version whose publish failed (same version number), once the cause is fixed."""
-    from hpcft.registry import core as registry
+    from hpcft.registry import publish as registry
 
     _outcome(registry.republish(open_ledger(), ref, say=_say))
 
@@ -135,7 +135,7 @@ def republish(ref: str = REF) -> None:
 def delete(ref: str = typer.Argument(..., help="NAME@VERSION")) -> None:
     """Delete a version (its files; the ledger keeps the row as deleted, so the number is never reused). Refused
     while a queued or running job starts from it."""
-    from hpcft.registry import core as registry
+    from hpcft.registry import publish as registry
 
     row = registry.delete(open_ledger(), ref)
     typer.echo(f"deleted {row.ref}")
@@ -147,7 +147,7 @@ def export(ref: str = REF,
            merge: bool = typer.Option(False, "--merge", help="merge a LoRA adapter into its base: a plain HF model")) -> None:
     """Copy a version out of the registry; with --merge a LoRA asset becomes a plain Hugging Face model that
     transformers and serving stacks load as is."""
-    from hpcft.registry import core as registry
+    from hpcft.registry import use
 
-    path = registry.export(open_ledger(), ref, out, merge=merge, say=_say)
+    path = use.export(open_ledger(), ref, out, merge=merge, say=_say)
     typer.echo(f"exported {ref}" + (" (merged)" if merge else "") + f" -> {path}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import hpcft_cli
+from support import hpcft_cli
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 FAST = ["executor=local", "training.sequence_length=64", "training.batch_size=8", "training.learning_rate=0.01"]
@@ -98,7 +98,7 @@ def trained(home):
 
 
 def test_bad_names_and_settings_are_refused_before_anything_is_recorded(trained):
-    from hpcft.registry import core as registry
+    from hpcft.registry import names, publish as registry
     from hpcft.errors import ConfigError, NotFound
     from hpcft.ledger.store import Ledger
 
@@ -117,7 +117,7 @@ def test_bad_names_and_settings_are_refused_before_anything_is_recorded(trained)
         with pytest.raises(err, match=re.escape(words)):
             registry.publish(Ledger(), 1, **kwargs)
     with pytest.raises(NotFound, match="model asset nothing@1: not in the registry"):
-        registry.find(Ledger(), "nothing@1")
+        names.find(Ledger(), "nothing@1")
     assert rows() == {}
 
 
@@ -142,7 +142,7 @@ def test_publish_a_checkpoint_and_the_final_model(home, trained):
     assert all(torch.equal(adapter[k.replace(".default", "")], v) for k, v in ckpt.items())
     final = load_file(run1 / "final" / "adapter_model.safetensors")
     assert any(not torch.equal(final[k], adapter[k]) for k in final)  # step 4 differs from step 2
-    from hpcft.registry import core as registry
+    from hpcft.registry import files as registry
 
     for v in (v1, v2):
         cfg = json.loads((v / "adapter_config.json").read_text())
@@ -235,7 +235,7 @@ def test_export_merged_loads_in_transformers_and_generates(home, tmp_path):
     assert gen.shape[1] == ids["input_ids"].shape[1] + 8
     assert isinstance(tok.decode(gen[0, ids["input_ids"].shape[1]:]), str)
     assert yaml.safe_load((out / "README.md").read_text().split("---")[1])["library_name"] == "transformers"
-    from hpcft.registry import core as registry
+    from hpcft.registry import use as registry
     from hpcft.errors import ConfigError
     from hpcft.ledger.store import Ledger
 
@@ -246,12 +246,12 @@ def test_export_merged_loads_in_transformers_and_generates(home, tmp_path):
 def test_delete_keeps_the_number_and_the_other_versions(home):
     ok(run(["models", "delete", "sft@1"]))
     assert not (home / "registry" / "sft" / "v1").exists()
-    from hpcft.registry import core as registry
+    from hpcft.registry import files, names, publish as registry
     from hpcft.errors import StateError
     from hpcft.ledger.store import Ledger
 
-    assert registry.verify(home / "registry" / "sft" / "v2") == []  # its hard-linked base survives
-    assert "sft@1" not in [r.ref for r in registry.visible(Ledger())] and assets("--all")["sft@1"]["state"] == "deleted"
+    assert files.verify(home / "registry" / "sft" / "v2") == []  # its hard-linked base survives
+    assert "sft@1" not in [r.ref for r in names.visible(Ledger())] and assets("--all")["sft@1"]["state"] == "deleted"
     registry.publish(Ledger(), 1, checkpoint="latest", name="sft")  # (in-process: the CLI's is tested above)
     assert rows()["sft@3"].source == "step-00000004"  # a deleted number is never reused
     with pytest.raises(StateError, match="only a publish_failed version can be republished"):
@@ -267,11 +267,11 @@ def test_a_full_model_checkpoint_converts_to_hugging_face_weights(tmp_path):
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from hpcft.registry import core as registry
+    from hpcft.registry import files, stage as registry
     from hpcft.train.checkpoint import save_trainable
     from hpcft.train.modeling import base_model_path
 
-    model_cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "tiny.yaml")
+    model_cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model" / "tiny.yaml")
     del model_cfg["defaults"]
     out = tmp_path / "run"
     base = base_model_path(model_cfg, out)
@@ -285,7 +285,7 @@ def test_a_full_model_checkpoint_converts_to_hugging_face_weights(tmp_path):
     src = registry.Source("step-00000001", out / "checkpoints" / "step-00000001", 1)
     dest = tmp_path / "asset"
     dest.mkdir()
-    registry._stage_checkpoint(job, src, dest, registry._quiet)
+    registry.stage_checkpoint(job, src, dest, files.quiet)
     assert registry.describe(dest)["kind"] == "model"
     loaded = AutoModelForCausalLM.from_pretrained(dest)
     ids = torch.tensor([[3, 4, 5]])
