@@ -13,7 +13,7 @@ security and a guard trigger created by `hpcft admin init`, hpcft.ledger.team). 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Dict, List, Optional, Sequence
 
 from sqlalchemy import JSON, Column, Text, UniqueConstraint, func, update
@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
 from hpcft.errors import ConfigError, HpcftError, NotFound, StateError
+from hpcft.ledger.rows import update_row, utcnow
 
 PUBLISHING, PUBLISHED, PUBLISH_FAILED, DELETED = "publishing", "published", "publish_failed", "deleted"
 STATES = (PUBLISHING, PUBLISHED, PUBLISH_FAILED, DELETED)
@@ -32,10 +33,6 @@ TRANSITIONS = {
 }
 VISIBILITIES = ("project", "all")
 REASON_MAX = 2000
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class ModelAsset(SQLModel, table=True):
@@ -170,16 +167,7 @@ def set_state(ledger, asset_id: int, expected: str, to: str, reason: Optional[st
 
 
 def update_fields(ledger, asset_id: int, **fields: Any) -> None:
-    def fn(s: Session) -> None:
-        row = s.get(ModelAsset, int(asset_id))
-        if row is None:
-            raise NotFound(f"model asset #{asset_id}: not in the ledger")
-        for k, v in fields.items():
-            setattr(row, k, v)
-        row.updated_at = utcnow()
-        s.add(row)
-
-    ledger.write(fn)
+    update_row(ledger, ModelAsset, asset_id, f"model asset #{asset_id}", fields)
 
 
 def live_users(ledger, name: str, version: int) -> List[Dict[str, Any]]:

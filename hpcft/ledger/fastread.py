@@ -22,6 +22,7 @@ from typing import Any, List, Optional
 
 from hpcft import paths
 from hpcft.ledger import query as jobquery
+from hpcft.ledger.query import JobFilter
 
 TIMES = ("created_at", "submitted_at", "started_at", "finished_at", "updated_at")
 
@@ -58,7 +59,7 @@ def _schema_ok(version_rows) -> bool:
     return sorted(r[0] for r in version_rows) == [head()]
 
 
-def _sqlite(url: str, filters: dict) -> Optional[List[SimpleNamespace]]:
+def _sqlite(url: str, where: JobFilter) -> Optional[List[SimpleNamespace]]:
     import sqlite3
     from urllib.parse import quote
 
@@ -73,7 +74,7 @@ def _sqlite(url: str, filters: dict) -> Optional[List[SimpleNamespace]]:
         if not _schema_ok(conn.execute("SELECT version_num FROM alembic_version").fetchall()):
             return None
         cols = _columns()
-        sql, params = jobquery.build(dialect="sqlite", columns=cols, **filters)
+        sql, params = jobquery.build(where, dialect="sqlite", columns=cols)
         return _rows(cols, conn.execute(sql, params).fetchall())
     except sqlite3.Error:  # no tables yet, locked past the timeout, ...: the full ledger knows what to do
         return None
@@ -81,7 +82,7 @@ def _sqlite(url: str, filters: dict) -> Optional[List[SimpleNamespace]]:
         conn.close()
 
 
-def _postgres(url: str, filters: dict) -> Optional[List[SimpleNamespace]]:
+def _postgres(url: str, where: JobFilter) -> Optional[List[SimpleNamespace]]:
     try:
         import psycopg
     except ImportError:
@@ -93,18 +94,19 @@ def _postgres(url: str, filters: dict) -> Optional[List[SimpleNamespace]]:
             if not _schema_ok(cur.fetchall()):
                 return None
             cols = _columns()
-            sql, params = jobquery.build(dialect="postgresql", columns=cols, **filters)
+            sql, params = jobquery.build(where, dialect="postgresql", columns=cols)
             cur.execute(re.sub(r":(p\d+)\b", r"%(\1)s", sql), params)
             return _rows(cols, cur.fetchall())
     except psycopg.Error:
         return None
 
 
-def search(**filters: Any) -> Optional[List[SimpleNamespace]]:
-    """Ledger.search(**filters) answered without SQLAlchemy, or None: then ask the full Ledger."""
+def search(filter: Optional[JobFilter] = None, **filters: Any) -> Optional[List[SimpleNamespace]]:
+    """Ledger.search(filter, **filters) answered without SQLAlchemy, or None: then ask the full Ledger."""
+    where = JobFilter.of(filter, **filters)
     url = paths.db_url()
     if url.startswith("sqlite"):
-        return _sqlite(url, filters)
+        return _sqlite(url, where)
     if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-        return _postgres(url, filters)
+        return _postgres(url, where)
     return None

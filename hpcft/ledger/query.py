@@ -1,9 +1,9 @@
 """The job search as SQL text: one builder for `Ledger.search` (run through SQLAlchemy) and for `hpcft list`'s fast
 read (hpcft.ledger.fastread: the DB-API driver directly, so that listing never imports SQLAlchemy).
 
-Pure: filters in, `(sql, params)` out, with `:name` placeholders (SQLAlchemy's text() and sqlite3 take them as they
-are; hpcft.ledger.fastread rewrites them for psycopg). Every filter value is a bound parameter, never SQL text; column
-names and sort directions come only from the fixed tables below.
+Pure: a `JobFilter` (the one list of the search's keywords) in, `(sql, params)` out, with `:name` placeholders
+(SQLAlchemy's text() and sqlite3 take them as they are; hpcft.ledger.fastread rewrites them for psycopg). Every filter
+value is a bound parameter, never SQL text; column names and sort directions come only from the fixed tables below.
 
 Matching rules (the one place they are written):
 - name / output: case-insensitive substring; `%`, `_` and `!` in the value are taken literally.
@@ -19,6 +19,7 @@ Matching rules (the one place they are written):
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -50,24 +51,32 @@ def order_by(sort: Sequence[str]) -> str:
     return ", ".join([*parts, "id DESC"])
 
 
-def build(
-    *,
-    dialect: str,
-    columns: Sequence[str] = ("*",),
-    ids: Optional[Sequence[int]] = None,
-    name: Optional[str] = None,
-    state: Optional[Sequence[str]] = None,
-    owner: Optional[str] = None,
-    project: Optional[str] = None,
-    resources: Optional[str | Sequence[str]] = None,
-    output: Optional[str] = None,
-    executor: Optional[str] = None,
-    since: Optional[datetime] = None,
-    until: Optional[datetime] = None,
-    sort: Sequence[str] = ("-created",),
-    limit: Optional[int] = None,
-) -> Tuple[str, Dict[str, Any]]:
-    """(SQL, params) selecting `columns` of the matching jobs in order. `dialect`: sqlite, postgresql, mysql,
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a search selects, in which order, how many: `Ledger.search`, hpcft.ledger.fastread and
+    `hpcft list` all take one (the matching rules: this module's docstring)."""
+
+    ids: Optional[Sequence[int]] = None
+    name: Optional[str] = None
+    state: Optional[Sequence[str]] = None
+    owner: Optional[str] = None
+    project: Optional[str] = None
+    resources: Optional[str | Sequence[str]] = None
+    output: Optional[str] = None
+    executor: Optional[str] = None
+    since: Optional[datetime] = None
+    until: Optional[datetime] = None
+    sort: Sequence[str] = ("-created",)
+    limit: Optional[int] = None
+
+    @classmethod
+    def of(cls, filter: Optional[JobFilter] = None, **fields: Any) -> JobFilter:
+        """`filter` (default: match every job) with `fields` set; an unknown keyword raises TypeError."""
+        return replace(filter, **fields) if filter is not None else cls(**fields)
+
+
+def build(f: JobFilter, *, dialect: str, columns: Sequence[str] = ("*",)) -> Tuple[str, Dict[str, Any]]:
+    """(SQL, params) selecting `columns` of the jobs `f` matches, in its order. `dialect`: sqlite, postgresql, mysql,
     mariadb (SQLAlchemy's dialect names)."""
     where, params = [], {}
 
@@ -76,32 +85,32 @@ def build(
         params[key] = value
         return f":{key}"
 
-    if ids:
-        where.append(f"id IN ({', '.join(bind(int(i)) for i in ids)})")
-    if name:
-        where.append(f"lower(name) LIKE lower({bind('%' + _like(name) + '%')}) ESCAPE '!'")
-    if state:
-        where.append(f"state IN ({', '.join(bind(State(s).value) for s in state)})")
-    if owner:
-        where.append(f"owner = {bind(owner)}")
-    if project:
-        where.append(f"project = {bind(project)}")
+    if f.ids:
+        where.append(f"id IN ({', '.join(bind(int(i)) for i in f.ids)})")
+    if f.name:
+        where.append(f"lower(name) LIKE lower({bind('%' + _like(f.name) + '%')}) ESCAPE '!'")
+    if f.state:
+        where.append(f"state IN ({', '.join(bind(State(s).value) for s in f.state)})")
+    if f.owner:
+        where.append(f"owner = {bind(f.owner)}")
+    if f.project:
+        where.append(f"project = {bind(f.project)}")
     spaced = ("CONCAT(' ', resource_spec, ' ')" if dialect in ("mysql", "mariadb")  # || is OR there
               else "' ' || resource_spec || ' '")
-    for tok in (resources.split() if isinstance(resources, str) else resources or ()):
+    for tok in (f.resources.split() if isinstance(f.resources, str) else f.resources or ()):
         where.append(f"lower({spaced}) LIKE lower({bind('% ' + _like(tok) + ' %')}) ESCAPE '!'")
-    if output:
-        where.append(f"lower(output_dir) LIKE lower({bind('%' + _like(output) + '%')}) ESCAPE '!'")
-    if executor:
-        where.append(f"executor = {bind(executor)}")
-    if since is not None:
-        where.append(f"created_at >= {bind(time_param(since, dialect))}")
-    if until is not None:
-        where.append(f"created_at < {bind(time_param(until, dialect))}")
+    if f.output:
+        where.append(f"lower(output_dir) LIKE lower({bind('%' + _like(f.output) + '%')}) ESCAPE '!'")
+    if f.executor:
+        where.append(f"executor = {bind(f.executor)}")
+    if f.since is not None:
+        where.append(f"created_at >= {bind(time_param(f.since, dialect))}")
+    if f.until is not None:
+        where.append(f"created_at < {bind(time_param(f.until, dialect))}")
     cond = f" WHERE {' AND '.join(where)}" if where else ""
-    order = order_by(sort)
+    order = order_by(f.sort)
     cols = ", ".join(columns)
-    if limit:
-        top = f"SELECT id FROM jobs{cond} ORDER BY {order} LIMIT {int(limit)}"
+    if f.limit:
+        top = f"SELECT id FROM jobs{cond} ORDER BY {order} LIMIT {int(f.limit)}"
         return f"SELECT {cols} FROM jobs WHERE id IN (SELECT id FROM ({top}) AS top_ids) ORDER BY {order}", params
     return f"SELECT {cols} FROM jobs{cond} ORDER BY {order}", params

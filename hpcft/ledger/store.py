@@ -14,7 +14,7 @@ import getpass
 import os
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from sqlalchemy import JSON, Column, event as sa_event, update
@@ -24,12 +24,10 @@ from sqlmodel import Field, Session, SQLModel, create_engine, select
 from hpcft import paths
 from hpcft.ledger import query as jobquery
 from hpcft.ledger import migrations
+from hpcft.ledger.query import JobFilter
+from hpcft.ledger.rows import update_row, utcnow
 from hpcft.errors import NotFound, StateError
 from hpcft.states import State, can_transition, is_terminal
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def current_user() -> str:
@@ -115,7 +113,7 @@ class Admin(SQLModel, table=True):
     username: str = Field(primary_key=True)
 
 
-from hpcft.ledger.assets import ModelAsset  # noqa: E402,F401  (the model registry's table: hpcft.registry.core)
+from hpcft.ledger.assets import ModelAsset  # noqa: E402,F401  (the model registry's table: hpcft.registry)
 
 _ENGINES: Dict[str, Any] = {}
 
@@ -337,41 +335,15 @@ class Ledger:
         return job
 
     def update(self, job_id: int, **fields: Any) -> Job:
-        def fn(s: Session) -> Job:
-            job = s.get(Job, int(job_id))
-            if job is None:
-                raise NotFound(f"job {job_id}: not in the ledger")
-            for k, v in fields.items():
-                setattr(job, k, v)
-            job.updated_at = utcnow()
-            s.add(job)
-            return job
+        return update_row(self, Job, job_id, f"job {job_id}", fields)
 
-        return self.write(fn)
-
-    def search(
-        self,
-        *,
-        ids: Optional[Sequence[int]] = None,
-        name: Optional[str] = None,
-        state: Optional[Sequence[str]] = None,
-        owner: Optional[str] = None,
-        project: Optional[str] = None,
-        resources: Optional[str | Sequence[str]] = None,
-        output: Optional[str] = None,
-        executor: Optional[str] = None,
-        since: Optional[datetime] = None,
-        until: Optional[datetime] = None,
-        sort: Sequence[str] = ("-created",),
-        limit: Optional[int] = None,
-    ) -> List[Job]:
-        """Jobs matching all given filters, in `sort` order (the matching rules: hpcft.ledger.query, the one query
-        builder, which `hpcft list` also runs without SQLAlchemy through hpcft.ledger.fastread)."""
+    def search(self, filter: Optional[JobFilter] = None, **filters: Any) -> List[Job]:
+        """Jobs matching `filter` with `filters` (JobFilter's keywords: name=..., state=[...], limit=...) set, in its
+        `sort` order (the matching rules: hpcft.ledger.query, the one query builder, which `hpcft list` also runs
+        without SQLAlchemy through hpcft.ledger.fastread)."""
         from sqlalchemy import text
 
-        sql, params = jobquery.build(dialect=self._reader.dialect.name, columns=("*",), ids=ids, name=name,
-                                     state=state, owner=owner, project=project, resources=resources, output=output,
-                                     executor=executor, since=since, until=until, sort=sort, limit=limit)
+        sql, params = jobquery.build(JobFilter.of(filter, **filters), dialect=self._reader.dialect.name)
         with self.read() as s:
             return list(s.execute(select(Job).from_statement(text(sql).bindparams(**params))).scalars().all())
 
