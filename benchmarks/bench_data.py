@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from run_config import write_config  # benchmarks/run_config.py
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ARCH = {"hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -79,19 +81,6 @@ def make_corpus(path: Path, times: int) -> tuple[Path, int]:
                 f.write(json.dumps({"text": f"({k}) " + json.loads(line)["text"]}) + "\n")
                 n += 1
     return path, n
-
-
-def write_config(out: Path, overrides: list) -> Path:
-    from omegaconf import OmegaConf, open_dict
-
-    import hpcft.jobs.preflight
-
-    cfg = hpcft.jobs.preflight.load(overrides)
-    with open_dict(cfg):
-        cfg.output_dir = str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return out / "config.yaml"
 
 
 def train_rows(out: Path, kind: str = "train") -> list:

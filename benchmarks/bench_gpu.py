@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from run_config import write_config  # benchmarks/run_config.py
+
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, SXM
 
@@ -38,19 +40,6 @@ def make_data(path: Path, n: int, response_chars: int) -> Path:
             resp = " ".join(rnd.choice(words) for _ in range(response_chars // 5))[:response_chars]
             f.write(json.dumps({"prompt": f"Question {i}: say something long.", "response": resp}) + "\n")
     return path
-
-
-def write_config(out: Path, overrides: list) -> Path:
-    from omegaconf import OmegaConf, open_dict
-
-    import hpcft.jobs.preflight
-
-    cfg = hpcft.jobs.preflight.load(overrides)
-    with open_dict(cfg):
-        cfg.output_dir = str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return out / "config.yaml"
 
 
 def run_entry(cfg_path: Path, timeout: int = 900, signal_after: float | None = None) -> int:

@@ -47,6 +47,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from run_config import write_config  # benchmarks/run_config.py
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 6,
         "num_key_value_heads": 6, "max_position_embeddings": 512, "tie_word_embeddings": False}
@@ -135,11 +137,6 @@ def hpcft_config(out: Path, method: str, model_dir: Path, data: Path, steps: int
     """The run dir `out` with the config.yaml of the benchmark's job (what `hpcft submit` would write)."""
     import shutil
 
-    from omegaconf import OmegaConf, open_dict
-
-    sys.path.insert(0, str(ROOT))
-    import hpcft.jobs.preflight
-
     shutil.rmtree(out, ignore_errors=True)
     ov = ["model=tiny", "model.source=pretrained", f"model.path={model_dir}", f"model.tokenizer={model_dir}",
           f"method={method}", "data=custom", f"data.train={data}", "data.format=alpaca", "resources=local",
@@ -150,12 +147,7 @@ def hpcft_config(out: Path, method: str, model_dir: Path, data: Path, steps: int
     if method == "lora":
         ov += [f"method.lora.rank={LORA['rank']}", f"method.lora.alpha={LORA['alpha']}",
                f"method.lora.dropout={LORA['dropout']}"]
-    cfg = hpcft.jobs.preflight.load(ov)
-    with open_dict(cfg):
-        cfg.output_dir = str(out)
-    out.mkdir(parents=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return out / "config.yaml"
+    return write_config(out, ov)
 
 
 def hpcft_run(work: Path, method: str, model_dir: Path, data: Path, steps: int, env: dict, tag: str) -> dict:

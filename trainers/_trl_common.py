@@ -5,7 +5,8 @@ and `TrlRun`, which puts transformers' Trainer on hpcft's one trainer core (hpcf
 - checkpoints go through `CheckpointManager`: transformers' own save policy is off, `should_save` decides, the
   Trainer writes its files into its staging dir `checkpoints/checkpoint-N/` and `publish` makes it
   `checkpoints/step-N/` + `latest` (atomic, retention applied); resume is `resolve_resume` -> trainer.train();
-- the time-limit warning (SIGUSR1): a checkpoint at the next step, then `SavedAtWarning` (exit 75);
+- the time-limit warning (SIGUSR1): a checkpoint at the next step, then `SavedAtWarning` (exit 75); with
+  training.keep_checkpoints=off there is nothing to save and training goes on;
 - the fault-injection seams (`hpcft.train.faults`) after every step and inside every save;
 - metrics.jsonl lines, epoch/checkpoint events, and the one summary.json (`hpcft.train.summary`).
 
@@ -15,6 +16,7 @@ summary.json; the base model of a config-built model lives in base/ (hpcft.train
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -38,9 +40,11 @@ def device_has_gpu() -> bool:
 # ------------------------------------------------------------------------------------------------------ setup
 
 def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **method_kwargs: Any):
-    """A trl *Config from cfg.training (+ method-specific kwargs). Sets what trl's defaults get wrong for us
-    (pitfall 7: bf16 and gradient_checkpointing default to True; report_to; use_cpu on CPU). The lr schedule and
-    the save policy are not transformers' (see TrlRun): its scheduler is replaced and its save strategy is off."""
+    """A trl *Config from cfg.training (+ method-specific kwargs). Sets every field whose trl/transformers default
+    is wrong for us: trl turns bf16 and gradient_checkpointing on by default (here they follow training.precision
+    and training.gradient_checkpointing), report_to would report to every installed tracker (hpcft's own
+    trackers do that), and use_cpu must be set on a machine without a GPU. The lr schedule and the save policy
+    are not transformers' (see TrlRun): its scheduler is replaced and its save strategy is off."""
     t = cfg.training
     out = Path(cfg.output_dir)
     kwargs: Dict[str, Any] = dict(
@@ -87,16 +91,16 @@ def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **met
 def deepspeed_dict(cfg: DictConfig, ctx: RunContext) -> Optional[Dict[str, Any]]:
     """The DeepSpeed config for transformers' Trainer (None without a ZeRO stage): the same generated config
     causal_lm uses (hpcft.train.deepspeed_config), without an optimizer section, so the Trainer hands DeepSpeed a
-    torch AdamW (no C++ optimizer build, pitfall 4). On CPU the accelerator is selected before deepspeed is
-    imported and the shm comm op is not built; with use_cpu=True (set above) the Trainer really runs DeepSpeed
-    on CPU (pitfall 2)."""
+    torch AdamW (DeepSpeed's own optimizers are C++/CUDA extensions compiled at first use). On CPU the accelerator
+    is selected before deepspeed is imported (DeepSpeed picks it at import) and the shared-memory comm op, which
+    training never uses, is not built; with use_cpu=True (trl_args) the Trainer really runs DeepSpeed on CPU."""
     if cfg.deepspeed.get("stage") is None:
         return None
     from hpcft.train.deepspeed_config import build_ds_config
 
     dist.prepare_deepspeed_import()
     if not device_has_gpu():
-        dist._skip_cpu_shm_op()
+        dist.skip_cpu_shm_op()
     return build_ds_config(cfg.deepspeed, cfg.training, ctx.world_size)
 
 
@@ -325,8 +329,28 @@ def reseed_sampler_each_epoch(trainer) -> None:
     trainer._get_train_sampler = _get_train_sampler
 
 
+@functools.lru_cache(maxsize=None)
+def trainer_callback(events: type) -> type:
+    """`events` (a class of TrainerCallback event methods) on transformers' TrainerCallback, which supplies the
+    events it leaves out. Built on first use, not at import: transformers imports torch."""
+    from transformers import TrainerCallback
+
+    return type(events.__name__, (events, TrainerCallback), {"__doc__": events.__doc__})
+
+
 def make_checkpoint_callback(run: TrlRun):
-    """The save policy, the warning and the fault seams as a TrainerCallback.
+    """The save policy, the warning and the fault seams (`CheckpointCallback`) as a TrainerCallback."""
+    return trainer_callback(CheckpointCallback)(run)
+
+
+def make_metrics_callback(ctx: RunContext, log: MetricsWriter, splits: List[str], method: str):
+    """Train/eval lines, progress and epoch events (`MetricsCallback`) as a TrainerCallback."""
+    return trainer_callback(MetricsCallback)(ctx, log, splits, method)
+
+
+class CheckpointCallback:
+    """The save policy, the warning and the fault seams: the events of a transformers TrainerCallback
+    (`make_checkpoint_callback` puts them on transformers' base class).
 
     transformers calls on_step_end after each optimizer step, then logs, evaluates and saves (when
     control.should_save) and calls on_save; at an epoch's end on_epoch_end, then evaluation and save again.
@@ -334,163 +358,173 @@ def make_checkpoint_callback(run: TrlRun):
     epoch's evaluation), the Trainer writes checkpoints/checkpoint-N, on_save publishes it as step-N. A step's
     fault seam (faults.after_step) runs once the step is logged and its checkpoint published: in on_save, else
     at the next on_step_begin / on_epoch_end / on_train_end."""
-    from transformers import TrainerCallback
 
-    t, ctx, manager = run.t, run.ctx, run.manager
+    def __init__(self, run: TrlRun):
+        self.run, self.t, self.ctx, self.manager = run, run.t, run.ctx, run.manager
+        self.reason: Optional[str] = None  # why the pending save happens: interval | epoch | warning
+        self.done_step: Optional[int] = None  # a step whose fault seam has not run yet
+        self.last_path: Optional[Path] = None
+        self.last_step = -1
+        self.stopped_at_warning = False
+        self.warned_off = False  # said once that the warning is ignored (checkpoints off)
 
-    class CheckpointCallback(TrainerCallback):
-        def __init__(self):
-            self.reason: Optional[str] = None  # why the pending save happens: interval | epoch | warning
-            self.done_step: Optional[int] = None  # a step whose fault seam has not run yet
-            self.last_path: Optional[Path] = None
-            self.last_step = -1
-            self.stopped_at_warning = False
-            self.warned_off = False  # said once that the warning is ignored (checkpoints off)
+    def after_step(self) -> None:
+        """The step's fault seam, once its line is logged and its checkpoint (if any) published."""
+        if self.done_step is not None:
+            step, self.done_step = self.done_step, None
+            faults.after_step(step)
 
-        def after_step(self) -> None:
-            """The step's fault seam, once its line is logged and its checkpoint (if any) published."""
-            if self.done_step is not None:
-                step, self.done_step = self.done_step, None
-                faults.after_step(step)
+    def on_train_begin(self, args, state, control, **kw):
+        if state.max_steps and state.global_step >= state.max_steps:  # state as restored from a checkpoint
+            raise NothingLeftToTrain()
 
-        def on_step_end(self, args, state, control, **kw):
-            step = state.global_step
-            self.done_step = step
-            if ckpt.should_save(t.save_strategy, int(t.save_interval), step):
-                self.reason = "interval"
-            # a collective on every rank at every step; at the last step training ends anyway
-            if run.flag.agreed() and not control.should_training_stop and not manager.enabled:
-                if not self.warned_off:  # nothing to save: stopping would only lose the work (a requeue restarts)
-                    run.say("[hpcft] time-limit warning, but training.keep_checkpoints=off: nothing to save, "
-                            "training on")
-                    self.warned_off = True
-            elif run.flag.agreed() and not control.should_training_stop:
-                self.reason = "warning"
-                self.stopped_at_warning = True
-                control.should_training_stop = True
-                run.say(f"[hpcft] time-limit warning: saving a checkpoint at step {step} and stopping")
-            if self.reason and manager.enabled:
-                control.should_save = True
-            else:
-                self.reason = None
+    def on_step_begin(self, args, state, control, **kw):
+        self.after_step()  # the previous step's (logged and saved by now)
+        seed_step(int(self.t.seed), state.global_step, self.ctx.rank)
 
-        def on_train_begin(self, args, state, control, **kw):
-            if state.max_steps and state.global_step >= state.max_steps:  # state as restored from a checkpoint
-                raise NothingLeftToTrain()
+    def on_step_end(self, args, state, control, **kw):
+        step = state.global_step
+        self.done_step = step
+        if ckpt.should_save(self.t.save_strategy, int(self.t.save_interval), step):
+            self.reason = "interval"
+        # a collective on every rank at every step; at the last step training ends anyway
+        if self.run.flag.agreed() and not control.should_training_stop:
+            self._at_warning(step, control)
+        if self.reason and self.manager.enabled:
+            control.should_save = True
+        else:
+            self.reason = None
 
-        def on_step_begin(self, args, state, control, **kw):
-            self.after_step()  # the previous step's (logged and saved by now)
-            seed_step(int(t.seed), state.global_step, ctx.rank)
+    def _at_warning(self, step: int, control) -> None:
+        """The time-limit warning: a checkpoint at this step, then stop. With checkpoints off there is nothing to
+        save and stopping would only lose the work (a requeue restarts): training goes on, said once."""
+        if not self.manager.enabled:
+            if not self.warned_off:
+                self.run.say("[hpcft] time-limit warning, but training.keep_checkpoints=off: nothing to save, "
+                             "training on")
+                self.warned_off = True
+            return
+        self.reason = "warning"
+        self.stopped_at_warning = True
+        control.should_training_stop = True
+        self.run.say(f"[hpcft] time-limit warning: saving a checkpoint at step {step} and stopping")
 
-        def on_epoch_end(self, args, state, control, **kw):
-            self.after_step()  # before the epoch's evaluation and checkpoint
-            if self.stopped_at_warning:  # stopped inside the epoch: no evaluation or save of an unfinished epoch
-                control.should_evaluate = control.should_save = False
-                return
-            done = round(state.epoch or 0)
-            if abs((state.epoch or 0) - done) > 1e-6:
-                return  # max_steps ended training inside an epoch
-            if (manager.enabled and state.global_step != self.last_step
-                    and ckpt.should_save(t.save_strategy, int(t.save_interval), state.global_step, epoch_end=done)):
-                self.reason = "epoch"
-                control.should_save = True
+    def on_epoch_end(self, args, state, control, **kw):
+        self.after_step()  # before the epoch's evaluation and checkpoint
+        if self.stopped_at_warning:  # stopped inside the epoch: no evaluation or save of an unfinished epoch
+            control.should_evaluate = control.should_save = False
+        elif self._saves_at_epoch_end(state):
+            self.reason = "epoch"
+            control.should_save = True
 
-        def on_train_end(self, args, state, control, **kw):
-            self.after_step()
+    def _saves_at_epoch_end(self, state) -> bool:
+        done = round(state.epoch or 0)
+        if abs((state.epoch or 0) - done) > 1e-6:
+            return False  # max_steps ended training inside an epoch
+        return (self.manager.enabled and state.global_step != self.last_step
+                and ckpt.should_save(self.t.save_strategy, int(self.t.save_interval), state.global_step,
+                                     epoch_end=done))
 
-        def on_save(self, args, state, control, **kw):
-            step = state.global_step
-            staging = Path(args.output_dir) / f"checkpoint-{step}"
-            faults.in_save(step)
-            reason = self.reason or "interval"
-            path = manager.publish(staging, step, self._state(args, state, kw.get("train_dataloader"), reason))
-            self.last_path, self.last_step, self.reason = path, step, None
-            run.say(f"[hpcft] checkpoint step {step} ({reason}) -> {path}")
-            ctx.event("checkpoint", f"checkpoint at step {step} ({reason})", step=step, path=str(path),
-                      reason=reason)
-            self.after_step()
+    def on_train_end(self, args, state, control, **kw):
+        self.after_step()
 
-        def _state(self, args, state, loader, reason: str) -> Dict[str, Any]:
-            st: Dict[str, Any] = {"epoch": int(math.floor((state.epoch or 0) + 1e-6)), "job_id": ctx.job_id,
-                                  "world_size": ctx.world_size, "method": run.method, "reason": reason,
-                                  "total_steps": state.max_steps}
-            try:  # transformers' own count of optimizer steps per epoch
-                n, ga = len(loader), int(args.gradient_accumulation_steps)
-                per_epoch = max(n // ga + int(n % ga > 0), 1)
-                st["epoch"], st["step_in_epoch"] = divmod(int(state.global_step), per_epoch)
-            except TypeError:  # no dataloader, or one without a length
-                pass
-            return st
+    def on_save(self, args, state, control, **kw):
+        step = state.global_step
+        staging = Path(args.output_dir) / f"checkpoint-{step}"
+        faults.in_save(step)
+        reason = self.reason or "interval"
+        path = self.manager.publish(staging, step, self._state(args, state, kw.get("train_dataloader"), reason))
+        self.last_path, self.last_step, self.reason = path, step, None
+        self.run.say(f"[hpcft] checkpoint step {step} ({reason}) -> {path}")
+        self.ctx.event("checkpoint", f"checkpoint at step {step} ({reason})", step=step, path=str(path),
+                       reason=reason)
+        self.after_step()
 
-    return CheckpointCallback()
+    def _state(self, args, state, loader, reason: str) -> Dict[str, Any]:
+        """The checkpoint's state.json beside transformers' own files."""
+        ctx = self.ctx
+        st: Dict[str, Any] = {"epoch": int(math.floor((state.epoch or 0) + 1e-6)), "job_id": ctx.job_id,
+                              "world_size": ctx.world_size, "method": self.run.method, "reason": reason,
+                              "total_steps": state.max_steps}
+        try:  # transformers' own count of optimizer steps per epoch
+            n, ga = len(loader), int(args.gradient_accumulation_steps)
+            per_epoch = max(n // ga + int(n % ga > 0), 1)
+            st["epoch"], st["step_in_epoch"] = divmod(int(state.global_step), per_epoch)
+        except TypeError:  # no dataloader, or one without a length
+            pass
+        return st
 
 
-def make_metrics_callback(ctx: RunContext, log: MetricsWriter, splits: List[str], method: str):
-    """A transformers TrainerCallback writing train/eval lines, printing progress and recording epoch events.
-    Eval metrics of the last split close the epoch (one `epoch` event with all splits)."""
-    from transformers import TrainerCallback
+RECORD_KEYS = ("type", "split", "epoch", "step")  # a metrics line's keys that are not metrics
 
-    class MetricsCallback(TrainerCallback):
-        def __init__(self):
-            self.t0 = time.time()
-            self.pending: Dict[str, Any] = {}
-            self.evals: List[Dict[str, Any]] = []
-            self.train_history: List[Dict[str, Any]] = []
 
-        def last_evals(self) -> Dict[str, Dict[str, float]]:
-            """{split: {metric: value}} of the latest evaluation of each split."""
-            return {r["split"]: {k: v for k, v in r.items() if k not in ("type", "split", "epoch", "step")}
-                    for r in self.evals}
+class MetricsCallback:
+    """Train/eval lines in metrics.jsonl, progress printed, epoch events: the events of a transformers
+    TrainerCallback (`make_metrics_callback` puts them on transformers' base class). Eval metrics of the last
+    split close the epoch (one `epoch` event with all splits)."""
 
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = dict(logs or {})
-            if not logs or any(k.startswith("eval_") for k in logs) or "train_runtime" in logs:
-                return
-            rec: Dict[str, Any] = {"type": "train", "step": state.global_step}
-            for k, v in logs.items():
-                if k == "learning_rate":
-                    rec["lr"] = _num(v)
-                elif _num(v) is not None:
-                    rec[k] = _num(v)
-            self.train_history.append(rec)
-            if ctx.is_main:
-                log.write(rec)
-                shown = " ".join(f"{k}={rec[k]:.4g}" for k in ("loss", "reward", "rewards/margins", "accuracy",
-                                                                 "lr") if rec.get(k) is not None)
-                print(f"[{method}] step {state.global_step}/{state.max_steps} {shown} "
-                      f"({time.time() - self.t0:.1f}s)", flush=True)
+    def __init__(self, ctx: RunContext, log: MetricsWriter, splits: List[str], method: str):
+        self.ctx, self.log, self.splits, self.method = ctx, log, splits, method
+        self.t0 = time.time()
+        self.pending: Dict[str, Any] = {}
+        self.evals: List[Dict[str, Any]] = []
+        self.train_history: List[Dict[str, Any]] = []
 
-        def on_evaluate(self, args, state, control, metrics=None, **kw):
-            metrics = dict(metrics or {})
-            split = next((s for s in splits if any(k.startswith(f"eval_{s}_") for k in metrics)), None)
-            prefix = f"eval_{split}_" if split else "eval_"
-            split = split or (splits[0] if splits else "validation")
-            epoch = int(math.ceil(state.epoch or 0)) if state.epoch else 0
-            rec: Dict[str, Any] = {"type": "eval", "split": split, "epoch": epoch, "step": state.global_step}
-            # the split's own keys (eval_<split>_loss) and the ones trl logs without the split (eval_accuracy)
-            others = tuple(f"eval_{s}_" for s in splits)
-            for k, v in metrics.items():
-                if _num(v) is None or k.endswith(("_runtime", "_per_second")) or k == "epoch":
-                    continue
-                if k.startswith(prefix):
-                    rec[k[len(prefix):]] = _num(v)
-                elif k.startswith("eval_") and not k.startswith(others):
-                    rec.setdefault(k[len("eval_"):], _num(v))
-            self.evals.append(rec)
-            self.pending[split] = rec
-            if ctx.is_main:
-                log.write(rec)
-                shown = " ".join(f"{k}={v:.4g}" for k, v in rec.items()
-                                 if k not in ("type", "split", "epoch", "step") and isinstance(v, float))
-                print(f"[{method}] eval {split} epoch {epoch}: {shown}", flush=True)
-            if split == splits[-1]:
-                data = {f"{s}_{k}": v for s, r in self.pending.items() for k, v in r.items()
-                        if k not in ("type", "split", "epoch", "step")}
-                ctx.event("epoch", f"epoch {epoch} evaluated at step {state.global_step}",
-                          epoch=epoch, step=state.global_step, **data)
-                self.pending = {}
+    def last_evals(self) -> Dict[str, Dict[str, float]]:
+        """{split: {metric: value}} of the latest evaluation of each split."""
+        return {r["split"]: {k: v for k, v in r.items() if k not in RECORD_KEYS} for r in self.evals}
 
-    return MetricsCallback()
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        if not logs or any(k.startswith("eval_") for k in logs) or "train_runtime" in logs:
+            return
+        rec: Dict[str, Any] = {"type": "train", "step": state.global_step}
+        for k, v in logs.items():
+            if k == "learning_rate":
+                rec["lr"] = _num(v)
+            elif _num(v) is not None:
+                rec[k] = _num(v)
+        self.train_history.append(rec)
+        if self.ctx.is_main:
+            self.log.write(rec)
+            shown = " ".join(f"{k}={rec[k]:.4g}" for k in ("loss", "reward", "rewards/margins", "accuracy", "lr")
+                             if rec.get(k) is not None)
+            print(f"[{self.method}] step {state.global_step}/{state.max_steps} {shown} "
+                  f"({time.time() - self.t0:.1f}s)", flush=True)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        rec = eval_record(dict(metrics or {}), self.splits, state)
+        split, epoch = rec["split"], rec["epoch"]
+        self.evals.append(rec)
+        self.pending[split] = rec
+        if self.ctx.is_main:
+            self.log.write(rec)
+            shown = " ".join(f"{k}={v:.4g}" for k, v in rec.items() if k not in RECORD_KEYS and isinstance(v, float))
+            print(f"[{self.method}] eval {split} epoch {epoch}: {shown}", flush=True)
+        if split == self.splits[-1]:
+            data = {f"{s}_{k}": v for s, r in self.pending.items() for k, v in r.items() if k not in RECORD_KEYS}
+            self.ctx.event("epoch", f"epoch {epoch} evaluated at step {state.global_step}",
+                           epoch=epoch, step=state.global_step, **data)
+            self.pending = {}
+
+
+def eval_record(metrics: Dict[str, Any], splits: List[str], state) -> Dict[str, Any]:
+    """The metrics.jsonl line of one evaluation: the split it was (found in its keys), the epoch, and the split's
+    own metrics (eval_<split>_loss) with the ones trl logs without the split (eval_accuracy)."""
+    split = next((s for s in splits if any(k.startswith(f"eval_{s}_") for k in metrics)), None)
+    prefix = f"eval_{split}_" if split else "eval_"
+    split = split or (splits[0] if splits else "validation")
+    epoch = int(math.ceil(state.epoch or 0)) if state.epoch else 0
+    rec: Dict[str, Any] = {"type": "eval", "split": split, "epoch": epoch, "step": state.global_step}
+    others = tuple(f"eval_{s}_" for s in splits)
+    for k, v in metrics.items():
+        if _num(v) is None or k.endswith(("_runtime", "_per_second")) or k == "epoch":
+            continue
+        if k.startswith(prefix):
+            rec[k[len(prefix):]] = _num(v)
+        elif k.startswith("eval_") and not k.startswith(others):
+            rec.setdefault(k[len("eval_"):], _num(v))
+    return rec
 
 
 def parallelism(trainer) -> Dict[str, Any]:

@@ -35,8 +35,9 @@ def log(ctx, msg: str) -> None:
 # ------------------------------------------------------------------------------------------------- the model
 
 def disable_bnb_cpu_repack(model) -> int:
-    """Pitfall 1: on CPUs with AVX512-BF16, a 4-bit forward under no_grad (eval) repacks the weights and LoRA
-    gets no gradients afterwards. Turning the fast path off on every Linear4bit keeps QLoRA learning."""
+    """bitsandbytes' CPU fast path: on CPUs with AVX512-BF16, a 4-bit forward under no_grad (eval) repacks the
+    weights and LoRA gets no gradients afterwards. Turning the fast path off on every Linear4bit keeps QLoRA
+    learning after an evaluation."""
     try:
         import bitsandbytes as bnb
     except ImportError:
@@ -389,7 +390,8 @@ def train(cfg, ctx) -> dict[str, Any]:
 
 def save_final(engine, tok, final: Path, ctx) -> None:
     """`final/` in HF format (full model or peft adapter, + tokenizer), written atomically on the main rank.
-    Under ZeRO-3 the partitioned weights are gathered first (pitfall 5)."""
+    Under ZeRO-3 every rank holds only its partition of each weight (the module's own tensors are empty), so the
+    full weights are gathered first (a collective: every rank calls this)."""
     state = engine.zero3_state_dict()
     if ctx.is_main:
         tmp = ckpt.staging_for(final)

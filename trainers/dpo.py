@@ -2,7 +2,7 @@
 
 LoRA (method.lora set, the default preset): only adapters train; the reference is the same model with the
 adapters disabled (no second copy). Full weights (method.lora=null): the reference is a frozen copy loaded from
-the base path (pitfall 6: trl reloads it from a path, so config-built models are materialized under base/ first).
+the base path (trl loads the reference from a path, so config-built models are materialized under base/ first).
 Validation and test: DPO loss, reward margins and accuracy after each epoch.
 """
 

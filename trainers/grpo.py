@@ -44,7 +44,7 @@ def train(cfg: DictConfig, ctx: RunContext) -> dict:
     )
     run = C.TrlRun(cfg, ctx, list(evals), base)
     trainer = GRPOTrainer(
-        model=base,  # a path (pitfall 6: with beta > 0 trl reloads the reference from it)
+        model=base,  # a path: with beta > 0 trl loads the reference model from it too
         reward_funcs=funcs,
         args=args,
         train_dataset=train_ds,

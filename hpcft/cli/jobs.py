@@ -13,6 +13,7 @@ import typer
 from hpcft.cli.common import JOB, app, authorized, console, duration, fmt_time, open_ledger, quote
 from hpcft.errors import ConfigError as HpcftConfigError
 from hpcft.errors import HpcftError
+from hpcft.ledger.query import SORT_COLUMNS, JobFilter
 
 # ------------------------------------------------------------------------------------------------------ submit
 
@@ -28,7 +29,6 @@ def submit(
     force: bool = typer.Option(False, "--force", help="submit even when the memory estimate exceeds resources.gpu_mem"),
 ) -> None:
     """Validate a job config and submit it (local machine or Slurm)."""
-    from hpcft.config import compose
     from hpcft.jobs import submit as hsubmit
 
     ovs = list(overrides or [])
@@ -44,27 +44,7 @@ def submit(
     plan = hsubmit.plan(ovs, multirun=multirun)
     con = console()
     if dry_run:
-        for i, (cfg, pt) in enumerate(zip(plan.configs, plan.overrides, strict=True)):
-            if len(plan.configs) > 1:
-                con.print(f"[bold]# point {i}: {' '.join(pt)}[/bold]")
-            typer.echo(compose.to_yaml(cfg))
-        n = len(plan.configs)
-        what = "one job" if n == 1 else (f"{n} jobs as one Slurm array" if plan.executor == "slurm" else f"{n} jobs")
-        from hpcft.config.methods import METHODS
-
-        trainer = METHODS[plan.configs[0].method.name]
-        typer.echo(f"# would submit {what} to the {plan.executor} executor; each runs {trainer} "
-                   f"(method {plan.configs[0].method.name}) via `python -m hpcft.train.entry`")
-        from hpcft.train.datacheck import preview_lines  # records, format, one rendered example per the data
-
-        typer.echo("\n".join(preview_lines(plan.configs[0])))
-        _memory(plan, force, show=True)  # the per-GPU estimate; refuses (exit 2) a job that cannot fit
-        if plan.executor == "slurm":
-            from hpcft.slurm.sbatch import sbatch_options, to_lines
-
-            cfg0 = plan.configs[0]
-            array = f"0-{n - 1}" if n > 1 else None
-            typer.echo("\n".join(to_lines(sbatch_options(cfg0.resources, job_name=cfg0.name, array=array))))
+        _dry_run(plan, force, con)
         return
     _memory(plan, force, show=False)  # before anything is created
     if plan.executor == "slurm":
@@ -84,6 +64,32 @@ def submit(
     if wait:
         rc = _wait([j.id for j in jobs], follow=len(jobs) == 1)
         raise typer.Exit(rc)
+
+
+def _dry_run(plan, force: bool, con) -> None:
+    """`submit --dry-run`: the resolved configs, what would run, a data preview, the memory estimate (refuses, exit
+    2, a job that cannot fit) and on Slurm the sbatch options; creates nothing."""
+    from hpcft.config import compose
+    from hpcft.config.methods import METHODS
+    from hpcft.train.datacheck import preview_lines  # records, format, one rendered example per the data
+
+    for i, (cfg, pt) in enumerate(zip(plan.configs, plan.overrides, strict=True)):
+        if len(plan.configs) > 1:
+            con.print(f"[bold]# point {i}: {' '.join(pt)}[/bold]")
+        typer.echo(compose.to_yaml(cfg))
+    n = len(plan.configs)
+    what = "one job" if n == 1 else (f"{n} jobs as one Slurm array" if plan.executor == "slurm" else f"{n} jobs")
+    trainer = METHODS[plan.configs[0].method.name]
+    typer.echo(f"# would submit {what} to the {plan.executor} executor; each runs {trainer} "
+               f"(method {plan.configs[0].method.name}) via `python -m hpcft.train.entry`")
+    typer.echo("\n".join(preview_lines(plan.configs[0])))
+    _memory(plan, force, show=True)  # the per-GPU estimate; refuses (exit 2) a job that cannot fit
+    if plan.executor == "slurm":
+        from hpcft.slurm.sbatch import sbatch_options, to_lines
+
+        cfg0 = plan.configs[0]
+        array = f"0-{n - 1}" if n > 1 else None
+        typer.echo("\n".join(to_lines(sbatch_options(cfg0.resources, job_name=cfg0.name, array=array))))
 
 
 def _memory(plan, force: bool, show: bool) -> None:
@@ -124,10 +130,10 @@ def _wait(job_ids: List[int], follow: bool) -> int:
 
 
 def _auto_publishing(ledger, jobs) -> bool:
-    """A succeeded job with publish.auto=true whose automatic publish has not ended yet (hpcft.registry.core)."""
+    """A succeeded job with publish.auto=true whose automatic publish has not ended yet (hpcft.registry.publish)."""
     if not any(j.state == "success" and ((j.config or {}).get("publish") or {}).get("auto") for j in jobs):
         return False
-    from hpcft.registry.core import auto_publish_pending
+    from hpcft.registry.publish import auto_publish_pending
 
     return any(auto_publish_pending(ledger, j) for j in jobs)
 
@@ -147,7 +153,7 @@ def _print_new(log: Path, pos: int) -> int:
 
 # ------------------------------------------------------------------------------------------------------ list
 
-SORT_KEYS = ("id", "created", "name", "state", "user")  # Ledger.search(sort=...)
+SORT_KEYS = tuple(SORT_COLUMNS)  # Ledger.search(sort=...)
 # the keys of a resource spec (hpcft.ledger.record.resource_spec)
 RESOURCE_KEYS = ("nodes", "gpus", "tasks", "cpus", "mem", "time", "partition", "qos", "priority", "account",
                  "nodelist", "reservation", "constraint")
@@ -195,11 +201,11 @@ def list_(
             raise HpcftError(f"--sort {k}: unknown key; use one of {', '.join(SORT_KEYS)} (- prefix: descending)")
     from hpcft.ledger import fastread as ledger_read
 
-    filters = dict(state=state, name=name, owner=owner, project=project, resources=tokens, output=output,
-                   since=_when(since, "--since"), until=_when(until, "--until"), sort=keys, limit=limit)
-    jobs = ledger_read.search(**filters)  # SQLite / PostgreSQL without importing SQLAlchemy (~0.5 s)
+    where = JobFilter(state=state, name=name, owner=owner, project=project, resources=tokens, output=output,
+                      since=_when(since, "--since"), until=_when(until, "--until"), sort=keys, limit=limit)
+    jobs = ledger_read.search(where)  # SQLite / PostgreSQL without importing SQLAlchemy (~0.5 s)
     if jobs is None:
-        jobs = open_ledger().search(**filters)
+        jobs = open_ledger().search(where)
     if as_json:
         typer.echo(json.dumps([job_dict(j) for j in jobs], indent=1))
         return
@@ -253,7 +259,7 @@ def show(job_id: int = JOB, config: bool = typer.Option(False, "--config", help=
         ("created", fmt_time(j.created_at)), ("started", fmt_time(j.started_at)),
         ("finished", fmt_time(j.finished_at)), ("elapsed", duration(j)),
     ]
-    if ((j.config or {}).get("model") or {}).get("asset"):  # model.path=asset:NAME (hpcft.registry.core)
+    if ((j.config or {}).get("model") or {}).get("asset"):  # model.path=asset:NAME (hpcft.registry.use)
         rows.insert(rows.index(("parent job", j.parent_id or "-")) + 1, ("model asset", j.config["model"]["asset"]))
     recs = read_metrics(j.output_dir)
     last_train = next((r for r in reversed(recs) if r.get("type") == "train"), None)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from hpcft.config.methods import check
+from hpcft.config.methods import at_least, check
 from hpcft.timefmt import parse_duration
 
 # validate = the common rules below (every method), then the method's own (hpcft.config.methods via methods.METHOD_SPECS).
@@ -77,30 +77,26 @@ def check_model(cfg: DictConfig) -> None:
 
 def check_training(cfg: DictConfig) -> None:
     t = cfg.training
-    check(t.epochs >= 1, "training.epochs", t.epochs, "must be >= 1", "e.g. training.epochs=3")
+    at_least(t, "training", "epochs", 1, 3)
     check(t.max_steps is None or t.max_steps >= 1, "training.max_steps", t.max_steps, "must be >= 1 or null",
           "e.g. training.max_steps=100")
     check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0",
           "e.g. training.learning_rate=2e-4")
-    check(t.batch_size >= 1, "training.batch_size", t.batch_size, "must be >= 1", "e.g. training.batch_size=8")
-    check(t.gradient_accumulation >= 1, "training.gradient_accumulation", t.gradient_accumulation,
-          "must be >= 1", "e.g. training.gradient_accumulation=4")
-    check(t.sequence_length >= 1, "training.sequence_length", t.sequence_length, "must be >= 1",
-          "e.g. training.sequence_length=2048")
+    at_least(t, "training", "batch_size", 1, 8)
+    at_least(t, "training", "gradient_accumulation", 1, 4)
+    at_least(t, "training", "sequence_length", 1, 2048)
     check(0 <= t.warmup_ratio < 1, "training.warmup_ratio", t.warmup_ratio, "must be in [0, 1)",
           "e.g. training.warmup_ratio=0.03")
     check(0 <= t.lr_decay_ratio <= 1, "training.lr_decay_ratio", t.lr_decay_ratio, "must be in [0, 1]",
           "use 1 for a constant lr, e.g. training.lr_decay_ratio=0.1")
-    check(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "must be >= 0",
-          "e.g. training.weight_decay=0.01")
+    at_least(t, "training", "weight_decay", 0, 0.01)
     check(t.max_grad_norm >= 0, "training.max_grad_norm", t.max_grad_norm, "must be >= 0 (0 = no clipping)",
           "e.g. training.max_grad_norm=1.0")
     check(t.precision in ("auto", "fp32", "bf16", "fp16"), "training.precision", t.precision, "unknown precision",
           "use auto|fp32|bf16|fp16")
     check(t.save_strategy in ("steps", "epoch"), "training.save_strategy", t.save_strategy, "unknown strategy",
           "use training.save_strategy=steps|epoch")
-    check(t.save_interval >= 1, "training.save_interval", t.save_interval, "must be >= 1",
-          "e.g. training.save_interval=100")
+    at_least(t, "training", "save_interval", 1, 100)
     check(t.monitor_interval == 0 or t.monitor_interval >= 0.1, "training.monitor_interval", t.monitor_interval,
           "must be 0 (off) or at least 0.1 seconds", "e.g. training.monitor_interval=5")
     keep = str(t.keep_checkpoints)
@@ -119,13 +115,9 @@ def check_deepspeed(cfg: DictConfig) -> None:
 
 def check_resources(cfg: DictConfig) -> None:
     r = cfg.resources
-    check(r.nodes >= 1, "resources.nodes", r.nodes, "must be >= 1", "e.g. resources.nodes=2")
-    check(r.gpus_per_node >= 0, "resources.gpus_per_node", r.gpus_per_node, "must be >= 0",
-          "e.g. resources.gpus_per_node=8")
-    check(r.tasks_per_node >= 1, "resources.tasks_per_node", r.tasks_per_node, "must be >= 1",
-          "e.g. resources.tasks_per_node=8")
-    check(r.cpus_per_task >= 1, "resources.cpus_per_task", r.cpus_per_task, "must be >= 1",
-          "e.g. resources.cpus_per_task=8")
+    for key, least, example in (("nodes", 1, 2), ("gpus_per_node", 0, 8), ("tasks_per_node", 1, 8),
+                                ("cpus_per_task", 1, 8)):
+        at_least(r, "resources", key, least, example)
     for key, most in (("nodes", 4096), ("gpus_per_node", 64), ("tasks_per_node", 1024), ("cpus_per_task", 1024)):
         check(r[key] <= most, f"resources.{key}", r[key], f"more than {most}, surely a typo", "ask for less")
     try:
@@ -149,8 +141,7 @@ def check_resources(cfg: DictConfig) -> None:
           f"e.g. resources.signal_grace={max(limit // 2, 1) if limit < 240 else 120} (0 = no warning)")
     check(r.on_timeout in ("expire", "requeue"), "resources.on_timeout", r.on_timeout, "unknown action",
           "use resources.on_timeout=expire|requeue")
-    check(r.max_requeues >= 0, "resources.max_requeues", r.max_requeues, "must be >= 0",
-          "e.g. resources.max_requeues=3")
+    at_least(r, "resources", "max_requeues", 0, 3)
     gpu_mem = r.get("gpu_mem")
     check(gpu_mem is None or 0 < gpu_mem <= 4096, "resources.gpu_mem", gpu_mem,
           "GiB per GPU, more than 0 and at most 4096", "e.g. resources.gpu_mem=80 (null: no memory check)")

@@ -26,7 +26,7 @@ config, the `config.json` of a local model directory, or `KNOWN_ARCHS` for the h
   gradients at the start of the backward pass), x 30 bytes in trl's DPO and GRPO losses (per-token log-probs of
   the whole sequence, temperature scaling, entropy, the reference's): measured, see benchmarks/bench_memory.py.
 
-Checked against measured peaks: tiny CPU runs of every LM method (tests/test_memory.py, peak RSS above the
+Checked against measured peaks: tiny CPU runs of every LM method (tests/train/test_memory_peaks.py, peak RSS above the
 process's baseline, within 25%) and the H200 figures of BENCHMARKS.md (`benchmarks/bench_memory.py` on a GPU
 reports torch.cuda.max_memory_allocated beside the estimate). A GPU job's memory (`resources.gpu_mem`, GiB per GPU)
 must hold the estimate plus `CUDA_RESERVE_GIB` (CUDA context, NCCL buffers, allocator fragmentation).
@@ -38,7 +38,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 GIB = 2**30
 CUDA_RESERVE_GIB = 1.5  # per GPU, beyond what torch allocates: CUDA context, NCCL, cuBLAS workspace, fragmentation
@@ -95,87 +95,138 @@ def _attn_bias(conf: Dict[str, Any]) -> Tuple[bool, bool]:
     return b, b
 
 
+class _Dims(NamedTuple):
+    """The numbers every decoder-only config has."""
+
+    model_type: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    inter: int  # the dense MLP's intermediate size
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def of(cls, conf: Dict[str, Any], vocab: Optional[int]) -> "_Dims":
+        mt = str(conf.get("model_type", "llama"))
+        h = int(conf["hidden_size"])
+        n_layers = int(conf["num_hidden_layers"])
+        a = int(conf["num_attention_heads"])
+        kv = int(conf.get("num_key_value_heads") or a)
+        d = int(conf.get("head_dim") or h // a)
+        inter = int(conf["intermediate_size"])
+        V = int(conf.get("vocab_size") or vocab or 32000)
+        tied = bool(conf.get("tie_word_embeddings", mt in ("gemma", "gemma2", "gemma3_text")))
+        return cls(mt, h, n_layers, a, kv, d, inter, V, tied)
+
+    @property
+    def norms(self) -> int:
+        """The RMSNorm weights every such model has: two per layer and the final one."""
+        return (2 * self.layers + 1) * self.hidden
+
+
+class _Linears:
+    """The blocks' nn.Linear modules as they are counted: name -> (in_features, out_features, how many)."""
+
+    def __init__(self) -> None:
+        self.shapes: Dict[str, Tuple[int, int, int]] = {}
+
+    def add(self, name: str, i: int, o: int, n: int, bias: bool = False) -> int:
+        """`n` more `name` layers (i -> o); returns their parameters."""
+        if n <= 0:
+            return 0
+        prev = self.shapes.get(name)
+        if prev and (prev[0], prev[1]) != (i, o):  # same name, other shape (dense vs shared-expert MLP)
+            self.shapes[f"{name}#{i}x{o}"] = (i, o, n)
+        else:
+            self.shapes[name] = (i, o, n + (prev[2] if prev else 0))
+        return n * (i * o + (o if bias else 0))
+
+    def add_mlp(self, hidden: int, inter: int, n: int, bias: bool = False) -> int:
+        """`n` gated MLPs (gate, up, down) of width `inter`; returns their parameters."""
+        return (self.add("gate_proj", hidden, inter, n, bias) + self.add("up_proj", hidden, inter, n, bias)
+                + self.add("down_proj", inter, hidden, n, bias))
+
+
 def arch_from_config(conf: Dict[str, Any], vocab: Optional[int] = None) -> Arch:
     """An Arch from a transformers config dict (config.json or `model.arch`). Dense GQA decoders (llama, mistral,
     qwen2, qwen3, gemma, phi3, ...) and DeepSeek-V3 (MLA attention + MoE). Raises KeyError/ValueError when a number
     it needs is missing."""
     if "text_config" in conf and "hidden_size" not in conf:
         conf = {**conf["text_config"], "model_type": conf["text_config"].get("model_type", conf.get("model_type"))}
-    mt = str(conf.get("model_type", "llama"))
-    h = int(conf["hidden_size"])
-    n_layers = int(conf["num_hidden_layers"])
-    a = int(conf["num_attention_heads"])
-    kv = int(conf.get("num_key_value_heads") or a)
-    d = int(conf.get("head_dim") or h // a)
-    inter = int(conf["intermediate_size"])
-    V = int(conf.get("vocab_size") or vocab or 32000)
-    tied = bool(conf.get("tie_word_embeddings", mt in ("gemma", "gemma2", "gemma3_text")))
-    qkv_bias, o_bias = _attn_bias(conf)
-    mlp_bias = bool(conf.get("mlp_bias", False))
-    lin: Dict[str, Tuple[int, int, int]] = {}
-    norms = (2 * n_layers + 1) * h
-
-    def add(name: str, i: int, o: int, n: int, bias: bool = False) -> int:
-        if n <= 0:
-            return 0
-        prev = lin.get(name)
-        if prev and (prev[0], prev[1]) != (i, o):  # same name, other shape (dense vs shared-expert MLP)
-            lin[f"{name}#{i}x{o}"] = (i, o, n)
-        else:
-            lin[name] = (i, o, n + (prev[2] if prev else 0))
-        return n * (i * o + (o if bias else 0))
-
-    if mt == "deepseek_v3" or "kv_lora_rank" in conf:
-        q_lora = conf.get("q_lora_rank")
-        kv_lora = int(conf["kv_lora_rank"])
-        nope, rope, vh = int(conf["qk_nope_head_dim"]), int(conf["qk_rope_head_dim"]), int(conf["v_head_dim"])
-        qk = nope + rope
-        n_routed = int(conf.get("n_routed_experts") or 0)
-        n_shared = int(conf.get("n_shared_experts") or 0)
-        moe_i = int(conf.get("moe_intermediate_size") or inter)
-        top_k = int(conf.get("num_experts_per_tok") or 0)
-        dense = min(int(conf.get("first_k_dense_replace", 0)), n_layers) if n_routed else n_layers
-        moe = n_layers - dense
-        p = 0
-        if q_lora:
-            p += add("q_a_proj", h, int(q_lora), n_layers) + add("q_b_proj", int(q_lora), a * qk, n_layers)
-            norms += n_layers * int(q_lora)
-        else:
-            p += add("q_proj", h, a * qk, n_layers)
-        p += add("kv_a_proj_with_mqa", h, kv_lora + rope, n_layers) + add("kv_b_proj", kv_lora, a * (nope + vh), n_layers)
-        p += add("o_proj", a * vh, h, n_layers)
-        norms += n_layers * kv_lora
-        for name, (i, o) in (("gate_proj", (h, inter)), ("up_proj", (h, inter)), ("down_proj", (inter, h))):
-            p += add(name, i, o, dense)
-        sh = moe_i * n_shared
-        for name, (i, o) in (("gate_proj", (h, sh)), ("up_proj", (h, sh)), ("down_proj", (sh, h))):
-            p += add(name, i, o, moe if sh else 0)
-        experts = moe * n_routed * 3 * h * moe_i  # fused expert tensors (nn.Parameter, not nn.Linear)
-        router = moe * n_routed * h  # the router's weight (its score-correction bias is a buffer)
-        block_linear = p
-        block = p + experts + router + norms
-        max_layer = (block - experts - router) // n_layers + (experts + router) // max(moe, 1)
-        mlp = inter if not moe else max(inter if dense else 0, (top_k + n_shared) * moe_i)
-        q_dim, k_dim, v_dim, o_in = a * qk, a * qk, a * vh, a * vh
-        latent = 2 * (int(q_lora or 0) + kv_lora + rope)
-        routed = n_routed
+    d = _Dims.of(conf, vocab)
+    lin = _Linears()
+    if d.model_type == "deepseek_v3" or "kv_lora_rank" in conf:
+        block, widths = _mla_moe_blocks(conf, d, lin)
     else:
-        p = add("q_proj", h, a * d, n_layers, qkv_bias) + add("k_proj", h, kv * d, n_layers, qkv_bias)
-        p += add("v_proj", h, kv * d, n_layers, qkv_bias) + add("o_proj", a * d, h, n_layers, o_bias)
-        p += add("gate_proj", h, inter, n_layers, mlp_bias) + add("up_proj", h, inter, n_layers, mlp_bias)
-        p += add("down_proj", inter, h, n_layers, mlp_bias)
-        if mt in ("qwen3", "qwen3_moe"):  # per-head q/k norms
-            norms += n_layers * 2 * d
-        block_linear = sum(n * i * o for i, o, n in lin.values())
-        block = p + norms
-        max_layer = block // n_layers
-        mlp, q_dim, k_dim, v_dim, o_in, latent, routed, top_k = inter, a * d, kv * d, kv * d, a * d, 0, 0, 0
-    embed = V * h
-    head = 0 if tied else V * h
-    return Arch(model_type=mt, hidden=h, layers=n_layers, heads=a, vocab=V, tied=tied, q_dim=q_dim, k_dim=k_dim,
-                v_dim=v_dim, o_in=o_in, mlp=mlp, latent=latent, routed=routed, top_k=top_k,
-                params=block + embed + head, embed=embed, head=head, block_linear=block_linear, max_layer=max_layer,
-                linears=lin)
+        block, widths = _dense_blocks(conf, d, lin)
+    embed = d.vocab * d.hidden
+    head = 0 if d.tied else d.vocab * d.hidden
+    return Arch(model_type=d.model_type, hidden=d.hidden, layers=d.layers, heads=d.heads, vocab=d.vocab, tied=d.tied,
+                params=block + embed + head, embed=embed, head=head, linears=lin.shapes, **widths)
+
+
+def _dense_blocks(conf: Dict[str, Any], d: _Dims, lin: _Linears) -> Tuple[int, Dict[str, int]]:
+    """(parameters of all blocks, the Arch fields of a block) of a dense GQA decoder."""
+    h, n, a, kv, hd = d.hidden, d.layers, d.heads, d.kv_heads, d.head_dim
+    qkv_bias, o_bias = _attn_bias(conf)
+    p = lin.add("q_proj", h, a * hd, n, qkv_bias) + lin.add("k_proj", h, kv * hd, n, qkv_bias)
+    p += lin.add("v_proj", h, kv * hd, n, qkv_bias) + lin.add("o_proj", a * hd, h, n, o_bias)
+    p += lin.add_mlp(h, d.inter, n, bool(conf.get("mlp_bias", False)))
+    norms = d.norms
+    if d.model_type in ("qwen3", "qwen3_moe"):  # per-head q/k norms
+        norms += n * 2 * hd
+    block = p + norms
+    return block, dict(block_linear=sum(n * i * o for i, o, n in lin.shapes.values()), max_layer=block // n,
+                       mlp=d.inter, q_dim=a * hd, k_dim=kv * hd, v_dim=kv * hd, o_in=a * hd)
+
+
+def _mla_moe_blocks(conf: Dict[str, Any], d: _Dims, lin: _Linears) -> Tuple[int, Dict[str, int]]:
+    """(parameters of all blocks, the Arch fields of a block) of a DeepSeek-V3 style model: MLA attention, the
+    first `first_k_dense_replace` layers with a dense MLP, the others MoE."""
+    attention, latent_norms, widths = _mla_attention(conf, d, lin)
+    mlps, experts, moe_layers, mlp_widths = _moe_mlps(conf, d, lin)
+    block = attention + mlps + experts + d.norms + latent_norms
+    max_layer = (block - experts) // d.layers + experts // max(moe_layers, 1)
+    return block, dict(block_linear=attention + mlps, max_layer=max_layer, **widths, **mlp_widths)
+
+
+def _mla_attention(conf: Dict[str, Any], d: _Dims, lin: _Linears) -> Tuple[int, int, Dict[str, int]]:
+    """Multi-head latent attention: (its nn.Linear parameters, its latents' norm parameters, its per-token
+    widths). Queries through a low-rank latent when q_lora_rank is set, keys and values always."""
+    h, n, a = d.hidden, d.layers, d.heads
+    q_lora = int(conf.get("q_lora_rank") or 0)
+    kv_lora = int(conf["kv_lora_rank"])
+    nope, rope, vh = int(conf["qk_nope_head_dim"]), int(conf["qk_rope_head_dim"]), int(conf["v_head_dim"])
+    qk = nope + rope
+    if q_lora:
+        p = lin.add("q_a_proj", h, q_lora, n) + lin.add("q_b_proj", q_lora, a * qk, n)
+    else:
+        p = lin.add("q_proj", h, a * qk, n)
+    p += lin.add("kv_a_proj_with_mqa", h, kv_lora + rope, n) + lin.add("kv_b_proj", kv_lora, a * (nope + vh), n)
+    p += lin.add("o_proj", a * vh, h, n)
+    widths = dict(q_dim=a * qk, k_dim=a * qk, v_dim=a * vh, o_in=a * vh, latent=2 * (q_lora + kv_lora + rope))
+    return p, n * (q_lora + kv_lora), widths
+
+
+def _moe_mlps(conf: Dict[str, Any], d: _Dims, lin: _Linears) -> Tuple[int, int, int, Dict[str, int]]:
+    """The MLPs of an MoE model: (nn.Linear parameters: the dense layers' MLPs and the shared experts; the routed
+    experts' and routers' parameters; the number of MoE layers; the Arch fields mlp, routed, top_k)."""
+    h, n, inter = d.hidden, d.layers, d.inter
+    n_routed = int(conf.get("n_routed_experts") or 0)
+    n_shared = int(conf.get("n_shared_experts") or 0)
+    moe_i = int(conf.get("moe_intermediate_size") or inter)
+    top_k = int(conf.get("num_experts_per_tok") or 0)
+    dense = min(int(conf.get("first_k_dense_replace", 0)), n) if n_routed else n
+    moe = n - dense
+    shared = moe_i * n_shared
+    p = lin.add_mlp(h, inter, dense) + lin.add_mlp(h, shared, moe if shared else 0)
+    experts = moe * n_routed * 3 * h * moe_i  # fused expert tensors (nn.Parameter, not nn.Linear)
+    router = moe * n_routed * h  # the router's weight (its score-correction bias is a buffer)
+    mlp = inter if not moe else max(inter if dense else 0, (top_k + n_shared) * moe_i)
+    return p, experts + router, moe, dict(mlp=mlp, routed=n_routed, top_k=top_k)
 
 
 # The hub presets of conf/model (their config.json numbers), by hub id and by preset name: a job can be estimated

@@ -30,6 +30,12 @@ def check(ok: bool, key: str, value: object, problem: str, fix: str) -> None:
         raise ConfigError(f"{key}={value}: {problem}; {fix}")
 
 
+def at_least(node: Any, prefix: str, key: str, least: float, example: object) -> None:
+    """The commonest rule: `prefix.key` >= least, else `prefix.key=value: must be >= least; e.g. prefix.key=example`."""
+    value = getattr(node, key)
+    check(value >= least, f"{prefix}.{key}", value, f"must be >= {least}", f"e.g. {prefix}.{key}={example}")
+
+
 def check_method(cfg: Any) -> None:
     """The method's own checks: known name, data format it trains on, then its rule function."""
     name = cfg.method.name
@@ -66,7 +72,7 @@ def lora_settings(cfg: Any, required: bool) -> None:
         check(not required, "method.lora", None, f"method={m.name} needs LoRA settings",
               f"use method={m.name} (its preset has them) or set method.lora.rank=8")
         return
-    check(lc.rank >= 1, "method.lora.rank", lc.rank, "must be >= 1", "e.g. method.lora.rank=8")
+    at_least(lc, "method.lora", "rank", 1, 8)
     check(lc.alpha > 0, "method.lora.alpha", lc.alpha, "must be > 0", "e.g. method.lora.alpha=16")
     check(0 <= lc.dropout < 1, "method.lora.dropout", lc.dropout, "must be in [0, 1)",
           "e.g. method.lora.dropout=0.05")
@@ -138,8 +144,7 @@ def grpo_rules(cfg: Any) -> None:
     check(g % m.num_generations == 0, "training.batch_size", t.batch_size,
           f"batch_size*gradient_accumulation ({g}) must be a multiple of method.num_generations "
           f"({m.num_generations})", f"e.g. training.batch_size={m.num_generations * 2}")
-    check(m.max_completion_length >= 1, "method.max_completion_length", m.max_completion_length,
-          "must be >= 1", "e.g. method.max_completion_length=64")
+    at_least(m, "method", "max_completion_length", 1, 64)
     check(m.temperature > 0, "method.temperature", m.temperature, "must be > 0", "e.g. method.temperature=1.0")
     check(len(m.reward_functions) > 0, "method.reward_functions", list(m.reward_functions),
           "needs at least one reward function", "e.g. method.reward_functions=[length]")
@@ -158,12 +163,9 @@ def t2i_lora_rules(cfg: Any) -> None:
     lora_settings(cfg, required=True)
     check(m.resolution >= 8 and m.resolution % 8 == 0, "method.resolution", m.resolution,
           "must be a positive multiple of 8", "e.g. method.resolution=512")
-    check(m.num_sample_images >= 0, "method.num_sample_images", m.num_sample_images, "must be >= 0",
-          "e.g. method.num_sample_images=2")
-    check(m.num_inference_steps >= 1, "method.num_inference_steps", m.num_inference_steps, "must be >= 1",
-          "e.g. method.num_inference_steps=20")
-    check(m.noise_offset >= 0, "method.noise_offset", m.noise_offset, "must be >= 0",
-          "e.g. method.noise_offset=0.05")
+    at_least(m, "method", "num_sample_images", 0, 2)
+    at_least(m, "method", "num_inference_steps", 1, 20)
+    at_least(m, "method", "noise_offset", 0, 0.05)
     stage = cfg.deepspeed.get("stage")
     check(stage is None, "deepspeed.stage", stage,
           "t2i_lora trains only the UNet's LoRA adapters with torch DDP, not DeepSpeed",

@@ -238,7 +238,7 @@ class TrainingConfig:
 
 @dataclass
 class PublishConfig:
-    """Publish the final model into the model registry when the job succeeds (hpcft.registry.core; `hpcft publish` does
+    """Publish the final model into the model registry when the job succeeds (hpcft.registry.publish; `hpcft publish` does
     it by hand). A failed publish never changes the job's state: it is an event and an asset row `publish_failed`."""
 
     auto: bool = False

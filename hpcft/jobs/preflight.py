@@ -47,7 +47,7 @@ def check_notify(cfg: DictConfig) -> None:
 
 
 def check_publish(cfg: DictConfig) -> None:
-    from hpcft.registry import core as registry
+    from hpcft.registry import names as registry
 
     registry.check_publish(cfg)  # publish.name a registry name, publish.visibility project|all
 

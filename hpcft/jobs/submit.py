@@ -20,7 +20,7 @@ from hpcft.errors import ConfigError
 from hpcft import paths
 from hpcft.errors import HpcftError, SchedulerError
 from hpcft.rundir.files import make_run_dir
-from hpcft.ledger.record import ledger_fields, resource_spec  # noqa: F401  (re-exported)
+from hpcft.ledger.record import ledger_fields
 from hpcft.states import SUBMIT_FAILED, State
 
 
@@ -110,8 +110,8 @@ def resolve_lineage(cfg: DictConfig) -> DictConfig:
             cfg.model.source = "pretrained"
             cfg.model.tokenizer = str(final)
             cfg.model.parent_job = job_id
-    elif isinstance(path, str) and path.startswith("asset:"):  # a published model (hpcft.registry.core)
-        from hpcft.registry.core import resolve_model_path
+    elif isinstance(path, str) and path.startswith("asset:"):  # a published model (hpcft.registry.use)
+        from hpcft.registry.use import resolve_model_path
 
         resolve_model_path(cfg)
     rm = cfg.method.get("reward_model")
@@ -142,7 +142,7 @@ def create_jobs(ledger, p: Plan) -> List[Any]:
             from hpcft.ledger.sweeps import record_point
 
             record_point(ledger, job.id, jobs[0].id if jobs else job.id, len(jobs), len(p.configs), p.sweep[len(jobs)])
-        if cfg.model.get("asset"):  # model.path=asset:NAME (hpcft.registry.core): the lineage, as an event too
+        if cfg.model.get("asset"):  # model.path=asset:NAME (hpcft.registry.use): the lineage, as an event too
             ledger.add_event(job.id, "asset", f"starts from model asset {cfg.model.asset} ({cfg.model.path})",
                              asset=str(cfg.model.asset), path=str(cfg.model.path))
         jobs.append(job)

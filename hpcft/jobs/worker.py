@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from hpcft import exitcodes
 from hpcft.slurm import env as slurm_env
@@ -138,7 +138,7 @@ def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
         changed = ledger.transition(job_id, State.success, "trainer finished")
         print(f"[hpcft] job {job_id} finished: success", flush=True)
         if changed:  # publish.auto=true: into the model registry; never raises, never changes the job's state
-            from hpcft.registry.core import auto_publish
+            from hpcft.registry.publish import auto_publish
 
             auto_publish(ledger, job_id)
         return 0
@@ -162,80 +162,105 @@ def supervise(job_id: int) -> int:
     from hpcft.ledger.store import Ledger
 
     ledger = Ledger()
-    job = ledger.get(job_id)
-    out = Path(job.output_dir)
-    log = out / "logs" / "job.log"
-    limit = parse_duration(job.resources.get("time", "01:00:00"))
-    _, _, grace = _timeout_policy(job)
-    req = stop_requested(ledger, job_id)
-    if req is not None:
-        honour_stop(ledger, job_id, req, before_start=True)
+    sup = LocalSupervisor(ledger, ledger.get(job_id))
+    if not sup.start():
         return 0
-    if not ledger.transition(job_id, State.running, "started on the local machine", pid=os.getpid()):
-        print(f"job {job_id} is {ledger.get(job_id).state}: not starting", flush=True)
-        return 0
-    ledger.add_event(job_id, "started", f"pid {os.getpid()}, time limit {format_duration(limit)}",
-                     pid=os.getpid(), host=os.uname().nodename)
-    print(f"[hpcft] job {job_id} started (time limit {format_duration(limit)})", flush=True)
-
-    stopping = {"by": None}
-
-    def on_term(signum, _frame):
-        stopping["by"] = signum
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGTERM, sup.on_term)
+    signal.signal(signal.SIGINT, sup.on_term)
     env = dict(os.environ, HPCFT_DB_URL=ledger.url, PYTHONUNBUFFERED="1")
     while True:
-        relay = WarningRelay(group=True)
-        proc = relay.popen(trainer_argv(out / "config.yaml", job_id), env=env, start_new_session=True,
-                           stdout=sys.stdout, stderr=sys.stderr)
-        deadline = time.monotonic() + limit
-        warn_at = deadline - grace if 0 < grace < limit else None
-        rc: Optional[int] = None
-        next_poll = time.monotonic() + REQUEST_POLL_S
-        while rc is None:
-            if time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + REQUEST_POLL_S
-                req = stop_requested(ledger, job_id)
-                if req is not None:
-                    _kill_group(proc)
-                    honour_stop(ledger, job_id, req)
-                    print(f"[hpcft] job {job_id} stopped at the request of {(req.data or {}).get('by')}", flush=True)
-                    return 0
-            if stopping["by"] is not None:
-                _kill_group(proc)
-                ledger.transition(job_id, State.stopped, "stopped by user", cause=USER_STOP)
-                print(f"[hpcft] job {job_id} stopped", flush=True)
-                return 0
-            now = time.monotonic()
-            if warn_at is not None and now >= warn_at:
-                warn_at = None
-                ledger.add_event(job_id, "warning", f"time limit in {grace} s: asked the trainer to save and stop",
-                                 grace=grace)
-                relay.warn()
-            relay.pump()
-            if now > deadline:
-                _kill_group(proc)
-                ledger.transition(job_id, State.expired, f"ran past its time limit {format_duration(limit)}",
-                                  cause=TIMEOUT)
-                ledger.add_event(job_id, "finished", "killed at the time limit", exit_code=proc.returncode)
-                print(f"[hpcft] job {job_id} expired: ran past its time limit {format_duration(limit)}", flush=True)
-                return 0
-            try:
-                rc = proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                pass
+        rc = sup.run_trainer(env)
+        if rc is None:  # the supervisor ended the job (stopped, expired) and recorded it
+            return 0
         if rc != exitcodes.SAVED_AT_WARNING:
-            return _finish(ledger, job_id, rc, log)
+            return _finish(ledger, job_id, rc, sup.log)
         ledger.add_event(job_id, "finished", "trainer saved a checkpoint at the time-limit warning", exit_code=rc)
-        if after_warning_save(ledger, job_id, out) != "requeue":
+        if after_warning_save(ledger, job_id, sup.out) != "requeue":
             print(f"[hpcft] job {job_id} expired (checkpoint saved at the warning)", flush=True)
             return 0
-        # a local requeue: the same job goes on at once, from its checkpoint, with a fresh time allowance
+        sup.requeued()
+
+
+class LocalSupervisor:
+    """A local job's supervisor, around one trainer run after another (a time-limit requeue starts the next): it
+    sends the warning `grace` seconds before the deadline, kills the trainer at the deadline, and ends the job when
+    `hpcft stop` signals it (SIGTERM) or another member asks to stop it (a ledger request)."""
+
+    def __init__(self, ledger, job) -> None:
+        self.ledger, self.job_id = ledger, job.id
+        self.out = Path(job.output_dir)
+        self.log = self.out / "logs" / "job.log"
+        self.limit = parse_duration(job.resources.get("time", "01:00:00"))
+        _, _, self.grace = _timeout_policy(job)
+        self.stopped_by: Optional[int] = None  # the signal `hpcft stop` sent
+        self.relay: Optional[WarningRelay] = None
+        self.deadline = 0.0
+        self.warn_at: Optional[float] = None
+
+    def start(self) -> bool:
+        """Move the job to running; False when it must not start (a stop request came first, or it is no longer
+        queued)."""
+        ledger, job_id = self.ledger, self.job_id
+        req = stop_requested(ledger, job_id)
+        if req is not None:
+            honour_stop(ledger, job_id, req, before_start=True)
+            return False
+        if not ledger.transition(job_id, State.running, "started on the local machine", pid=os.getpid()):
+            print(f"job {job_id} is {ledger.get(job_id).state}: not starting", flush=True)
+            return False
+        limit = format_duration(self.limit)
+        ledger.add_event(job_id, "started", f"pid {os.getpid()}, time limit {limit}", pid=os.getpid(),
+                         host=os.uname().nodename)
+        print(f"[hpcft] job {job_id} started (time limit {limit})", flush=True)
+        return True
+
+    def on_term(self, signum, _frame) -> None:
+        self.stopped_by = signum
+
+    def run_trainer(self, env: dict) -> Optional[int]:
+        """One trainer run with a fresh time allowance: its exit code, or None when the supervisor ended the job."""
+        self.relay = WarningRelay(group=True)
+        proc = self.relay.popen(trainer_argv(self.out / "config.yaml", self.job_id), env=env, start_new_session=True,
+                                stdout=sys.stdout, stderr=sys.stderr)
+        self.deadline = time.monotonic() + self.limit
+        self.warn_at = self.deadline - self.grace if 0 < self.grace < self.limit else None
+        return _wait_honouring_requests(self.ledger, self.job_id, proc, self.relay, on_request=self.stop_at_request,
+                                        watch=self.watch)
+
+    def stop_at_request(self, proc: subprocess.Popen, req) -> None:
+        _kill_group(proc)
+        honour_stop(self.ledger, self.job_id, req)
+        print(f"[hpcft] job {self.job_id} stopped at the request of {(req.data or {}).get('by')}", flush=True)
+
+    def watch(self, proc: subprocess.Popen) -> bool:
+        """`hpcft stop`, the warning and the deadline; True once the job is ended (and recorded)."""
+        ledger, job_id = self.ledger, self.job_id
+        if self.stopped_by is not None:
+            _kill_group(proc)
+            ledger.transition(job_id, State.stopped, "stopped by user", cause=USER_STOP)
+            print(f"[hpcft] job {job_id} stopped", flush=True)
+            return True
+        now = time.monotonic()
+        if self.warn_at is not None and now >= self.warn_at:
+            self.warn_at = None
+            ledger.add_event(job_id, "warning", f"time limit in {self.grace} s: asked the trainer to save and stop",
+                             grace=self.grace)
+            self.relay.warn()
+        if now > self.deadline:
+            limit = format_duration(self.limit)
+            _kill_group(proc)
+            ledger.transition(job_id, State.expired, f"ran past its time limit {limit}", cause=TIMEOUT)
+            ledger.add_event(job_id, "finished", "killed at the time limit", exit_code=proc.returncode)
+            print(f"[hpcft] job {job_id} expired: ran past its time limit {limit}", flush=True)
+            return True
+        return False
+
+    def requeued(self) -> None:
+        """A local requeue: the same job goes on at once, from its checkpoint, with a fresh time allowance."""
+        ledger, job_id = self.ledger, self.job_id
         ledger.transition(job_id, State.running, "requeued on the local machine", pid=os.getpid())
         ledger.add_event(job_id, "restart", f"trainer restarted after a time-limit requeue, time limit "
-                         f"{format_duration(limit)}", cause=TIMEOUT, step=_latest_step(out))
+                         f"{format_duration(self.limit)}", cause=TIMEOUT, step=_latest_step(self.out))
         print(f"[hpcft] job {job_id} requeued: continuing from its checkpoint", flush=True)
 
 
@@ -336,14 +361,18 @@ def _run_slurm_task(ledger, job_id: int, config_path: Path, argv: Optional[List[
 
 
 def _wait_honouring_requests(ledger, job_id: int, proc: subprocess.Popen, relay: Optional[WarningRelay] = None,
-                             requests: bool = True) -> int:
-    """Wait for the trainer, relaying a pending time-limit warning once it listens; with `requests` (rank 0) a stop
-    request from another member ends the job: recorded as stopped, then the whole Slurm job is cancelled (this
-    worker runs as the job's owner, whom Slurm lets cancel it)."""
-    from hpcft.slurm import commands as C
+                             requests: bool = True, on_request: Optional[Callable] = None,
+                             watch: Optional[Callable[[subprocess.Popen], bool]] = None) -> Optional[int]:
+    """Wait for the trainer and return its exit code, relaying a pending time-limit warning once it listens.
 
+    With `requests` (rank 0) a stop request from another member ends the job: `on_request(proc, req)`, by default
+    recorded as stopped, then the whole Slurm job cancelled (this worker runs as the job's owner, whom Slurm lets
+    cancel it); its result is returned. `watch(proc)` (the local supervisor: `hpcft stop`, the time limit) is asked
+    at every turn and returns True once it has ended the job: then the wait returns None."""
     next_poll = time.monotonic() + REQUEST_POLL_S
     while True:
+        if watch is not None and watch(proc):
+            return None
         if relay is not None:
             relay.pump()
         try:
@@ -359,9 +388,18 @@ def _wait_honouring_requests(ledger, job_id: int, proc: subprocess.Popen, relay:
             print(f"[hpcft] note: could not read requests ({type(e).__name__}: {e})", flush=True)
             continue
         if req is not None:
-            honour_stop(ledger, job_id, req)
-            C.run(C.scancel_argv([os.environ.get("SLURM_JOB_ID", "")]))
-            return proc.wait()
+            if on_request is not None:
+                return on_request(proc, req)
+            return _cancel_slurm_job(ledger, job_id, proc, req)
+
+
+def _cancel_slurm_job(ledger, job_id: int, proc: subprocess.Popen, req) -> int:
+    """A stop request on a Slurm job: recorded as stopped, then the whole Slurm job is cancelled."""
+    from hpcft.slurm import commands as C
+
+    honour_stop(ledger, job_id, req)
+    C.run(C.scancel_argv([os.environ.get("SLURM_JOB_ID", "")]))
+    return proc.wait()
 
 
 def _listening(pid: int, signum: int) -> bool:

@@ -99,7 +99,7 @@ GRANT INSERT, UPDATE, DELETE ON projects, project_members, settings TO {ADMINS_R
 GRANT {USERS_ROLE} TO {ADMINS_ROLE};
 """
 
-# The model registry (hpcft.registry.core, hpcft.ledger.assets): a version is seen by its owner, administrators and, while
+# The model registry (hpcft.registry, hpcft.ledger.assets): a version is seen by its owner, administrators and, while
 # sharing is on, everyone (visibility all) or its project's members (project); only its owner or an administrator
 # changes it. The trigger keeps a name with the user who first published it and refuses deleting a version a queued
 # or running job starts from (config model.asset), naming the jobs, whoever owns them.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from hpcft.errors import ConfigError
 from hpcft.timefmt import format_duration, parse_duration
@@ -195,40 +195,64 @@ def sbatch_options(
     `array` is an sbatch array spec such as "0-3%4". Raises ConfigError naming the key on a bad value.
     """
     r = resources
+    opts = job_options(job_name=job_name, output=output, error=error, array=array)
+    opts.update(_checked(r, ("partition", "account")))
+    opts.update(priority_options(str(_get(r, "priority", "normal")), priority_policy, _get(r, "qos")))
+    opts.update(size_options(r))
+    opts["time"] = time_limit(r)
+    opts.update(_checked(r, ("nodelist", "reservation", "constraint")))
+    if _get(r, "exclusive", False):
+        opts["exclusive"] = None
+    opts.update(timeout_options(r))
+    opts.update(extra_options(_get(r, "extra", None) or {}))
+    return opts
+
+
+_ARRAY_RE = re.compile(r"[0-9]+(-[0-9]+)?(:[0-9]+)?(,[0-9]+(-[0-9]+)?(:[0-9]+)?)*(%[0-9]+)?")
+
+
+def job_options(job_name: Optional[str] = None, output: Optional[str] = None, error: Optional[str] = None,
+                array: Optional[str] = None) -> Options:
+    """What the job is called, which array it is, where its log goes (each only when given)."""
     opts: Options = {}
     if job_name is not None:
         opts["job-name"] = safe_job_name(job_name)
     if array is not None:
-        if not re.fullmatch(r"[0-9]+(-[0-9]+)?(:[0-9]+)?(,[0-9]+(-[0-9]+)?(:[0-9]+)?)*(%[0-9]+)?", str(array)):
+        if not _ARRAY_RE.fullmatch(str(array)):
             raise ConfigError(f"array={array!r}: not an sbatch array spec (e.g. 0-7%4)")
         opts["array"] = str(array)
     if output is not None:
         opts["output"] = check_value("output", output)
     if error is not None:
         opts["error"] = check_value("error", error)
+    return opts
 
-    for key in ("partition", "account"):
-        v = _get(r, key)
-        if v is not None:
-            opts[key] = check_value(f"resources.{key}", v)
-    opts.update(priority_options(str(_get(r, "priority", "normal")), priority_policy, _get(r, "qos")))
 
-    def positive(key: str, default: int, minimum: int = 1) -> int:
-        v = _get(r, key, default)
-        try:
-            if isinstance(v, bool):
-                raise ValueError
-            n = int(str(v).strip())
-        except ValueError:
-            raise ConfigError(f"resources.{key}={v!r}: not a whole number") from None
-        if n < minimum:
-            raise ConfigError(f"resources.{key}={n}: must be >= {minimum}")
-        return n
+def _checked(r: Any, keys: Tuple[str, ...]) -> Options:
+    """The free-form `resources.<key>` values that are set, each checked (`check_value`)."""
+    return {key: check_value(f"resources.{key}", _get(r, key)) for key in keys if _get(r, key) is not None}
 
-    opts["nodes"] = str(positive("nodes", 1))
-    opts["ntasks-per-node"] = str(positive("tasks_per_node", 1))
-    opts["cpus-per-task"] = str(positive("cpus_per_task", 1))
-    gpus = positive("gpus_per_node", 0, minimum=0)
+
+def _whole(r: Any, key: str, default: int, minimum: int = 1) -> int:
+    """`resources.<key>` as a whole number >= minimum; ConfigError otherwise."""
+    v = _get(r, key, default)
+    try:
+        if isinstance(v, bool):
+            raise ValueError
+        n = int(str(v).strip())
+    except ValueError:
+        raise ConfigError(f"resources.{key}={v!r}: not a whole number") from None
+    if n < minimum:
+        raise ConfigError(f"resources.{key}={n}: must be >= {minimum}")
+    return n
+
+
+def size_options(r: Any) -> Options:
+    """The allocation's size: nodes, tasks per node, CPUs per task, GPUs per node (as `gpu_directive` says) and
+    memory."""
+    opts: Options = {"nodes": str(_whole(r, "nodes", 1)), "ntasks-per-node": str(_whole(r, "tasks_per_node", 1)),
+                     "cpus-per-task": str(_whole(r, "cpus_per_task", 1))}
+    gpus = _whole(r, "gpus_per_node", 0, minimum=0)
     if gpus:
         directive = _get(r, "gpu_directive", "gres")
         if directive == "gres":
@@ -243,17 +267,21 @@ def sbatch_options(
         if not _MEM_RE.match(mem):
             raise ConfigError(f"resources.mem={mem}: not a memory size; use e.g. 32G, 4000M or 4000")
         opts["mem"] = mem
+    return opts
+
+
+def time_limit(r: Any) -> str:
+    """`resources.time` in Slurm's D-HH:MM:SS form."""
     t = _get(r, "time", "01:00:00")
     try:
-        opts["time"] = format_duration(parse_duration(t))
+        return format_duration(parse_duration(t))
     except ValueError:
         raise ConfigError(f"resources.time={t}: not a Slurm time limit; use HH:MM:SS, D-HH:MM:SS or minutes") from None
-    for key in ("nodelist", "reservation", "constraint"):
-        v = _get(r, key)
-        if v is not None:
-            opts[key] = check_value(f"resources.{key}", v)
-    if _get(r, "exclusive", False):
-        opts["exclusive"] = None
+
+
+def timeout_options(r: Any) -> Options:
+    """What happens at the time limit: the warning signal before it, and whether the job may be requeued."""
+    opts: Options = {}
     grace = warning_grace(r)
     if grace:  # the time-limit warning, to every task of the job (not the batch shell): the trainer saves and stops
         opts["signal"] = f"{WARNING_SIGNAL}@{grace}"
@@ -262,22 +290,33 @@ def sbatch_options(
         opts["requeue"] = None  # the worker requeues the job itself (`scontrol requeue`) after the warning save
     elif on_timeout != "expire":
         raise ConfigError(f"resources.on_timeout={on_timeout}: unknown; use expire|requeue")
+    return opts
 
-    extra = _get(r, "extra", None) or {}
+
+def extra_options(extra: Mapping[str, Any]) -> Options:
+    """`resources.extra` as options, by name: each must be one of EXTRA_ALLOWED (a value of None, True or "" is a
+    flag). ConfigError for an option that resources owns (MANAGED), one hpcft refuses (REFUSED_EXTRA) or an
+    unknown one."""
+    opts: Options = {}
     for k in sorted(extra):
         name = str(k).lstrip("-")
         where = f"resources.extra.{k}"
-        if name in MANAGED:
-            raise ConfigError(f"{where}: --{name} is set by {MANAGED[name]}; set it there instead")
-        if name in REFUSED_EXTRA:
-            raise ConfigError(f"{where}: --{name} {REFUSED_EXTRA[name]}; hpcft never passes it through "
-                              f"(README: resources.extra)")
-        if not _NAME_RE.match(name) or name not in EXTRA_ALLOWED:
-            raise ConfigError(f"{where}: not an sbatch option hpcft passes through; "
-                              f"use one of: {', '.join(sorted(EXTRA_ALLOWED))}")
+        check_extra_name(name, where)
         v = extra[k]
         opts[name] = None if v is None or v is True or v == "" else check_value(where, v)
     return opts
+
+
+def check_extra_name(name: str, where: str) -> None:
+    """ConfigError unless `--name` is an sbatch option that `resources.extra` may set."""
+    if name in MANAGED:
+        raise ConfigError(f"{where}: --{name} is set by {MANAGED[name]}; set it there instead")
+    if name in REFUSED_EXTRA:
+        raise ConfigError(f"{where}: --{name} {REFUSED_EXTRA[name]}; hpcft never passes it through "
+                          f"(README: resources.extra)")
+    if not _NAME_RE.match(name) or name not in EXTRA_ALLOWED:
+        raise ConfigError(f"{where}: not an sbatch option hpcft passes through; "
+                          f"use one of: {', '.join(sorted(EXTRA_ALLOWED))}")
 
 
 DEFAULT_GRACE_S = 120

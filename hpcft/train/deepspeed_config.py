@@ -31,7 +31,8 @@ def build_ds_config(ds: Any, training: Any, world_size: int) -> dict[str, Any]:
     """DeepSpeed config for `deepspeed.initialize(config=...)`.
 
     ds: cfg.deepspeed (stage null means ZeRO stage 0: plain data parallel). training: cfg.training.
-    The optimizer is a torch AdamW built by the trainer (no C++ optimizer build, see notes pitfall 4).
+    The optimizer is a torch AdamW built by the trainer (DeepSpeed's own optimizers are C++/CUDA extensions
+    compiled at first use).
     """
     stage = 0 if ds.get("stage") is None else int(ds.stage)
     micro, accum = int(training.batch_size), int(training.gradient_accumulation)

@@ -51,7 +51,7 @@ def prepare_deepspeed_import() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def _skip_cpu_shm_op() -> None:
+def skip_cpu_shm_op() -> None:
     """DeepSpeed's CPU backend compiles a shared-memory all-reduce op (~30 s, needs g++/ninja) that only serves
     inference all-reduce; training never uses it, so on CPU it is not built."""
     import importlib
@@ -82,7 +82,7 @@ def init_distributed(ctx: Any, deepspeed: bool = True) -> bool:
     if deepspeed:
         prepare_deepspeed_import()
         if not has_cuda():
-            _skip_cpu_shm_op()
+            skip_cpu_shm_op()
         import deepspeed as ds
 
         ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False)

@@ -20,6 +20,6 @@ def lora_config(method_cfg: Any, task_type: Optional[str] = None, modules_to_sav
         kwargs["task_type"] = task_type
     if modules_to_save is not None:
         kwargs["modules_to_save"] = modules_to_save
-    with warnings.catch_warnings():  # pitfall 7: peft's FutureWarnings
+    with warnings.catch_warnings():  # peft's FutureWarnings: noise in every job's log
         warnings.simplefilter("ignore", FutureWarning)
         return LoraConfig(**kwargs)

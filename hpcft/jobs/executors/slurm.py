@@ -168,7 +168,7 @@ class SlurmExecutor(Executor):
                                       cause=decision.cause)
             changed += bool(moved)
             if moved and decision.state == State.success:  # its worker did not record the end: publish.auto here
-                from hpcft.registry.core import auto_publish
+                from hpcft.registry.publish import auto_publish
 
                 auto_publish(ledger, job.id)
         return changed

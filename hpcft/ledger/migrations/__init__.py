@@ -10,7 +10,7 @@ migrate it exactly once: PostgreSQL `pg_advisory_xact_lock`, MariaDB/MySQL `GET_
 
 New revision (developers): `alembic -c hpcft/ledger/migrations/alembic.ini revision --autogenerate -m "what"` against a
 ledger at head (`HPCFT_DB_URL`, default the SQLite ledger), then rename the file `NNNN_what.py` and set
-`revision = "NNNN"`; tests/test_migrations.py checks the convention and that head matches the models.
+`revision = "NNNN"`; tests/unit/test_migrations.py checks the convention and that head matches the models.
 """
 
 from __future__ import annotations

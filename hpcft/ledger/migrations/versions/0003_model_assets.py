@@ -1,4 +1,4 @@
-"""Model assets: one row per published model version (`hpcft publish`, hpcft.registry.core). Its PostgreSQL grants,
+"""Model assets: one row per published model version (`hpcft publish`, hpcft.registry). Its PostgreSQL grants,
 row-level security policies and guard trigger are created by `hpcft admin init` (hpcft.ledger.team), not here.
 
 Revision ID: 0003
