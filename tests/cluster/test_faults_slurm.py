@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hpcft_cli
+from support import ROOT, hpcft_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.train, pytest.mark.slow]
 

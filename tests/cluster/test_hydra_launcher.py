@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hpcft_cli
+from support import ROOT, hpcft_cli
 
 APP = ROOT / "tests" / "hydra_app" / "app.py"
 

@@ -3,11 +3,13 @@
 Jobs are plain `sleep`/`true`/`exit 1` sbatch jobs whose options come from hpcft's builder.
 """
 
+import os
 import subprocess
 import time
 from types import SimpleNamespace
 
 import pytest
+from support import ROOT, hpcft_cli
 
 from hpcft.errors import SchedulerError
 from hpcft.jobs.executors import slurm as S
@@ -311,3 +313,63 @@ def test_non_operator_cannot_raise_a_running_jobs_time_limit(cluster):
         assert show(jid)["TimeLimit"] == "00:02:00"
     finally:
         subprocess.run(["scancel", jid], capture_output=True)
+
+
+# ------------------------------------------------------------------------------------------ memory estimate
+
+@pytest.mark.slurm
+def test_predict_prints_the_memory_estimate(slurm_cluster, hpcft_home):
+    env = dict(os.environ, HPCFT_HOME=str(hpcft_home), HF_HUB_OFFLINE="1")
+    env.pop("HPCFT_DB_URL", None)
+    p = subprocess.run([*hpcft_cli(), "predict", "+experiment=lora_tiny", "resources=cpu_small", f"resources.partition={slurm_cluster}"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("memory: ~") and "per process (CPU)" in p.stdout
+    assert "would start now" in p.stdout or "would wait" in p.stdout
+
+
+# ------------------------------------------------------------------------------------------------ real Slurm requeue
+
+@pytest.mark.slurm
+def test_scontrol_requeue_of_a_running_job_syncs_to_queued_never_error(slurm_cluster, tmp_path):
+    from hpcft.jobs.executors.slurm import SlurmExecutor
+    from hpcft.slurm import commands as C
+
+    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    out = C.run(["sbatch", "--parsable", "--time=3", f"--output={tmp_path}/%j.out", "--wrap", "sleep 300"])
+    jid = C.parse_sbatch_parsable(out).job_id
+    job = ledger.create_job(name="requeue", executor="slurm", slurm_job_id=jid)
+    ex = SlurmExecutor()
+    seen = []
+
+    def sync_until(state, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ex.sync(ledger, [ledger.get(job.id)])
+            seen.append(ledger.get(job.id).state)
+            if seen[-1] == state:
+                return
+            time.sleep(0.3)
+        pytest.fail(f"job {jid} never became {state} in the ledger: {seen[-5:]}")
+
+    try:
+        sync_until("running", 90)  # accounting may lag the start
+        C.run(["scontrol", "requeue", jid])
+        sync_until("queued", 60)
+        for _ in range(5):  # and stays there while Slurm holds it (COMPLETING, REQUEUED, PENDING BeginTime)
+            ex.sync(ledger, [ledger.get(job.id)])
+            seen.append(ledger.get(job.id).state)
+            time.sleep(0.3)
+        got = ledger.get(job.id)
+        assert (got.state, got.state_reason, got.attempt) == ("queued", "requeued by Slurm", 1)
+        assert ledger.last_cause(job.id) == "requeued"
+        C.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"])  # eligible at once, not in ~2 minutes
+        sync_until("running", 90)
+        C.run(["scancel", jid])
+        sync_until("stopped", 90)
+        assert ledger.last_cause(job.id) == "user_stop"
+    finally:
+        subprocess.run(["scancel", jid], capture_output=True)
+    assert "error" not in seen
+    moves = [(e.data["from"], e.data["to"]) for e in ledger.events(job.id) if e.kind == "state"]
+    assert moves == [("queued", "running"), ("running", "queued"), ("queued", "running"), ("running", "stopped")]

@@ -1,4 +1,4 @@
-"""A user's own Hydra app, swept through hpcft (tests/test_hydra_launcher.py; README "Your own Hydra app"):
+"""A user's own Hydra app, swept through hpcft (tests/cluster/test_hydra_launcher.py; README "Your own Hydra app"):
 
     python tests/hydra_app/app.py -m x=1,2,3 hydra/launcher=hpcft
 """

@@ -1,7 +1,7 @@
 """Helpers for tests that act as real Unix users of a team (scripts/team-local up), against the real PostgreSQL ledger
 and the real Slurm cluster. No tests in here.
 
-    from team import ALICE, BOB, as_user, psql_as, run_as, team  # noqa: F401  (team: the fixture)
+    from support.team import ALICE, BOB, as_user, psql_as, run_as, team  # noqa: F401  (team: the fixture)
 
     def test_x(team):
         r = as_user(ALICE, ["submit", "+experiment=quickstart", "--dry-run"])   # /opt/hpcft/venv/bin/hpcft as alice
@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEAM_LOCAL = ROOT / "scripts" / "team-local"
 VENV = Path(os.environ.get("HPCFT_TEAM_VENV", "/opt/hpcft/venv"))
 HPCFT = VENV / "bin" / "hpcft"

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from team import ALICE, BOB, CAROL, SOCKDIR, as_user, run_as, team  # noqa: F401
+from support.team import ALICE, BOB, CAROL, SOCKDIR, as_user, run_as, team  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.train, pytest.mark.slow]
 DB = "hpcft_registry_team_test"
@@ -43,7 +43,7 @@ def refs(user):
 
 @pytest.fixture(scope="module")
 def published(team):  # noqa: F811
-    from conftest import hpcft_cli
+    from support import hpcft_cli
 
     psql = ["psql", "-X", "-h", SOCKDIR, "-d", "hpcft", "-c"]
     subprocess.run(psql + [f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"], capture_output=True, timeout=60)

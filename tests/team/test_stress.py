@@ -1,5 +1,5 @@
 """Concurrency stress test of the ledger, for a bounded time, on SQLite (a temp HPCFT_HOME) and on the server
-databases (MariaDB, PostgreSQL: tests/ledger_dbs.py).
+databases (MariaDB, PostgreSQL: tests/support/ledger_dbs.py).
 
 For HPCFT_STRESS_SECONDS (default 6) per database, at the same time:
 - 2 submitter processes create jobs through `Ledger.create_job` and write events on them;
@@ -38,10 +38,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hpcft_cli
+from support import hpcft_cli
 from hpcft.ledger.store import Ledger
 from hpcft.states import State, can_transition, is_terminal
-from ledger_dbs import BACKENDS, drop_database, fresh_database
+from support.ledger_dbs import BACKENDS, drop_database, fresh_database
 
 SECONDS = float(os.environ.get("HPCFT_STRESS_SECONDS", "6"))
 SUBMITTERS, MOVERS = 2, 2

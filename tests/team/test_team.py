@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from team import ADMIN, ALICE, BOB, CAROL, SOCKDIR, as_user, run_as, team  # noqa: F401
+from support.team import ADMIN, ALICE, BOB, CAROL, SOCKDIR, as_user, run_as, team  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.train, pytest.mark.slow]
 DB = "hpcft_team_test"
@@ -32,7 +32,7 @@ def sql(user, statement):
 
 
 def root_hp(*args):
-    from conftest import hpcft_cli
+    from support import hpcft_cli
 
     import os
 
@@ -62,7 +62,7 @@ def jobs(team):  # noqa: F811
         subprocess.run(["scancel", "-u", u], capture_output=True, timeout=60)
     import shutil
 
-    from team import RUNS
+    from support.team import RUNS
 
     for d in RUNS.glob("*"):  # run directories of an earlier run (job ids start again at 1)
         shutil.rmtree(d, ignore_errors=True)

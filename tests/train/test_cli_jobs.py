@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hpcft_cli
+from support import hpcft_cli
 
 FAST = ["executor=local", "training.sequence_length=64", "training.batch_size=8"]
 
@@ -222,7 +222,7 @@ def test_list_resources_match_whole_tokens(hpcft_home):
 def test_search_tokens_times_and_sort_on_every_database(backend, tmp_path):
     """The SQL behind --resources (concatenation, ILIKE with an escape), --since/--until and --sort on each
     backend (ledger_dbs skips a server that is not running)."""
-    from ledger_dbs import fresh_database
+    from support.ledger_dbs import fresh_database
 
     from hpcft.ledger.store import Ledger
 

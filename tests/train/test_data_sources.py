@@ -191,7 +191,7 @@ def test_templates(tmp_path):
 def test_reward_model_trains_on_sharegpt_preference_from_the_hub_cache(data_dir, tmp_path, monkeypatch):
     """trl gets the ShareGPT pairs in its conversational form and renders them with the chat template."""
     import trainers.reward
-    from train_helpers import ctx_for, job_config, metrics_rows, torch_threads
+    from support.train_helpers import ctx_for, job_config, metrics_rows, torch_threads
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(data_dir / "hf-datasets"))
     cfg = job_config(tmp_path, "method=reward", "data=custom", "data.train=hf:someorg/tiny_pref_sg",

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import hpcft_cli
+from support import hpcft_cli
 
 pytestmark = pytest.mark.train
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hpcft_cli
+from support import hpcft_cli
 
 pytestmark = pytest.mark.train
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-from train_helpers import adapter_and_base_logits, ctx_for, torch_threads, metrics_rows as rows, job_config  # noqa: E402
+from support.train_helpers import adapter_and_base_logits, ctx_for, torch_threads, metrics_rows as rows, job_config  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +85,7 @@ def test_preference_reader_names_file_line_and_field(tmp_path):
     p.write_text("")
     with pytest.raises(DataError, match="no records"):
         load_preference(p)
-    recs = load_preference(Path(__file__).resolve().parents[1] / "hpcft/assets/data/tiny_pref/train.jsonl")
+    recs = load_preference(Path(__file__).resolve().parents[2] / "hpcft/assets/data/tiny_pref/train.jsonl")
     assert len(recs) == 256 and set(recs[0]) == {"prompt", "chosen", "rejected"}
 
 

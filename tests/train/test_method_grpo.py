@@ -6,7 +6,7 @@ import os
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-from train_helpers import ctx_for, torch_threads, metrics_rows as rows, job_config as load  # noqa: E402
+from support.train_helpers import ctx_for, torch_threads, metrics_rows as rows, job_config as load  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,7 @@ def test_grpo_with_reward_model_from_reward_trainer(tmp_path):
     train = rows(out, "train")
     rm_keys = [k for k in train[0] if k.startswith("rewards/") and k.endswith("/mean") and "length" not in k]
     assert rm_keys, train[0]  # the reward model's score is logged next to the length reward
-    assert "kl" in train[-1]  # beta > 0: the reference model was loaded from the base path (pitfall 6)
+    assert "kl" in train[-1]  # beta > 0: the reference model was loaded from the base path
 
 
 def test_reward_registry():

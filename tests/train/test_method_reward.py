@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-from train_helpers import ctx_for, torch_threads, metrics_rows as read_metrics, job_config  # noqa: E402
+from support.train_helpers import ctx_for, torch_threads, metrics_rows as read_metrics, job_config  # noqa: E402
 pytestmark = pytest.mark.train
 
 
@@ -106,7 +106,7 @@ def test_epoch_checkpoints_honour_save_interval_and_off_saves_none(tmp_path):
     from hpcft.train.checkpoint import list_checkpoints, read_state
 
     small = tmp_path / "pairs.jsonl"  # 16 pairs / batch 8 = 2 steps per epoch
-    src = Path(__file__).resolve().parents[1] / "hpcft/assets/data/tiny_pref/train.jsonl"
+    src = Path(__file__).resolve().parents[2] / "hpcft/assets/data/tiny_pref/train.jsonl"
     small.write_text("".join(src.read_text().splitlines(keepends=True)[:16]))
     run = tmp_path / "epochs"
     ctx = ctx_for(run)

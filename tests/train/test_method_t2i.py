@@ -6,7 +6,7 @@ import os
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-from train_helpers import ctx_for, torch_threads, job_config as load  # noqa: E402
+from support.train_helpers import ctx_for, torch_threads, job_config as load  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

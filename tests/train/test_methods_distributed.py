@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from train_helpers import adapter_and_base_logits
+from support.train_helpers import adapter_and_base_logits
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
@@ -91,7 +91,7 @@ def test_reward_two_processes_plain_ddp(tmp_path):
 @pytest.mark.train
 def test_grpo_full_weights_zero3_two_processes(tmp_path):
     """ZeRO-3 partitions the weights that GRPO generates with: trl gathers them for generation, and the final
-    model is gathered into plain HF weights (pitfall 5)."""
+    model is gathered into plain HF weights (ZeRO-3 partitions are gathered first)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -146,7 +146,7 @@ def test_t2i_refuses_deepspeed_but_accepts_several_processes():
 
 @pytest.mark.parametrize("method", ["dpo", "reward", "grpo"])
 def test_trl_deepspeed_config_is_the_generated_one(tmp_path, method):
-    from train_helpers import job_config
+    from support.train_helpers import job_config
 
     from hpcft.train.context import RunContext
     from trainers._trl_common import deepspeed_dict
@@ -159,4 +159,4 @@ def test_trl_deepspeed_config_is_the_generated_one(tmp_path, method):
     ds = deepspeed_dict(cfg, ctx)
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["train_batch_size"] == 8 * 2 * 2
-    assert "optimizer" not in ds  # the Trainer hands DeepSpeed a torch optimizer: no C++ build (pitfall 4)
+    assert "optimizer" not in ds  # the Trainer hands DeepSpeed a torch optimizer: no C++ build (DeepSpeed's own optimizers are C++ extensions)

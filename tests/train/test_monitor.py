@@ -1,6 +1,6 @@
 """Monitoring (hpcft.rundir.monitor, `hpcft top`, `hpcft monitor`, `hpcft curve`): the sampler with real psutil counters,
 Slurm's sstat parser on captured output, the method's curves, and a real local GRPO job watched while it runs.
-The 2-node Slurm job's monitoring is checked in tests/test_slurm_e2e.py (test_two_node_deepspeed_zero2_lora)."""
+The 2-node Slurm job's monitoring is checked in tests/cluster/test_slurm_e2e.py (test_two_node_deepspeed_zero2_lora)."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hpcft_cli
+from support import hpcft_cli
 
 # sstat --allsteps --noheader --parsable2 --format=<SSTAT_FIELDS> -j 744 (2-node job of the local cluster, running)
 SSTAT_744 = ("744.batch|1|00:00:00|12196K|12196K|n1|32936|1643|cpu=00:00:00,energy=0,fs/disk=32936,mem=12196K,pages=0,"

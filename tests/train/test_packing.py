@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import ctx_for, job_config, metrics_rows, torch_threads  # noqa: E402
+from support.train_helpers import ctx_for, job_config, metrics_rows, torch_threads  # noqa: E402
 
 from hpcft.train.data import IGNORE, PackedSamples, Sample, collate, load_split, pack_indices  # noqa: E402
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-from train_helpers import ctx_for, job_config, metrics_rows, torch_threads  # noqa: E402
+from support.train_helpers import ctx_for, job_config, metrics_rows, torch_threads  # noqa: E402
 
 pytestmark = pytest.mark.train
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 BASE = ["+experiment=t2i_lora_tiny", "method.num_inference_steps=2", "training.log_sample_ids=true"]
 # 24 images / batch 4 = 6 steps per epoch; 8 steps cross an epoch boundary (eval + a sample image at its end)

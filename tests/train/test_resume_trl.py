@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-from train_helpers import ctx_for, job_config, metrics_rows, torch_threads  # noqa: E402
+from support.train_helpers import ctx_for, job_config, metrics_rows, torch_threads  # noqa: E402
 
 pytestmark = pytest.mark.train
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "hpcft" / "assets" / "data"
 STEPS, PER_EPOCH = 12, 6
 LR, WARMUP, DECAY = 5e-3, 0.25, 0.1

@@ -6,7 +6,7 @@ import os
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-from train_helpers import ctx_for, job_config, metrics_rows, torch_threads  # noqa: E402
+from support.train_helpers import ctx_for, job_config, metrics_rows, torch_threads  # noqa: E402
 
 from hpcft.errors import ConfigError  # noqa: E402
 from hpcft.rundir.metrics_io import loss_series  # noqa: E402

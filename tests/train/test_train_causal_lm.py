@@ -11,9 +11,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 pytestmark = pytest.mark.train
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
-from train_helpers import ctx_for as Ctx, job_config, torch_threads  # noqa: E402
+from support.train_helpers import ctx_for as Ctx, job_config, torch_threads  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +98,7 @@ def test_qlora_still_learns_after_an_eval_pass(tmp_path):
     import bitsandbytes as bnb
 
     q = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert q and all(m.support_avx512bf16_for_cpu is False for m in q)  # pitfall 1 workaround applied
+    assert q and all(m.support_avx512bf16_for_cpu is False for m in q)  # bitsandbytes' CPU repack is off (it stops LoRA gradients)
     split = D.load_split(cfg.data.train, cfg.data.format, tok, 64)
     batch = D.collate(split.samples[:8], tok.pad_token_id)
 

@@ -63,7 +63,7 @@ def test_an_early_warning_is_kept_and_delivered_once_the_trainer_listens(group):
 def test_a_trainer_warned_while_importing_torch_saves_at_its_first_step(tmp_path):
     """The real trainer (`python -m hpcft.train.entry`), warned 0.2 s after it started: it lives, and stops with a
     checkpoint at its first step boundary (exit 75), as at any other time."""
-    from train_helpers import job_config
+    from support.train_helpers import job_config
 
     from hpcft.train.checkpoint import latest_checkpoint, read_state
 

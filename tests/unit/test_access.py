@@ -1,6 +1,6 @@
 """Per-job access (hpcft.ledger.access) through the real CLI on a SQLite ledger, where hpcft itself enforces the rules
 (`HPCFT_USER` names the acting user on a single-machine SQLite ledger only). The same matrix against PostgreSQL,
-real Unix users and raw SQL is tests/test_team.py."""
+real Unix users and raw SQL is tests/team/test_team.py."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import hpcft_cli
+from support import hpcft_cli
 from hpcft.ledger import access as A
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import hpcft_cli
+from support import hpcft_cli
 
-CORPUS = Path(__file__).parent / "bad_input"
+CORPUS = Path(__file__).resolve().parents[1] / "bad_input"
 CASES = sorted(CORPUS.glob("*.yaml"))
 
 

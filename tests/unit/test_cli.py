@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, hpcft_cli
+from support import ROOT, hpcft_cli
 
 
 def run(args, env=None, **kw):
@@ -48,7 +48,7 @@ def test_list_reads_the_ledger_without_sqlalchemy(hpcft_home, tmp_path):
     assert _modules_imported(["hpcft", "list"], env, sql) == ""
     assert _modules_imported(["hpcft", "list", "--json", "-r", "gpus=0", "--since", "1d"], env, sql) == ""
     old = tmp_path / "v1.db"  # made before migrations: 3 jobs
-    shutil.copy(Path(__file__).parent / "fixtures" / "ledger-v1.sqlite", old)
+    shutil.copy(Path(__file__).resolve().parents[1] / "fixtures" / "ledger-v1.sqlite", old)
     env["HPCFT_DB_URL"] = f"sqlite:///{old}"
     assert "sqlalchemy" in _modules_imported(["hpcft", "list"], env, sql)  # the probe can fail: upgraded here
     assert _modules_imported(["hpcft", "list"], env, sql) == ""  # at head now

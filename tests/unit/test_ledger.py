@@ -5,7 +5,7 @@ import pytest
 from hpcft.errors import NotFound, StateError
 from hpcft.ledger.store import Ledger
 from hpcft.states import State
-from ledger_dbs import BACKENDS, fresh_database
+from support.ledger_dbs import BACKENDS, fresh_database
 
 
 @pytest.fixture(params=BACKENDS)
@@ -195,7 +195,7 @@ def test_postgres_socket_is_peer_authenticated(tmp_path):
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
-    from ledger_dbs import drop_database, new_database
+    from support.ledger_dbs import drop_database, new_database
 
     url = new_database("postgresql", tmp_path)
     try:
@@ -221,7 +221,7 @@ def test_postgres_tcp_password_from_environment_or_pgpass(tmp_path, monkeypatch)
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
-    from ledger_dbs import pg_admin_engine, drop_database, new_database
+    from support.ledger_dbs import pg_admin_engine, drop_database, new_database
 
     url = new_database("postgresql", tmp_path)
     db = make_url(url).database

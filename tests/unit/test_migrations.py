@@ -18,9 +18,9 @@ from sqlmodel import SQLModel
 
 from hpcft.ledger import migrations
 from hpcft.ledger.store import Ledger, engine_url
-from ledger_dbs import BACKENDS, fresh_database
+from support.ledger_dbs import BACKENDS, fresh_database
 
-FIXTURE = Path(__file__).parent / "fixtures" / "ledger-v1.sqlite"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ledger-v1.sqlite"
 JSON_COLUMNS = {"jobs": ("config", "resources"), "events": ("data",)}
 
 

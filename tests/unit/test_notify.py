@@ -11,63 +11,16 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from conftest import hpcft_cli
+from support.receiver import closed_port
 from hpcft.ledger.store import Ledger
 from hpcft.states import USER_STOP, State
-from ledger_dbs import fresh_database
-
-
-class Receiver:
-    """A real HTTP server on 127.0.0.1 that keeps every JSON message apprise posts to it."""
-
-    def __init__(self) -> None:
-        self.messages: list = []
-        received = self.messages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *_a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"json://127.0.0.1:{self.server.server_address[1]}/hpcft"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def about(self, job_id: int) -> list:
-        return [m for m in self.messages if m["title"].startswith(f"hpcft job {job_id} ")]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from support.ledger_dbs import fresh_database
 
 
 def make_job(ledger, tmp_path, urls, on=("success", "error", "expired"), timeout=5, name="nt"):
@@ -208,83 +161,3 @@ def test_user_defaults_file(hpcft_home, receiver):
 
 
 # ------------------------------------------------------------------------------------------------- end to end
-
-LOCAL = ["executor=local", "training.sequence_length=64", "training.batch_size=8"]
-
-
-def cli(args, timeout=300):
-    return subprocess.run(hpcft_cli() + args, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-def by_name() -> dict:
-    r = cli(["list", "--json", "--limit", "100"])
-    assert r.returncode == 0, r.stderr
-    return {j["name"]: j for j in json.loads(r.stdout)}
-
-
-def submit(*args):
-    r = cli(["submit", *args, "--yes"])
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
-
-
-@pytest.mark.train
-@pytest.mark.slurm
-@pytest.mark.slow
-def test_real_jobs_success_error_expired_and_a_stop(slurm_cluster, hpcft_home, tmp_path, receiver):
-    """One message each for a local success and a local error (sent by the job's worker) and a Slurm time-limit
-    expiry (Slurm kills the job; `sync` records and sends it); none for the stop; a receiver that is down changes
-    nothing."""
-    down = f"json://127.0.0.1:{closed_port()}/down"
-    notify = f"notify.urls=[{receiver.url}]"
-    data = tmp_path / "train.jsonl"  # valid at submit, broken before the trainer reads it: a runtime error
-    data.write_text('{"prompt": "a", "response": "b"}\n' * 2)
-
-    def submit_local(*args):
-        submit(*LOCAL, *args)
-        if "name=nt-error" in args:
-            data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
-
-    expire = threading.Thread(target=submit, args=(  # Slurm's shortest time limit is a minute: submit it first
-        "executor=slurm", "training.sequence_length=64", "training.batch_size=8", "training.epochs=1000",
-        "resources.time=1", "resources.signal_grace=0", "name=nt-expire", notify))
-    expire.start()
-    with ThreadPoolExecutor(3) as pool:  # the local ones side by side
-        list(pool.map(lambda args: submit_local(*args), [
-            ("training.max_steps=3", "name=nt-success", f"notify.urls=[{receiver.url},{down}]"),
-            ("data=custom", f"data.train={data}", "data.format=prompt_response", "name=nt-error", notify),
-            ("training.epochs=500", "name=nt-stop", notify)]))
-    expire.join()
-    deadline = time.time() + 120
-    while by_name()["nt-stop"]["state"] != "running":
-        assert time.time() < deadline, by_name()["nt-stop"]
-        time.sleep(0.5)
-    assert cli(["stop", str(by_name()["nt-stop"]["id"])]).returncode == 0
-
-    ended = {"success", "error", "stopped", "expired"}
-    deadline = time.time() + 300
-    while True:
-        assert cli(["sync"]).returncode == 0  # records the Slurm job's TIMEOUT as expired
-        jobs = by_name()
-        if all(j["state"] in ended for j in jobs.values()):
-            break
-        assert time.time() < deadline, {n: j["state"] for n, j in jobs.items()}
-        time.sleep(2)
-    assert cli(["sync"]).returncode == 0
-    time.sleep(2)  # a late, second message would arrive now
-
-    states = {n: j["state"] for n, j in jobs.items()}
-    assert states == {"nt-expire": "expired", "nt-success": "success", "nt-error": "error", "nt-stop": "stopped"}
-    got = {n: receiver.about(j["id"]) for n, j in jobs.items()}
-    assert {n: len(m) for n, m in got.items()} == {"nt-expire": 1, "nt-success": 1, "nt-error": 1, "nt-stop": 0}
-    (ok,) = got["nt-success"]
-    assert "state: success" in ok["message"] and f"outputs: {jobs['nt-success']['output_dir']}" in ok["message"]
-    assert float(ok["message"].split("last loss: ")[1].split()[0]) > 0
-    assert "state: error" in got["nt-error"][0]["message"] and "train.jsonl:2" in got["nt-error"][0]["message"]
-    exp = got["nt-expire"][0]["message"]
-    assert "state: expired" in exp and "time limit" in exp and "last loss: none" not in exp
-    events = {n: cli(["events", str(j["id"])]).stdout for n, j in jobs.items()}
-    assert "notify_failed" in events["nt-success"] and "success" == states["nt-success"]  # the down receiver
-    for n in ("nt-error", "nt-expire"):
-        assert "notified" in events[n] and "notify_failed" not in events[n], events[n]
-    assert "notif" not in events["nt-stop"]

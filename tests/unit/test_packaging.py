@@ -5,7 +5,7 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_wheel_carries_configs_and_finds_them(tmp_path):

@@ -1,7 +1,7 @@
 """`hpcft retry` for cron: only transient failures, with a backoff, never a double submission.
 
 In-process tests use an executor whose submissions are recorded; the race runs two real `hpcft retry` processes on
-one SQLite ledger with the real local executor; the requeue test runs on the real local Slurm cluster.
+one SQLite ledger with the real local executor; the requeue test is in tests/cluster/test_slurm_cluster.py.
 """
 
 import os
@@ -252,50 +252,3 @@ def test_two_retry_processes_at_once_submit_each_job_once(hpcft_home, tmp_path):
     for job in jobs:
         assert sum(e.kind == "started" for e in led.events(job.id)) == 1
         assert led.get(job.id).state == "error" and led.get(job.id).attempt == 2
-
-
-# ------------------------------------------------------------------------------------------------ real Slurm requeue
-
-@pytest.mark.slurm
-def test_scontrol_requeue_of_a_running_job_syncs_to_queued_never_error(slurm_cluster, tmp_path):
-    from hpcft.jobs.executors.slurm import SlurmExecutor
-    from hpcft.slurm import commands as C
-
-    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
-    out = C.run(["sbatch", "--parsable", "--time=3", f"--output={tmp_path}/%j.out", "--wrap", "sleep 300"])
-    jid = C.parse_sbatch_parsable(out).job_id
-    job = ledger.create_job(name="requeue", executor="slurm", slurm_job_id=jid)
-    ex = SlurmExecutor()
-    seen = []
-
-    def sync_until(state, timeout_s):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ex.sync(ledger, [ledger.get(job.id)])
-            seen.append(ledger.get(job.id).state)
-            if seen[-1] == state:
-                return
-            time.sleep(0.3)
-        pytest.fail(f"job {jid} never became {state} in the ledger: {seen[-5:]}")
-
-    try:
-        sync_until("running", 90)  # accounting may lag the start
-        C.run(["scontrol", "requeue", jid])
-        sync_until("queued", 60)
-        for _ in range(5):  # and stays there while Slurm holds it (COMPLETING, REQUEUED, PENDING BeginTime)
-            ex.sync(ledger, [ledger.get(job.id)])
-            seen.append(ledger.get(job.id).state)
-            time.sleep(0.3)
-        got = ledger.get(job.id)
-        assert (got.state, got.state_reason, got.attempt) == ("queued", "requeued by Slurm", 1)
-        assert ledger.last_cause(job.id) == "requeued"
-        C.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"])  # eligible at once, not in ~2 minutes
-        sync_until("running", 90)
-        C.run(["scancel", jid])
-        sync_until("stopped", 90)
-        assert ledger.last_cause(job.id) == "user_stop"
-    finally:
-        subprocess.run(["scancel", jid], capture_output=True)
-    assert "error" not in seen
-    moves = [(e.data["from"], e.data["to"]) for e in ledger.events(job.id) if e.kind == "state"]
-    assert moves == [("queued", "running"), ("running", "queued"), ("queued", "running"), ("running", "stopped")]

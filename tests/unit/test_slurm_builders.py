@@ -10,7 +10,7 @@ from hpcft.config.schema import ResourcesConfig
 from hpcft.slurm import commands as C
 from hpcft.slurm.sbatch import priority_options, sbatch_options, to_argv, to_lines
 from hpcft.states import State
-from slurm_fixtures import (QOS_PRIORITY, SACCT_MIXED, SACCT_PENDING_ARRAY, SACCT_RUNNING_PENDING,
+from support.slurm_fixtures import (QOS_PRIORITY, SACCT_MIXED, SACCT_PENDING_ARRAY, SACCT_RUNNING_PENDING,
                             SHOW_PENDING_ARRAY, SQUEUE_PENDING, TEST_ONLY_NOW, TEST_ONLY_UNLIMITED)
 
 FULL = dict(name="full", nodes=2, gpus_per_node=4, tasks_per_node=4, cpus_per_task=8, mem="64G", time="90",

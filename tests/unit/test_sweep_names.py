@@ -1,10 +1,10 @@
 """Sweeps you can read: points named by their swept values, and `hpcft sweep` comparing them best first.
-(The whole path on the real Slurm cluster: tests/test_slurm_e2e.py::test_multirun_sweep_is_one_array...)"""
+(The whole path on the real Slurm cluster: tests/cluster/test_slurm_e2e.py::test_multirun_sweep_is_one_array...)"""
 
 import json
 import subprocess
 
-from conftest import hpcft_cli
+from support import hpcft_cli
 from hpcft.config.sweep import expand, point_name, short_value, swept_values
 
 

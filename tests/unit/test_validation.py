@@ -1,6 +1,6 @@
 """Every validation rule, one by one: the common rules (hpcft.config.compose) and each method's (hpcft.config.methods, named by
 hpcft.config.methods.METHOD_SPECS). Configs are composed once per method and then changed in memory, so each case is a
-unit test of one rule; tests/test_cli.py proves the same refusals through the real `hpcft submit`."""
+unit test of one rule; tests/unit/test_cli.py proves the same refusals through the real `hpcft submit`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from hpcft.config import methods
 from hpcft.config import schema
 from hpcft.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ONE_LINE = re.compile(r"^[\w.]+=[^\n]*: [^\n]+; [^\n]+$")  # key=value: problem; fix
 
 BASES = {  # overrides that give a valid config of each method
