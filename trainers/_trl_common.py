@@ -181,7 +181,7 @@ class TrlRun:
         self.log = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main, cfg=cfg, job_id=ctx.job_id)
         self.flag = signals.install()
         self.manager = ckpt.CheckpointManager(self.out / "checkpoints", self.t.keep_checkpoints,
-                                              is_main=ctx.is_main, barrier=dist.barrier)
+                                              is_main=ctx.is_main, barrier=dist.barrier, job_uuid=ctx.job_uuid)
         if ctx.is_main:
             self.manager.clean_stale()  # half-written staging dirs of a crashed save are never resumed from
         dist.barrier()
@@ -197,7 +197,7 @@ class TrlRun:
             print(msg, flush=True)
 
     def _resume_point(self) -> Optional[Path]:
-        d = ckpt.resolve_resume(self.t.get("resume_from"), self.out, self.ctx.job_id)
+        d = ckpt.resolve_resume(self.t.get("resume_from"), self.out, self.ctx.job_id, self.ctx.job_uuid)
         if d is None:
             return None
         world = int(ckpt.read_state(d).get("world_size", self.ctx.world_size))

@@ -180,7 +180,7 @@ class CausalLMRecipe:
         self.engine = Engine(model, opt, sched, device=device, ds_config=ds_conf, max_grad_norm=float(t.max_grad_norm),
                              amp_dtype=amp, is_main=ctx.is_main)
         self.manager = ckpt.CheckpointManager(self.out / "checkpoints", t.keep_checkpoints, is_main=ctx.is_main,
-                                              barrier=dist.barrier)
+                                              barrier=dist.barrier, job_uuid=ctx.job_uuid)
 
     def load_data(self) -> dict[str, D.Split]:
         t, ctx = self.t, self.ctx
@@ -205,7 +205,7 @@ class CausalLMRecipe:
         """Continue from the run's latest checkpoint (requeue, restart, `hpcft resume`) or a chosen one."""
         if self.ctx.is_main:
             self.manager.clean_stale()
-        d = ckpt.resolve_resume(self.t.get("resume_from"), self.out, self.ctx.job_id)
+        d = ckpt.resolve_resume(self.t.get("resume_from"), self.out, self.ctx.job_id, self.ctx.job_uuid)
         if d is None:
             return
         state = ckpt.read_state(d)

@@ -320,14 +320,14 @@ class T2ITrainer:
         self.opt = adamw(self.params, lr=float(t.learning_rate), weight_decay=float(t.weight_decay))
         self.sched = make_scheduler(self.opt, self.total_steps, float(t.warmup_ratio), float(t.lr_decay_ratio))
         self.manager = ckpt.CheckpointManager(self.out / "checkpoints", t.keep_checkpoints, is_main=self.ctx.is_main,
-                                              barrier=dist.barrier)
+                                              barrier=dist.barrier, job_uuid=self.ctx.job_uuid)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             # DDP syncs only parameters that require grad: the LoRA adapters (broadcast from rank 0 here)
             self.ddp = DDP(self.c["unet"], device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None,
                            find_unused_parameters=False)
-        self.resume(ckpt.resolve_resume(t.get("resume_from"), self.out, self.ctx.job_id))
+        self.resume(ckpt.resolve_resume(t.get("resume_from"), self.out, self.ctx.job_id, self.ctx.job_uuid))
         self.say(f"base {self.base}; {n} train images; {self.total_steps} steps ({self.steps_per_epoch}/epoch); "
                  f"{sum(p.numel() for p in self.params)} LoRA parameters; device {self.device}; world {self.world}")
 

@@ -249,7 +249,7 @@ def show(job_id: int = JOB, config: bool = typer.Option(False, "--config", help=
     """Show one job: state, resources, paths, latest metrics."""
     from hpcft.rundir.metrics_io import read_metrics
 
-    _, j, _ = authorized(job_id, "show")
+    ledger, j, _ = authorized(job_id, "show")
     con = console()
     rows = [
         ("id", j.id), ("name", j.name), ("description", j.description or "-"), ("state", j.state),
@@ -276,7 +276,10 @@ def show(job_id: int = JOB, config: bool = typer.Option(False, "--config", help=
     if config:
         import yaml  # ships with omegaconf
 
-        typer.echo(yaml.safe_dump(j.config, sort_keys=False))
+        from hpcft.config.secrets import masked
+
+        # secrets (notify.urls, ...) only for the job's owner; everyone else sees ***
+        typer.echo(yaml.safe_dump(j.config if ledger.user == j.owner else masked(j.config), sort_keys=False))
 
 
 # ------------------------------------------------------------------------------------------------------ logs
@@ -397,11 +400,14 @@ def clone(
 
     ledger, src, _ = authorized(job_id, "clone")
     ovs = list(overrides or []) + ([f"name={quote(name)}"] if name is not None else [])
-    plan = hclone.plan(src, ovs)
+    plan = hclone.plan(src, ovs, by=ledger.user)
     con = console()
     if dry_run:
+        from hpcft.config.secrets import masked
+
         typer.echo(compose.to_yaml(plan.configs[0]))
-        for line in hclone.changes(src.config, plan.configs[0]):
+        before = src.config if ledger.user == src.owner else masked(src.config)  # the owner's secrets stay theirs
+        for line in hclone.changes(before, plan.configs[0]):
             typer.echo(f"# changed: {line}")
         typer.echo(f"# would submit one job, a clone of job {job_id}, to the {plan.executor} executor")
         return
@@ -524,11 +530,12 @@ def sync() -> None:
     """Bring the states of all live jobs in line with reality (safe to run from cron)."""
     from hpcft.jobs.executors import get_executor
 
-    from hpcft.jobs.control import carry_out_stop_requests
+    from hpcft.jobs.control import carry_out_stop_requests, settle_unsubmitted
 
     ledger = open_ledger()
     live = ledger.live_jobs()
-    changed = 0
+    changed = settle_unsubmitted(ledger, live)  # rows a failed submit left queued, never handed over
+    live = ledger.live_jobs() if changed else live
     for ex in sorted({j.executor for j in live}):
         changed += get_executor(ex).sync(ledger, [j for j in live if j.executor == ex])
     stopped = carry_out_stop_requests(ledger, ledger.live_jobs())

@@ -14,6 +14,12 @@ from typing import Any, Dict, List, Optional, Tuple
 from omegaconf import MISSING
 
 
+# A key whose value may carry credentials is marked secret: `field(..., metadata=SECRET)`. Its value stays with the
+# job's owner: hpcft.config.secrets.masked (the one place that masks) replaces it with "***" wherever a config leaves
+# the owner's hands (experiment trackers, model cards, other users' `hpcft show --config`).
+SECRET: Dict[str, Any] = {"secret": True}
+
+
 @dataclass
 class ModelConfig:
     """What to train. `source=config` builds a random-init model from `arch` (tests, pretraining);
@@ -256,7 +262,8 @@ class NotifyConfig:
     every job come from `$HPCFT_HOME/notify.yaml`; a key given on the command line wins. A stop you asked for is
     never notified; a receiver that is down never changes the job's state (it is a `notify_failed` event)."""
 
-    urls: List[str] = field(default_factory=list)  # apprise URLs, e.g. ntfy://ntfy.sh/my-topic, json://host/path
+    # apprise URLs, e.g. ntfy://ntfy.sh/my-topic, json://host/path; they may carry credentials (mailto://me:PASS@...)
+    urls: List[str] = field(default_factory=list, metadata=SECRET)
     on: List[str] = field(default_factory=lambda: list(NOTIFY_STATES))  # among success | error | expired
     timeout: int = 10  # seconds the sending process waits for the receivers at most
 

@@ -13,7 +13,7 @@ names the other.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -83,8 +83,10 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], job_id: int) -> N
             raise ConfigError(f"{line}: {_first_line(e)}") from None
 
 
-def plan(job, overrides: Sequence[str]) -> hsubmit.Plan:
-    """The validated plan of one new job: `job`'s recorded config, reset to a fresh run, with `overrides`."""
+def plan(job, overrides: Sequence[str], by: Optional[str] = None) -> hsubmit.Plan:
+    """The validated plan of one new job: `job`'s recorded config, reset to a fresh run, with `overrides`. A clone
+    `by` someone other than the job's owner starts without the owner's secrets (notify.urls, ...:
+    hpcft.config.secrets)."""
     from hpcft.jobs.executors import resolve_name
 
     from hpcft.jobs.hydra_point import HYDRA_METHOD
@@ -97,6 +99,10 @@ def plan(job, overrides: Sequence[str]) -> hsubmit.Plan:
     keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
     cfg.output_dir = None  # its own run directory: <runs>/<new id>-<name>
     cfg.training.resume_from = schema.TrainingConfig.resume_from  # a fresh start (nothing to resume there)
+    if by is not None and by != job.owner:
+        from hpcft.config.secrets import clear_secrets
+
+        clear_secrets(cfg)
     if "model.path" in keys:
         cfg.model.parent_job = None  # another model: the old lineage no longer holds (job:ID sets a new one)
         cfg.model.asset = None  # (likewise asset:NAME)

@@ -20,6 +20,7 @@ from hpcft.errors import ConfigError
 from hpcft import paths
 from hpcft.errors import HpcftError, SchedulerError
 from hpcft.rundir.files import make_run_dir
+from hpcft.rundir.identity import foreign_identity, identity_of, read_identity, write_identity
 from hpcft.ledger.record import ledger_fields
 from hpcft.states import SUBMIT_FAILED, State
 
@@ -126,12 +127,16 @@ def slug(name: str) -> str:
 
 
 def create_jobs(ledger, p: Plan) -> List[Any]:
-    """Queued ledger rows + run directories (config.yaml) for every point of a plan."""
+    """Queued ledger rows + run directories (job.json, then config.yaml) for every point of a plan, once what the
+    submit needs is checked (hpcft.jobs.preflight.check_prerequisites: nothing is created when it fails)."""
+    import uuid
+
+    preflight.check_prerequisites(p.configs)
     jobs = []
     for cfg in p.configs:
-        job = ledger.create_job(**ledger_fields(cfg), executor=p.executor, state=State.queued.value)
-        out = Path(cfg.output_dir) if cfg.output_dir else paths.runs_root() / f"{job.id}-{slug(cfg.name)}"
-        out = out.expanduser().resolve()
+        job = ledger.create_job(**ledger_fields(cfg), uuid=str(uuid.uuid4()), executor=p.executor,
+                                state=State.queued.value)
+        out = run_dir_for(cfg, job)
         prepare_run_dir(ledger, job, out)
         with open_dict(cfg):
             cfg.output_dir = str(out)
@@ -149,10 +154,29 @@ def create_jobs(ledger, p: Plan) -> List[Any]:
     return jobs
 
 
+def run_dir_for(cfg: DictConfig, job: Any) -> Path:
+    """The job's run directory: output_dir when given (checked before the row: no other job's), else
+    `<runs root>/<id>-<slug>`, or `<id>-<slug>-<uuid[:8]>` when that already exists and is not this job's (another
+    ledger sharing the runs root, or a ledger removed and made again, handed out the same id): never reused."""
+    if cfg.output_dir:
+        return Path(cfg.output_dir).expanduser().resolve()
+    out = (paths.runs_root() / f"{job.id}-{slug(cfg.name)}").expanduser().resolve()
+    if out.exists() and (read_identity(out) or {}).get("uuid") != job.uuid:
+        out = out.with_name(f"{out.name}-{job.uuid[:8]}")
+    return out
+
+
 def prepare_run_dir(ledger, job: Any, out: Path) -> None:
-    """The job's run directory: 0700 with logs/, private until shared (hpcft.rundir.files.make_run_dir); a job
-    submitted with access ro|rw is shared from the start (the files follow the ledger)."""
+    """The job's run directory: 0700 with logs/, private until shared (hpcft.rundir.files.make_run_dir), with the
+    job's identity (job.json, hpcft.rundir.identity) written first; a job submitted with access ro|rw is shared from
+    the start (the files follow the ledger). A directory holding another job's identity is refused."""
+    other = foreign_identity(out, job.uuid)
+    if other is not None:
+        raise ConfigError(f"{out}: already the run directory of job {other.get('job_id')} ({other.get('uuid')}); "
+                          "a run directory is never reused by another job: choose another output_dir")
     make_run_dir(out)
+    if job.uuid:
+        write_identity(out, identity_of(job, ledger.url))
     if job.access != "none":
         from hpcft.ledger.access import share_run_dir
 

@@ -3,7 +3,8 @@ database driver directly, for the two ledgers users list most: SQLite (sqlite3) 
 
 Importing SQLAlchemy and SQLModel costs more than half a second, ten times the query itself at 10,000 jobs
 (BENCHMARKS.md, bench_control). This module only reads. It answers None whenever it cannot answer exactly what the
-full ledger would: another database, a ledger file that does not exist yet, a schema that is not at the newest
+full ledger would: another database, a ledger file that does not exist yet (one that is gone while run
+directories name it is refused: hpcft.ledger.guard), a schema that is not at the newest
 migration (opening the full ledger upgrades it), a locked or unreachable database. The caller then opens the full
 `Ledger`, which creates, migrates, retries and reports errors as always. On PostgreSQL the rows a user sees are
 decided by the database (row-level security), exactly as through the full ledger.
@@ -66,6 +67,9 @@ def _sqlite(url: str, where: JobFilter) -> Optional[List[SimpleNamespace]]:
     path = url[len("sqlite:///"):]
     if not url.startswith("sqlite:///") or not path or path == ":memory:" or "?" in path:
         return None
+    from hpcft.ledger.guard import check_ledger_file
+
+    check_ledger_file(url)  # gone while run directories name it: refused here too, never an empty answer
     try:  # mode=ro: never creates the file; the full ledger does that
         conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error:

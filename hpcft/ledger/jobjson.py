@@ -40,6 +40,8 @@ FIELDS: Tuple[Tuple[str, str, str], ...] = (
     ("started_at", "datetime?", "when the current attempt started running"),
     ("finished_at", "datetime?", "when the current attempt ended"),
     ("updated_at", "datetime", "last change of the row"),
+    ("uuid", "string?", "the job's unique identity (UUID4, given at submit; in its run directory's job.json); null "
+                        "for jobs made before hpcft recorded it"),
 )
 
 

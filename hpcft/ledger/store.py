@@ -24,6 +24,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine, select
 from hpcft import paths
 from hpcft.ledger import query as jobquery
 from hpcft.ledger import migrations
+from hpcft.ledger.guard import check_ledger_file
 from hpcft.ledger.query import JobFilter
 from hpcft.ledger.rows import update_row, utcnow
 from hpcft.errors import NotFound, StateError
@@ -37,10 +38,19 @@ def current_user() -> str:
     return getpass.getuser()
 
 
+def new_uuid() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
 
     id: Optional[int] = Field(default=None, primary_key=True)
+    # the job's identity (UUID4, given at submit; 0005): written into its run directory (hpcft.rundir.identity) and its
+    # checkpoints, so that another ledger's job with the same integer id never takes them (None: made before 0005)
+    uuid: Optional[str] = Field(default_factory=new_uuid, index=True, unique=True)
     name: str = Field(index=True)
     description: str = ""
     owner: str = Field(index=True)
@@ -133,6 +143,7 @@ def _engines(url: str):
     if url in _ENGINES:
         return _ENGINES[url]
     if url.startswith("sqlite"):
+        check_ledger_file(url)  # a ledger file that is gone while run directories name it: refused, not recreated
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])), exist_ok=True)
 

@@ -70,7 +70,9 @@ def _lineage(ledger, job, depth: int = 0) -> List[str]:
 
 
 def build_meta(ledger, job, src: Source, row, info: Dict[str, Any], base: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    cfg = job_cfg(job)
+    from hpcft.config.secrets import masked
+
+    cfg = masked(job_cfg(job))  # a card is read by others: never a secret (notify.urls, ...)
     evals, loss = _evals(job, src)
     t = cfg.get("training") or {}
     m = cfg.get("method") or {}

@@ -9,8 +9,9 @@ through a temp file + os.replace, so a crash at any point leaves `latest` naming
 absent). Stale staging dirs from a crash are removed by the next save and never read.
 
 `state.json` says where training stood (step, epoch, step in epoch), why it was saved (interval, epoch, warning)
-and whose it is (job id, world size): a job that starts again in the same run directory (Slurm requeue after a node
-failure or preemption, `hpcft resume`, a time-limit requeue) continues from `latest` of its own job.
+and whose it is (job id, the job's UUID, world size): a job that starts again in the same run directory (Slurm requeue
+after a node failure or preemption, `hpcft resume`, a time-limit requeue) continues from `latest` of its own job,
+never from another job's with the same integer id (another ledger sharing the runs root).
 
 What goes into a checkpoint is up to the trainer (the `write` callback); `save_rng`/`load_rng` and
 `save_trainable`/`load_trainable` are the usual pieces.
@@ -112,23 +113,19 @@ def read_state(ckpt_dir: Path) -> dict[str, Any]:
     return json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
 
 
-def resolve_resume(resume_from: str | None, output_dir: Path, job_id: int | None = None) -> Path | None:
+def resolve_resume(resume_from: str | None, output_dir: Path, job_id: int | None = None,
+                   job_uuid: str | None = None) -> Path | None:
     """The checkpoint to resume from: None (`resume_from` null: always start fresh), `latest` (the default: this
     run directory's newest complete checkpoint, None if it has none yet) or a directory.
 
-    With `latest`, a checkpoint written by another ledger job (a reused output_dir) is refused rather than
-    silently continued: resuming from it must be asked for by its path."""
+    With `latest`, a checkpoint of another job is refused rather than silently continued (resuming from it must be
+    asked for by its path): see `check_owner`."""
     if not resume_from:
         return None
     if str(resume_from) == "latest":
         found = latest_checkpoint(Path(output_dir) / "checkpoints")
-        if found is not None and job_id is not None:
-            owner = read_state(found).get("job_id")
-            if owner is not None and int(owner) != int(job_id):
-                from hpcft.errors import ConfigError
-
-                raise ConfigError(f"output_dir {output_dir} holds checkpoints of job {owner}, not of job {job_id}; "
-                                  f"use another output_dir, or training.resume_from={found} to start from it")
+        if found is not None and (job_id is not None or job_uuid is not None):
+            check_owner(found, Path(output_dir), job_id, job_uuid)
         return found
     d = Path(os.path.expanduser(str(resume_from)))
     if (d / LATEST).is_file() or d.name == "checkpoints":  # a checkpoints root was given
@@ -141,6 +138,31 @@ def resolve_resume(resume_from: str | None, output_dir: Path, job_id: int | None
         raise ConfigError(f"training.resume_from={resume_from}: not a complete checkpoint (no {STATE_FILE}); "
                           "use training.resume_from=latest or a checkpoints/step-XXXXXXXX directory")
     return d
+
+
+def check_owner(found: Path, output_dir: Path, job_id: int | None, job_uuid: str | None) -> None:
+    """ConfigError unless checkpoint `found` is the job's own. A job with an identity (`job_uuid`)
+    resumes a checkpoint carrying the same UUID; one without a UUID (written by an older hpcft) only when its integer
+    job id AND the run directory's identity file (job.json, hpcft.rundir.identity) both say it is this job. A job
+    without an identity (made before the ledger recorded one) compares the integer id, as before."""
+    from hpcft.errors import ConfigError
+    from hpcft.rundir.identity import read_identity
+
+    state = read_state(found)
+    owner, owner_uuid = state.get("job_id"), state.get("job_uuid")
+    hint = f"use another output_dir, or training.resume_from={found} to start from it"
+    if job_uuid is not None and owner_uuid is not None:
+        if owner_uuid != job_uuid:
+            raise ConfigError(f"output_dir {output_dir} holds checkpoints of another job (job {owner}, {owner_uuid}), "
+                              f"not of this job {job_id} ({job_uuid}); {hint}")
+        return
+    if owner is not None and job_id is not None and int(owner) != int(job_id):
+        raise ConfigError(f"output_dir {output_dir} holds checkpoints of job {owner}, not of job {job_id}; {hint}")
+    if job_uuid is not None:  # a checkpoint without a UUID: the run directory must be this job's too
+        ident = read_identity(output_dir) or {}
+        if owner is None or ident.get("uuid") != job_uuid or ident.get("job_id") != int(owner):
+            raise ConfigError(f"output_dir {output_dir} holds checkpoints without a job identity (job {owner}) and "
+                              f"its job.json does not name this job {job_id} ({job_uuid}); {hint}")
 
 
 def parse_keep(keep: Any) -> int | None:
@@ -168,8 +190,9 @@ class CheckpointManager:
     `publish(staging, step, state)` publishes a directory someone else wrote (transformers' Trainer)."""
 
     def __init__(self, root: Path, keep: Any = "all", is_main: bool = True,
-                 barrier: Callable[[], None] | None = None):
+                 barrier: Callable[[], None] | None = None, job_uuid: str | None = None):
         self.root = Path(root)
+        self.job_uuid = job_uuid  # the job's identity, carried by every checkpoint's state (resolve_resume reads it)
         self.keep = parse_keep(keep)
         self.is_main = is_main
         self.barrier = barrier or (lambda: None)
@@ -212,7 +235,8 @@ class CheckpointManager:
         final = self.root / step_dir_name(step)
         self.barrier()  # every rank has written its part
         if self.is_main:
-            write_json(staging / STATE_FILE, dict(state, step=step, saved_at=time.time()))
+            ident = {"job_uuid": self.job_uuid} if self.job_uuid else {}
+            write_json(staging / STATE_FILE, dict(state, step=step, saved_at=time.time(), **ident))
             fsync_tree(staging)
             if final.exists():  # the same step saved again (e.g. after a resume): replace it
                 shutil.rmtree(final)

@@ -17,6 +17,28 @@ class RunContext:
     local_rank: int = 0
     db_url: Optional[str] = None
     _ledger: Any = field(default=None, repr=False)
+    _uuid: Optional[str] = field(default=None, repr=False)  # "" once looked up and not known
+
+    @property
+    def job_uuid(self) -> Optional[str]:
+        """The job's identity (its ledger row's UUID, hpcft.rundir.identity), which its checkpoints carry and
+        `hpcft.train.checkpoint.resolve_resume` checks: `HPCFT_JOB_UUID` when set, else looked up once in the ledger.
+        None outside a tracked job, for a job made before the ledger recorded UUIDs, or when the ledger cannot say
+        (then checkpoints are matched by the integer job id, as before)."""
+        if self._uuid is None:
+            self._uuid = os.environ.get("HPCFT_JOB_UUID") or self._ledger_uuid() or ""
+        return self._uuid or None
+
+    def _ledger_uuid(self) -> Optional[str]:
+        if self.job_id is None:
+            return None
+        from hpcft.errors import HpcftError
+        from hpcft.ledger.store import Ledger
+
+        try:
+            return Ledger(self.db_url).get(self.job_id).uuid
+        except HpcftError:  # not in this ledger (a run started by hand with --job-id): no identity to check
+            return None
 
     @property
     def is_main(self) -> bool:

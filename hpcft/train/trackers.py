@@ -91,8 +91,11 @@ class RunInfo:
         from omegaconf import OmegaConf
 
         self.out = Path(out)
-        self.config: Dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-        self.yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        from hpcft.config.secrets import masked
+
+        # what every tracker gets of the config: secrets (notify.urls, ...) masked, as they leave the owner's hands
+        self.config: Dict[str, Any] = masked(cfg)
+        self.yaml = OmegaConf.to_yaml(OmegaConf.create(self.config))
         self.job_id = job_id
         name = str(cfg.get("name") or "hpcft")
         self.name = f"{job_id}-{name}" if job_id is not None else name

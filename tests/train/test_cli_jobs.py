@@ -323,7 +323,7 @@ SCHEMA_V1 = {
     "output_dir": str, "slurm_job_id": (str, None), "array_job_id": (str, None), "array_task_id": (int, None),
     "pid": (int, None), "attempt": int, "parent_id": (int, None), "created_at": "datetime",
     "submitted_at": ("datetime", None), "started_at": ("datetime", None), "finished_at": ("datetime", None),
-    "updated_at": "datetime",
+    "updated_at": "datetime", "uuid": (str, None),
 }
 
 
@@ -392,7 +392,10 @@ def test_delete_checks_every_job_exists_first(hpcft_home):
 def test_delete_purge_keeps_a_directory_another_job_uses(hpcft_home, tmp_path):
     shared = tmp_path / "shared-run"
     a = recorded_job([f"output_dir={shared}"])
-    b = recorded_job([f"output_dir={shared}"])
+    b = recorded_job()  # a submit refuses another job's output_dir (job.json): a row made before that rule shares it
+    from hpcft.ledger.store import Ledger
+
+    Ledger().update(b.id, output_dir=str(shared))
     r = run(["delete", str(a.id), "--purge", "--yes"])
     assert r.returncode == 0, r.stderr
     assert f"keeping {shared}: also the run directory of job(s) {b.id}" in r.stdout

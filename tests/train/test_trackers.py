@@ -138,3 +138,28 @@ def test_wandb_offline_run_in_the_run_directory(tmp_path, monkeypatch):
     (log,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")  # offline: nothing sent, all kept here
     data = log.read_bytes()
     assert b"train/loss" in data and b"train/tokens_per_s" in data and b"learning_rate" in data
+
+
+@pytest.mark.train
+def test_secrets_never_reach_the_trackers(tmp_path):
+    """notify.urls may carry a password (issue 19): MLflow's params and config artifact, and TensorBoard's config
+    text, get "***" (hpcft.config.secrets.masked), never the URL."""
+    from hpcft.train.entry import run
+
+    secret = "Pa55-w0rd-19"
+    out = tmp_path / "run"
+    cfg = job_config(out, "method=lora", "training.max_steps=2", "training.batch_size=4",
+                     "training.sequence_length=32", "training.keep_checkpoints=off",
+                     "training.report_to=[mlflow,tensorboard]", "name=secretive",
+                     f"notify.urls=[json://hook:{secret}@127.0.0.1:9/hpcft]")
+    run(cfg, ctx_for(out))
+    client, mrun = mlflow_run(out)
+    params = mrun.data.params
+    assert params["notify.urls"] == '["***"]', params.get("notify.urls")
+    assert not [k for k, v in params.items() if secret in v or "json://" in v or "127.0.0.1:9" in v]
+    artifact = open(client.download_artifacts(mrun.info.run_id, "config.yaml", str(tmp_path))).read()
+    assert secret not in artifact and "json://" not in artifact and "'***'" in artifact
+    acc, _ = tensorboard_scalars(out)
+    config_text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert secret not in config_text and "json://" not in config_text
+    assert list(cfg.notify.urls) == [f"json://hook:{secret}@127.0.0.1:9/hpcft"]  # the job itself keeps it
