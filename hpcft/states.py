@@ -47,7 +47,8 @@ def is_terminal(state: State | str) -> bool:
 NODE_FAIL = "node_fail"  # a node of the allocation failed (Slurm NODE_FAIL)
 PREEMPTED = "preempted"  # a higher-priority job took the nodes (Slurm PREEMPTED)
 BOOT_FAIL = "boot_fail"  # a node did not boot (Slurm BOOT_FAIL)
-OOM = "oom"  # killed for exceeding its memory (Slurm OUT_OF_MEMORY, or FAILED 0:9 under OverMemoryKill)
+OOM = "oom"  # killed for exceeding its memory (Slurm OUT_OF_MEMORY, or "Exceeded job memory limit" in its output)
+WORKER_LOST = "worker_lost"  # Slurm: the job's worker died (killed) before it could record how its trainer ended
 USER_STOP = "user_stop"  # `hpcft stop`, scancel, Slurm CANCELLED
 TIMEOUT = "timeout"  # ran past its time limit (Slurm TIMEOUT / DEADLINE, the local supervisor's deadline)
 SUBMIT_FAILED = "submit_failed"  # the executor refused the job (sbatch error): nothing ran
@@ -55,12 +56,13 @@ SUPERVISOR_GONE = "supervisor_gone"  # local executor: the supervisor process va
 BAD_INPUT = "bad_input"  # the config or the data is wrong (trainer exit code 2)
 REQUEUED = "requeued"  # Slurm requeued it without a failure we know of (`scontrol requeue`, a requeue policy)
 
-CAUSES = frozenset({NODE_FAIL, PREEMPTED, BOOT_FAIL, OOM, USER_STOP, TIMEOUT, SUBMIT_FAILED, SUPERVISOR_GONE,
-                    BAD_INPUT, REQUEUED})
+CAUSES = frozenset({NODE_FAIL, PREEMPTED, BOOT_FAIL, OOM, WORKER_LOST, USER_STOP, TIMEOUT, SUBMIT_FAILED,
+                    SUPERVISOR_GONE, BAD_INPUT, REQUEUED})
 
 
 def exit_cause(returncode: int) -> str:
-    """The cause for a trainer's exit: 'signal:N' for a negative (signal) return code, 'bad_input' for
+    """The cause for a trainer's exit: 'signal:N' for a negative (signal) return code (recorded with exit code
+    128+N: `exitcodes.shell_code`; `hpcft retry --exit-codes 137` retries a SIGKILLed trainer), 'bad_input' for
     exitcodes.BAD_INPUT (2), else 'exit:N' (e.g. 'exit:1', 'exit:75' = saved at the time-limit warning)."""
     from hpcft import exitcodes
 

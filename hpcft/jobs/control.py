@@ -19,7 +19,7 @@ from hpcft.jobs.hydra_point import HYDRA_METHOD
 from hpcft.states import State, is_terminal
 
 # causes `hpcft retry` resubmits without being asked: the job did nothing wrong
-TRANSIENT = frozenset({S.NODE_FAIL, S.PREEMPTED, S.BOOT_FAIL})
+TRANSIENT = frozenset({S.NODE_FAIL, S.PREEMPTED, S.BOOT_FAIL, S.WORKER_LOST})
 # causes it never resubmits: the user's decision, or a job that would fail the same way again
 NEVER = frozenset({S.USER_STOP, S.BAD_INPUT, f"exit:{exitcodes.BAD_INPUT}", S.SUBMIT_FAILED})
 # a run that ended at its time limit (or saved a checkpoint at the warning and stopped): continued from its
@@ -29,7 +29,7 @@ TIME_LIMIT = frozenset({S.TIMEOUT, f"exit:{exitcodes.SAVED_AT_WARNING}"})
 
 def retry_verdict(cause: Optional[str], *, oom: bool = False, exit_codes: Iterable[int] = (),
                   time_limit: bool = False) -> Tuple[bool, str]:
-    """(retry?, why) for a job that ended with `cause`. Retried: node_fail, preempted, boot_fail; oom with
+    """(retry?, why) for a job that ended with `cause`. Retried: node_fail, preempted, boot_fail, worker_lost; oom with
     `oom`; exit:N for N in `exit_codes` (signal:S matches code 128+S, as a shell reports a killed process, e.g.
     137 for SIGKILL); timeout / exit:75 with `time_limit`. Never: user_stop, bad_input, exit:2, submit_failed,
     and a failure without a recorded cause."""
@@ -77,6 +77,33 @@ def backoff_s(base_s: float, attempt: int) -> float:
 
 def _aware(dt: Optional[datetime]) -> Optional[datetime]:
     return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+
+# ------------------------------------------------------------------------------------------------ never submitted
+
+UNSUBMITTED_GRACE_S = 300  # a submit hands a new row to its executor within seconds; 5 minutes is a failure
+
+
+def settle_unsubmitted(ledger, jobs: Sequence, grace_s: float = UNSUBMITTED_GRACE_S,
+                       now: Optional[datetime] = None) -> int:
+    """`hpcft sync`: the acting user's jobs left `queued` with no Slurm id and no local process for more than
+    `grace_s` since their row last changed (a submit that failed between the ledger row and the executor: killed,
+    a crash, a full disk) become `error`, cause submit_failed, with why. Returns how many changed."""
+    now = now or datetime.now(timezone.utc)
+    user = ledger.user
+    changed = 0
+    for job in jobs:
+        if job.state != State.queued.value or job.slurm_job_id or job.pid or job.owner != user:
+            continue
+        since = _aware(job.updated_at) or _aware(job.created_at)
+        if since is None or (now - since).total_seconds() <= grace_s:
+            continue
+        minutes = int((now - since).total_seconds() // 60)
+        changed += ledger.transition(
+            job.id, State.error, f"never handed to the {job.executor} executor: queued {minutes} min with no Slurm "
+            "job id and no local process (the submit failed after the ledger row was created); submit it again",
+            cause=S.SUBMIT_FAILED)
+    return changed
 
 
 # ------------------------------------------------------------------------------------------------ remote code

@@ -9,6 +9,11 @@ A worker is a small supervisor around the trainer process (`python -m hpcft.trai
   checkpoint), `requeue` continues the same ledger job from it (Slurm: `scontrol requeue`; local: the supervisor
   starts the trainer again with a fresh time allowance) until it finishes or `resources.max_requeues` are spent;
 - on the local executor it enforces the time limit itself and turns a SIGTERM from `hpcft stop` into `stopped`;
+- no trainer outlives its worker, whatever the cluster's proctrack plugin: the trainer runs in its own session
+  (process group), which the worker kills on any exit of its own (return, exception, SIGTERM: `_end_group`); and
+  the trainer asks Linux to SIGKILL it when the worker dies (PR_SET_PDEATHSIG, `hpcft.train.entry`, which gets the
+  worker's pid in HPCFT_WORKER_PID), so even a `kill -9` of the worker takes the trainer with it;
+- a trainer killed by signal N is recorded with exit code 128+N (cause `signal:N`), and the worker exits 128+N;
 - in Slurm it derives rank, world size and the rendezvous from Slurm's environment (hpcft.slurm.env), records a
   `restart` event when Slurm restarted the job (requeue after node failure or preemption); the trainer continues
   from the run's latest checkpoint by itself (training.resume_from=latest). Slurm enforces the time limit
@@ -57,6 +62,24 @@ def _tail_error(log: Path, n: int = 40) -> str:
         if "Error" in line or "Exception" in line or line.startswith("error:"):
             return line.strip()[:300]
     return lines[-1].strip()[:300] if lines else ""
+
+
+def trainer_env(base: dict, **extra: str) -> dict:
+    """The trainer's environment: `base`, `extra`, and this worker's pid (the trainer dies with it)."""
+    return dict(base, **extra, HPCFT_WORKER_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
+
+
+def _end_group(proc: Optional[subprocess.Popen]) -> None:
+    """On any exit of the worker: end the trainer (SIGTERM, then SIGKILL) if it still runs, and SIGKILL whatever is
+    left of its process group (its data-loader workers, a `sstat` of its sampler)."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        _kill_group(proc)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -132,8 +155,18 @@ def honour_stop(ledger, job_id: int, req, before_start: bool = False) -> None:
     ledger.request_done(job_id, req, "stopped" + (" before it started" if before_start else ""))
 
 
+def _finished_event(ledger, job_id: int, rc: int, how: str = "") -> None:
+    """The `finished` event: the trainer's exit code as a shell reports it (128+N for signal N, with `signal`)."""
+    code = exitcodes.shell_code(rc)
+    if rc < 0:
+        ledger.add_event(job_id, "finished", f"trainer killed by signal {-rc} (exit code {code}){how}",
+                         exit_code=code, signal=-rc)
+    else:
+        ledger.add_event(job_id, "finished", f"trainer exited with code {rc}{how}", exit_code=code)
+
+
 def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
-    ledger.add_event(job_id, "finished", f"trainer exited with code {rc}", exit_code=rc)
+    _finished_event(ledger, job_id, rc)
     if rc == 0:
         changed = ledger.transition(job_id, State.success, "trainer finished")
         print(f"[hpcft] job {job_id} finished: success", flush=True)
@@ -144,7 +177,7 @@ def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
         return 0
     reason = f"trainer exited with code {rc}"
     if rc < 0:
-        reason = f"trainer killed by signal {-rc}"
+        reason = f"trainer killed by signal {-rc} (exit code {exitcodes.shell_code(rc)})"
     elif rc == exitcodes.BAD_INPUT:
         reason = "the config or the data was refused (not retried)"
     tail = _tail_error(log)
@@ -167,18 +200,21 @@ def supervise(job_id: int) -> int:
         return 0
     signal.signal(signal.SIGTERM, sup.on_term)
     signal.signal(signal.SIGINT, sup.on_term)
-    env = dict(os.environ, HPCFT_DB_URL=ledger.url, PYTHONUNBUFFERED="1")
-    while True:
-        rc = sup.run_trainer(env)
-        if rc is None:  # the supervisor ended the job (stopped, expired) and recorded it
-            return 0
-        if rc != exitcodes.SAVED_AT_WARNING:
-            return _finish(ledger, job_id, rc, sup.log)
-        ledger.add_event(job_id, "finished", "trainer saved a checkpoint at the time-limit warning", exit_code=rc)
-        if after_warning_save(ledger, job_id, sup.out) != "requeue":
-            print(f"[hpcft] job {job_id} expired (checkpoint saved at the warning)", flush=True)
-            return 0
-        sup.requeued()
+    env = trainer_env(os.environ, HPCFT_DB_URL=ledger.url)
+    try:
+        while True:
+            rc = sup.run_trainer(env)
+            if rc is None:  # the supervisor ended the job (stopped, expired) and recorded it
+                return 0
+            if rc != exitcodes.SAVED_AT_WARNING:
+                return _finish(ledger, job_id, rc, sup.log)
+            ledger.add_event(job_id, "finished", "trainer saved a checkpoint at the time-limit warning", exit_code=rc)
+            if after_warning_save(ledger, job_id, sup.out) != "requeue":
+                print(f"[hpcft] job {job_id} expired (checkpoint saved at the warning)", flush=True)
+                return 0
+            sup.requeued()
+    finally:  # whatever ends the supervisor (an exception included), the trainer's group ends with it
+        _end_group(sup.relay.proc if sup.relay is not None else None)
 
 
 class LocalSupervisor:
@@ -332,32 +368,54 @@ def _run_slurm_task(ledger, job_id: int, config_path: Path, argv: Optional[List[
     if rank == 0 and not _start_attempt(ledger, job_id, dist, out):
         print(f"[hpcft] job {job_id} is {ledger.get(job_id).state}: not starting", flush=True)
         return
-    env = dict(os.environ, **dist, HPCFT_DB_URL=ledger.url, PYTHONUNBUFFERED="1")
+    env = trainer_env(os.environ, **dist, HPCFT_DB_URL=ledger.url)
     log = out / "logs" / ("job.log" if rank == 0 else f"rank-{rank}.log")
     relay = WarningRelay()
     previous = relay.install()  # from before the trainer starts: a warning now must not kill this worker either
+    term = _exit_on_term()
     try:
         with open(log, "a") as f:
             proc = relay.popen(argv or trainer_argv(config_path, job_id), env=env, stdout=f,
-                               stderr=subprocess.STDOUT)
+                               stderr=subprocess.STDOUT, start_new_session=True)
             rc = _wait_honouring_requests(ledger, job_id, proc, relay, requests=rank == 0)
-    finally:
+    finally:  # a return, an exception, a SIGTERM: the trainer's process group ends with this worker
+        _end_group(relay.proc)
         signal.signal(WARNING_SIGNAL, previous)
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
     if rank == 0:
-        if rc == exitcodes.SAVED_AT_WARNING:
-            ledger.add_event(job_id, "finished", "trainer saved a checkpoint at the time-limit warning", exit_code=rc)
-            if after_warning_save(ledger, job_id, out) == "requeue":
-                _requeue_slurm_job(ledger, job_id)
-        elif rc < 0:
-            # Killed by a signal: Slurm's time limit (TIMEOUT), scancel (CANCELLED), preemption or a memory kill.
-            # Slurm knows which and submitit keeps this process alive through SIGTERM, so do not guess `error`
-            # here: `hpcft sync` maps the accounting state (TIMEOUT -> expired, CANCELLED -> stopped, ...).
-            ledger.add_event(job_id, "finished", f"trainer ended by signal {-rc}; state from Slurm accounting",
-                             exit_code=rc)
-        else:
-            _finish(ledger, job_id, rc, log)
+        _record_slurm_end(ledger, job_id, rc, out, log)
     if rc not in (0, exitcodes.SAVED_AT_WARNING):
-        raise SystemExit(rc)
+        raise SystemExit(exitcodes.shell_code(rc))  # 128+N for signal N (a negative code would read 256-N)
+
+
+def _exit_on_term() -> Any:
+    """Where nothing handles SIGTERM (a rendered script's worker; submitit's own handler keeps its worker alive),
+    turn it into an exit through the `finally` that ends the trainer's group. Returns the previous handler, or None
+    when it was left alone."""
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return None
+
+    def leave(signum, _frame):
+        raise SystemExit(exitcodes.shell_code(-signum))
+
+    return signal.signal(signal.SIGTERM, leave)
+
+
+def _record_slurm_end(ledger, job_id: int, rc: int, out: Path, log: Path) -> None:
+    """Rank 0: what the trainer's end means for the ledger job."""
+    if rc == exitcodes.SAVED_AT_WARNING:
+        ledger.add_event(job_id, "finished", "trainer saved a checkpoint at the time-limit warning", exit_code=rc)
+        if after_warning_save(ledger, job_id, out) == "requeue":
+            _requeue_slurm_job(ledger, job_id)
+    elif rc < 0:
+        # Killed by a signal: Slurm's time limit (TIMEOUT), scancel (CANCELLED), preemption, a memory kill, or a
+        # kill of the trainer alone. Slurm knows which and submitit keeps this process alive through SIGTERM, so do
+        # not guess `error` here: `hpcft sync` maps the accounting state (TIMEOUT -> expired, CANCELLED -> stopped,
+        # FAILED -> this event's signal:N, unless the memory limit was exceeded).
+        _finished_event(ledger, job_id, rc, "; state from Slurm accounting")
+    else:
+        _finish(ledger, job_id, rc, log)
 
 
 def _wait_honouring_requests(ledger, job_id: int, proc: subprocess.Popen, relay: Optional[WarningRelay] = None,

@@ -10,8 +10,10 @@ start and a last one when the trainer ends:
   `mem_total_mb`, `disk_read_mb_s`, `disk_write_mb_s`, `net_recv_mb_s`, `net_sent_mb_s` (all interfaces, loopback
   included: ranks on one node talk over it) and `gpus` ([{index, util_percent, mem_used_mb, mem_total_mb}] for
   the GPUs this job sees);
-- rank 0 of a Slurm job also asks Slurm's accounting (`sstat`, every SSTAT_EVERY_S and at the end) and appends
+- rank 0 of a Slurm job also asks Slurm's accounting (`sstat`, every SSTAT_EVERY_S while it trains) and appends
   its rows to `<run>/monitor/sstat.jsonl`.
+
+The end of the trainer ends the job: `stop()` never waits for a `sstat` under way (up to 15 s) and asks none itself.
 
 One file per rank: no two processes (or nodes, on a shared file system) ever append to the same file. A sample
 that fails is reported once on the trainer's output and never stops the training.
@@ -150,6 +152,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._f = None
         self._noted = False
+        self._closed = False
         self._last_sstat = 0.0
         self._prev = self._counters()
 
@@ -207,8 +210,11 @@ class Sampler:
                   file=sys.stderr, flush=True)
 
     def tick(self, final: bool = False) -> None:
-        """Write one sample (and Slurm's accounting when due); never raises."""
+        """Write one sample (and Slurm's accounting when due, never in the final one: a `sstat` may take 15 s and
+        the job must not wait for it); never raises."""
         with self._lock:
+            if self._closed:
+                return
             try:
                 rec = self.sample()
                 if final:
@@ -216,12 +222,12 @@ class Sampler:
                 self._write(self.path, rec)
             except Exception as e:
                 self._note("a sample", e)
-            if self.slurm_job and (final or self.clock() - self._last_sstat >= SSTAT_EVERY_S):
-                self._last_sstat = self.clock()
-                try:
-                    self.record_sstat()
-                except Exception as e:
-                    self._note("sstat", e)
+        if self.slurm_job and not final and self.clock() - self._last_sstat >= SSTAT_EVERY_S:
+            self._last_sstat = self.clock()  # outside the lock: the final sample never waits for it
+            try:
+                self.record_sstat()
+            except Exception as e:
+                self._note("sstat", e)
 
     def record_sstat(self) -> List[Dict[str, Any]]:
         """Slurm's accounting of this job's running steps (`sstat`), appended to monitor/sstat.jsonl."""
@@ -248,13 +254,15 @@ class Sampler:
         return self
 
     def stop(self) -> None:
-        """Stop the thread and write the last sample (the process's state at its end)."""
+        """Stop the thread and write the last sample (the process's state at its end). Never waits for a `sstat`
+        under way: the daemon thread is left to it (the process ends; the worker ends what is left of its group)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=1.0)  # a sample takes milliseconds; a sstat call is not waited for
             self._thread = None
         self.tick(final=True)
         with self._lock:
+            self._closed = True
             if self._f is not None:
                 self._f.close()
                 self._f = None

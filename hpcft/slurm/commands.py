@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from hpcft import exitcodes
 from hpcft import states as S
 from hpcft.errors import SchedulerError
 from hpcft.states import State
@@ -102,6 +103,11 @@ class SacctRecord:
     end: str = ""
     nodelist: str = ""
     previous_state: str = ""  # a requeued job: the state of its previous run's row (NODE_FAIL, PREEMPTED, REQUEUED)
+    # what the caller knows beyond sacct (hpcft.jobs.executors.slurm fills them for a FAILED job): the job's output
+    # says it exceeded its memory limit (`says_memory_exceeded`); the signal that killed its trainer, as recorded
+    # by the job's worker (None: the worker recorded no such end)
+    memory_exceeded: bool = False
+    trainer_signal: Optional[int] = None
 
     @property
     def ledger_state(self) -> Optional[State]:
@@ -113,7 +119,8 @@ class SacctRecord:
 
     @property
     def ledger_cause(self) -> Optional[str]:
-        return slurm_cause(self.slurm_state, self.exit_code)
+        return slurm_cause(self.slurm_state, self.exit_code, memory_exceeded=self.memory_exceeded,
+                           trainer_signal=self.trainer_signal)
 
 
 def sacct_argv(job_ids: Iterable[str]) -> List[str]:
@@ -172,15 +179,30 @@ def parse_exit_code(exit_code: str) -> Tuple[int, int]:
     return (int(code) if code.strip().isdigit() else 0, int(sig) if sig.strip().isdigit() else 0)
 
 
-OOM_SIGNAL = 9  # OverMemoryKill (no cgroups): the job is SIGKILLed and ends FAILED 0:9; a job whose srun step was
-# killed so (hpcft's submitit jobs) ends FAILED 9:0 (srun's exit code is the signal); hpcft's own worker never exits 9
-# (a trainer killed by a signal makes it exit 128+N or 247/119)
+# A FAILED job's exit code does not tell a memory kill from any other kill: under OverMemoryKill (no cgroups) the
+# job's step is SIGKILLed and the job ends FAILED 9:0 (srun's exit code is its task's signal, and a task that exits
+# 128+N counts as signal N: hpcft's worker exits 137 after its trainer was SIGKILLed), exactly like a job whose worker
+# was `kill -9`ed. What tells them apart: Slurm's message in the job's output (`says_memory_exceeded`) and the
+# trainer's end as the worker recorded it (SacctRecord.trainer_signal).
+MEMORY_EXCEEDED_RE = re.compile(r"exceeded (?:job |step )?memory limit", re.IGNORECASE)
+# srun's exit code when the signal in it killed its task (the worker): a crash or a kill, not an exit of its own
+LOST_SIGNALS = frozenset({6, 7, 9, 11, 15})  # SIGABRT, SIGBUS, SIGKILL, SIGSEGV, SIGTERM
 
 
-def slurm_cause(slurm_state: str, exit_code: str = "0:0") -> Optional[str]:
+def says_memory_exceeded(text: str) -> bool:
+    """Slurm's words for a memory-limit kill in a job's output ("slurmstepd: error: Exceeded job memory limit",
+    "StepId=5.0 exceeded memory limit (...), being killed")."""
+    return bool(MEMORY_EXCEEDED_RE.search(text or ""))
+
+
+def slurm_cause(slurm_state: str, exit_code: str = "0:0", *, memory_exceeded: bool = False,
+                trainer_signal: Optional[int] = None) -> Optional[str]:
     """The ledger cause (hpcft.states) of a Slurm end state: NODE_FAIL -> node_fail, PREEMPTED -> preempted,
-    BOOT_FAIL -> boot_fail, OUT_OF_MEMORY or FAILED 0:9 (a memory kill) -> oom, FAILED N:0 -> exit:N, FAILED 0:S
-    -> signal:S, CANCELLED -> user_stop, TIMEOUT / DEADLINE -> timeout. None for live states and COMPLETED."""
+    BOOT_FAIL -> boot_fail, OUT_OF_MEMORY -> oom, CANCELLED -> user_stop, TIMEOUT / DEADLINE -> timeout. FAILED:
+    oom when the job's output says it exceeded its memory limit (`memory_exceeded`), else signal:N when its worker
+    recorded that signal N killed the trainer (`trainer_signal`), else worker_lost when a signal killed the worker
+    itself (0:S, or N:0 with N in LOST_SIGNALS: srun's code for its task's signal), else exit:N.
+    None for live states and COMPLETED."""
     s = slurm_state
     code, sig = parse_exit_code(exit_code)
     if s == "NODE_FAIL":
@@ -192,10 +214,12 @@ def slurm_cause(slurm_state: str, exit_code: str = "0:0") -> Optional[str]:
     if s == "OUT_OF_MEMORY":
         return S.OOM
     if s in ("FAILED", "SPECIAL_EXIT"):
-        if (code == 0 and sig == OOM_SIGNAL) or (code == OOM_SIGNAL and sig == 0):
+        if memory_exceeded:
             return S.OOM
-        if code == 0 and sig:
-            return f"signal:{sig}"
+        if trainer_signal:
+            return f"signal:{int(trainer_signal)}"
+        if (code == 0 and sig) or (sig == 0 and code in LOST_SIGNALS):
+            return S.WORKER_LOST
         return f"exit:{code}"
     if s == "CANCELLED":
         return S.USER_STOP
@@ -214,8 +238,15 @@ def ledger_reason(rec: SacctRecord) -> str:
         return f"Slurm {rec.state_text}"
     if s in ("TIMEOUT", "DEADLINE"):
         return f"ran past its time limit (Slurm {s})"
-    if rec.ledger_cause == S.OOM:
+    cause = rec.ledger_cause
+    if cause == S.OOM:
         return f"killed for exceeding its memory limit (Slurm {s}, exit code {code}{reason})"
+    if cause == S.WORKER_LOST:
+        return (f"its worker was lost (killed) before it could record the trainer's end (Slurm {s}, exit code "
+                f"{code}{reason}); `hpcft retry` resumes it from its checkpoint")
+    if rec.trainer_signal and cause == f"signal:{rec.trainer_signal}":
+        n = int(rec.trainer_signal)
+        return f"trainer killed by signal {n} (exit code {exitcodes.shell_code(-n)}; Slurm {s}, exit code {code}{reason})"
     if SLURM_TO_LEDGER.get(s) == State.error:
         return f"Slurm {s}, exit code {code}{reason}"
     if s == "PENDING":

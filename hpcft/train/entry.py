@@ -3,7 +3,12 @@
 Loads the run's config, builds the RunContext from the environment (torchrun or Slurm), and calls the trainer
 module that `hpcft.config.methods.METHODS` names for `method.name`. Exit codes (hpcft.exitcodes): 0 on success,
 75 when it saved a checkpoint at the time-limit warning, 2 when the config or the data was refused (one line), 1 on
-any other failure (traceback printed). Under torchrun, every rank runs this.
+any other failure (traceback printed), 73 when another trainer of the same rank holds the run directory (one line,
+nothing touched). Under torchrun, every rank runs this.
+
+It never outlives the worker that started it: first thing (`die_with_parent`), it asks Linux for SIGKILL when its
+parent dies (PR_SET_PDEATHSIG) and leaves at once when that parent (HPCFT_WORKER_PID) is already gone. Its threads
+follow the job's CPUs per task (`bind_threads`).
 """
 
 from __future__ import annotations
@@ -11,10 +16,72 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+WORKER_PID_ENV = "HPCFT_WORKER_PID"  # set by hpcft.jobs.worker: the pid of the process that started this trainer
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(environ=os.environ) -> None:
+    """SIGKILL this process when its parent (the worker) dies, whatever the cluster's proctrack plugin; exit at once
+    when the worker that started it is already gone (it died before the prctl took effect). The variable is taken
+    out of the environment: a process this trainer starts has another parent."""
+    expected = environ.pop(WORKER_PID_ENV, "")
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: the worker's process-group kill still ends this trainer
+        return
+    if expected.isdigit() and os.getppid() != int(expected):
+        print(f"[hpcft] the worker that started this trainer (pid {expected}) is gone: not starting", file=sys.stderr,
+              flush=True)
+        os._exit(1)
+
+
+def cpus_per_task(cfg, environ=os.environ) -> Optional[int]:
+    """The CPUs this process may use: SLURM_CPUS_PER_TASK in a Slurm allocation, else resources.cpus_per_task."""
+    for value in (environ.get("SLURM_CPUS_PER_TASK"), (cfg.get("resources") or {}).get("cpus_per_task")):
+        try:
+            if value is not None and int(value) > 0:
+                return int(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def bind_threads(cfg, environ=os.environ) -> Optional[int]:
+    """Torch's intra-op threads, OMP_NUM_THREADS, MKL_NUM_THREADS (a smaller value already set is kept) and the
+    data-loader workers (at most CPUs - 1: the trainer uses one) follow the job's CPUs per task; the line it prints
+    says what the trainer got. Returns the thread count (None: no CPU count known, nothing changed)."""
+    cpus = cpus_per_task(cfg, environ)
+    if cpus is None:
+        return None
+    n = cpus
+    omp = str(environ.get("OMP_NUM_THREADS", ""))
+    if omp.isdigit() and 0 < int(omp) < n:
+        n = int(omp)
+    environ["OMP_NUM_THREADS"] = environ["MKL_NUM_THREADS"] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+    training = cfg.get("training") or {}
+    workers = int(training.get("num_workers", 0) or 0)
+    if workers > cpus - 1:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.training.num_workers = workers = max(0, cpus - 1)
+    print(f"[hpcft] threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS {n}, data-loader workers {workers} "
+          f"({cpus} CPU(s) per task)", flush=True)
+    return n
 
 
 def run(cfg, ctx) -> dict[str, Any]:
@@ -35,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="the run's config.yaml")
     ap.add_argument("--job-id", type=int, default=None, help="ledger job id (events are recorded when given)")
     args = ap.parse_args(argv)
+    from hpcft import exitcodes
     from hpcft.train import signals
 
     signals.install_early()  # the time-limit warning may come while torch is still being imported
@@ -42,13 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     from hpcft.train.context import RunContext
 
     code = 0
-    ctx = None
+    ctx = lock = None
     sampler = None  # resource samples into <run>/monitor/ (hpcft.rundir.monitor; training.monitor_interval)
     try:
         cfg = from_yaml_file(args.config)
         if not cfg.get("output_dir"):
             cfg.output_dir = str(Path(args.config).resolve().parent)
         ctx = RunContext.from_env(output_dir=cfg.output_dir, job_id=args.job_id)
+        lock = hold_run_dir(ctx)
+        if lock is None:
+            return exitcodes.RUN_DIR_BUSY
+        bind_threads(cfg)
         from hpcft.rundir.monitor import start_for
 
         sampler = start_for(cfg, ctx)
@@ -62,7 +134,22 @@ def main(argv: list[str] | None = None) -> int:
         sampler.stop()
     if "hpcft.train.trackers" in sys.modules:  # training.report_to: flush and close them (os._exit skips atexit)
         sys.modules["hpcft.train.trackers"].close_all(ok=code == 0)
-    return leave(ctx, code)
+    code = leave(ctx, code)
+    if lock is not None:
+        lock.release()
+    return code
+
+
+def hold_run_dir(ctx):
+    """The run directory's lock of this rank (hpcft.rundir.lock), held until the process ends; None (and the one
+    line saying who holds it, on stderr) when another live trainer has it."""
+    from hpcft.rundir.lock import RunDirBusy, acquire
+
+    try:
+        return acquire(ctx.output_dir, ctx.rank, ctx.job_id)
+    except RunDirBusy as e:
+        print(f"[hpcft] {e}", file=sys.stderr, flush=True)
+        return None
 
 
 def failure_code(e: BaseException, ctx) -> int:
@@ -119,4 +206,5 @@ def close_process_group() -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent()
     sys.exit(main())

@@ -288,8 +288,8 @@ SQUEUE_CANCELLED = "2|CANCELLED|BeginTime\n3|CANCELLED|None\n5_1|CANCELLED|JobHe
 # `squeue -j <one id Slurm has forgotten>` exits 1 with this on stderr (several unknown ids: exit 0, no rows)
 SQUEUE_INVALID = "slurm_load_jobs error: Invalid job id specified"
 # Not reproducible on the shared local cluster (they need a node failure, preemption or OverMemoryKill), written in
-# the same format: a node failure then the requeued run (--duplicates), a preemption, a memory kill as
-# slurm-local.md records it (FAILED 0:9), a cgroup OOM, a boot failure
+# the same format: a node failure then the requeued run (--duplicates), a preemption, a job killed by a signal
+# (FAILED 0:9: with no memory-limit message in its output, its worker was lost), a cgroup OOM, a boot failure
 SACCT_NODE_FAIL_REQUEUED = ("7|7|NODE_FAIL|0:0|None|00:00:40|2026-11-30T14:50:00|2026-11-30T14:50:40|n1\n"
                             "7|7|PENDING|0:0|BeginTime|00:00:00|Unknown|Unknown|None assigned\n")
 SACCT_ENDS = ("7|7|NODE_FAIL|0:0|None|00:00:40|2026-11-30T14:50:00|2026-11-30T14:50:40|n1\n"
@@ -301,9 +301,9 @@ SACCT_ENDS = ("7|7|NODE_FAIL|0:0|None|00:00:40|2026-11-30T14:50:00|2026-11-30T14
 
 @pytest.mark.parametrize("state,code,cause", [
     ("NODE_FAIL", "0:0", "node_fail"), ("PREEMPTED", "0:0", "preempted"), ("BOOT_FAIL", "0:0", "boot_fail"),
-    ("OUT_OF_MEMORY", "0:125", "oom"), ("FAILED", "0:9", "oom"), ("FAILED", "1:0", "exit:1"),
-    ("FAILED", "9:0", "oom"),  # captured: a submitit job whose srun step the memory limit killed (step CANCELLED 0:9)
-    ("FAILED", "2:0", "exit:2"), ("FAILED", "137:0", "exit:137"), ("FAILED", "0:15", "signal:15"),
+    ("OUT_OF_MEMORY", "0:125", "oom"), ("FAILED", "0:9", "worker_lost"), ("FAILED", "1:0", "exit:1"),
+    ("FAILED", "9:0", "worker_lost"),  # a killed srun task; oom only with Slurm's message (tests/unit/test_causes.py)
+    ("FAILED", "2:0", "exit:2"), ("FAILED", "137:0", "exit:137"), ("FAILED", "0:15", "worker_lost"),
     ("CANCELLED by 0", "0:15", "user_stop"), ("TIMEOUT", "0:0", "timeout"), ("DEADLINE", "0:0", "timeout"),
     ("COMPLETED", "0:0", None), ("RUNNING", "0:0", None), ("PENDING", "0:0", None),
 ])
@@ -315,7 +315,7 @@ def test_ledger_cause(state, code, cause):
 def test_captured_ends_have_causes():
     ends = C.parse_sacct(SACCT_ENDS)
     assert {k: r.ledger_cause for k, r in ends.items()} == {
-        "7": "node_fail", "8": "preempted", "9": "oom", "10": "oom", "11": "boot_fail"}
+        "7": "node_fail", "8": "preempted", "9": "worker_lost", "10": "oom", "11": "boot_fail"}
     mixed = C.parse_sacct(SACCT_MIXED)
     assert {k: mixed[k].ledger_cause for k in ("4", "5", "9", "3", "8")} == {
         "4": None, "5": "exit:3", "9": "user_stop", "3": "timeout", "8": "user_stop"}
@@ -371,8 +371,8 @@ def _rec(text, jid):
     (SACCT_RUNNING_PENDING, "8", "running", "8|RUNNING|None\n", None),
     (SACCT_RUNNING_PENDING, "8", "running", "8|PENDING|BeginTime\n", ("queued", "requeued by Slurm", "requeued")),
     # plain ends: no squeue needed
-    (SACCT_ENDS, "9", "running", None, ("error", "killed for exceeding its memory limit (Slurm FAILED, exit code 0:9)",
-                                        "oom")),
+    (SACCT_ENDS, "10", "running", None, ("error", "killed for exceeding its memory limit (Slurm OUT_OF_MEMORY, exit "
+                                         "code 0:125)", "oom")),
     (SACCT_MIXED, "9", "running", None, ("stopped", "Slurm CANCELLED by 0", "user_stop")),
     (SACCT_MIXED, "5", "running", None, ("error", "Slurm FAILED, exit code 3:0", "exit:3")),
     (SACCT_MIXED, "4", "success", None, None),
@@ -387,7 +387,7 @@ def test_sync_decision(sacct, jid, ledger, squeue, expected):
 
 def test_sync_decision_without_squeue_decides_nothing_for_a_maybe_requeued_job():
     assert C.sync_decision(_rec(SACCT_ENDS, "7"), "running", None) is None  # squeue did not answer
-    assert C.sync_decision(_rec(SACCT_ENDS, "9"), "running", None).cause == "oom"
+    assert C.sync_decision(_rec(SACCT_ENDS, "9"), "running", None).cause == "worker_lost"
 
 
 def test_executor_sync_with_one_sacct_and_one_squeue_call(tmp_path, monkeypatch):
@@ -415,7 +415,7 @@ def test_executor_sync_with_one_sacct_and_one_squeue_call(tmp_path, monkeypatch)
                                                         "4": "success"}
     assert got["7"].state_reason == "requeued by Slurm after node failure"
     causes = ledger.causes([j.id for j in got.values()])
-    assert {jid: causes[j.id] for jid, j in got.items()} == {"7": "node_fail", "8": "preempted", "9": "oom",
+    assert {jid: causes[j.id] for jid, j in got.items()} == {"7": "node_fail", "8": "preempted", "9": "worker_lost",
                                                              "5": "exit:3", "4": None}
 
     # squeue refuses a lone forgotten id (exit 1): Slurm holds nothing -> the node failure ends as error

@@ -7,7 +7,9 @@
 - A sweep (several jobs with the same sbatch options) is ONE Slurm job array (`executor.batch()`); each point
   keeps its ledger row with `slurm_job_id="123_0"`, `array_job_id`, `array_task_id`. Nothing waits for results.
 - `sync` reads every given job with ONE `sacct` call (and ONE `squeue` call for jobs Slurm may have requeued) and
-  moves the ledger through `Ledger.transition`, with the cause of every end.
+  moves the ledger through `Ledger.transition`, with the cause of every end. A FAILED job's exit code cannot tell a
+  memory kill, a killed trainer and a killed worker apart: `failure_evidence` reads Slurm's memory-limit message in
+  the job's output and the trainer's end its worker recorded (`oom`, `signal:N` or `worker_lost`).
 - `extend`, `set_priority`, `predict` talk to scontrol / sbatch --test-only / squeue and record events.
 """
 
@@ -161,6 +163,8 @@ class SlurmExecutor(Executor):
         changed = 0
         for job in live:
             rec = records.get(job.slurm_job_id)
+            if rec is not None and rec.slurm_state in ("FAILED", "SPECIAL_EXIT"):
+                failure_evidence(ledger, job, rec)
             decision = C.sync_decision(rec, job.state, queue) if rec is not None else None
             if decision is None:
                 continue
@@ -172,6 +176,42 @@ class SlurmExecutor(Executor):
 
                 auto_publish(ledger, job.id)
         return changed
+
+
+OUTPUT_TAIL_BYTES = 256 * 1024  # Slurm writes its memory-limit message at the end of the job's output
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - OUTPUT_TAIL_BYTES))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def job_output_files(job, events) -> List[Path]:
+    """The files Slurm wrote a job's output to: submitit's logs (`<folder>/<id>_<task>_log.{err,out}`, the folder
+    from the job's `slurm` event) and a rendered script's `logs/slurm-<id>.out`."""
+    sid = str(job.slurm_job_id)
+    folders = [Path(e.data["folder"]) for e in events if e.kind == "slurm" and (e.data or {}).get("folder")]
+    files: List[Path] = []
+    for folder in dict.fromkeys(folders[-1:] or [Path(job.output_dir) / "slurm"]):
+        files += sorted(folder.glob(f"{sid}_[0-9]*_log.err")) + sorted(folder.glob(f"{sid}_[0-9]*_log.out"))
+    return files + [Path(job.output_dir) / "logs" / f"slurm-{sid}.out"]
+
+
+def failure_evidence(ledger, job, rec: C.SacctRecord) -> C.SacctRecord:
+    """Fill what sacct cannot say about a FAILED job (`rec.memory_exceeded`, `rec.trainer_signal`): Slurm's
+    memory-limit message in the job's output, and the signal that killed the trainer as the job's worker recorded
+    it (its `finished` event since the run's last `started` event, in the current attempt)."""
+    events = [e for e in ledger.events(job.id) if e.attempt == job.attempt]
+    rec.memory_exceeded = any(C.says_memory_exceeded(_tail(f)) for f in job_output_files(job, events))
+    starts = [i for i, e in enumerate(events) if e.kind == "started"]
+    since = events[starts[-1]:] if starts else events
+    signals = [(e.data or {}).get("signal") for e in since if e.kind == "finished"]
+    rec.trainer_signal = int(signals[-1]) if signals and signals[-1] else None
+    return rec
 
 
 def squeue_jobs(job_ids: Sequence[str]) -> Optional[Dict[str, C.QueueState]]:
