@@ -54,16 +54,18 @@ TIMEOUT = "timeout"  # ran past its time limit (Slurm TIMEOUT / DEADLINE, the lo
 SUBMIT_FAILED = "submit_failed"  # the executor refused the job (sbatch error): nothing ran
 SUPERVISOR_GONE = "supervisor_gone"  # local executor: the supervisor process vanished (reboot, kill -9)
 BAD_INPUT = "bad_input"  # the config or the data is wrong (trainer exit code 2)
+DISK_FULL = "disk_full"  # the trainer could not write its run: filesystem full or quota spent (exit code 74)
 REQUEUED = "requeued"  # Slurm requeued it without a failure we know of (`scontrol requeue`, a requeue policy)
 
 CAUSES = frozenset({NODE_FAIL, PREEMPTED, BOOT_FAIL, OOM, WORKER_LOST, USER_STOP, TIMEOUT, SUBMIT_FAILED,
-                    SUPERVISOR_GONE, BAD_INPUT, REQUEUED})
+                    SUPERVISOR_GONE, BAD_INPUT, DISK_FULL, REQUEUED})
 
 
 def exit_cause(returncode: int) -> str:
     """The cause for a trainer's exit: 'signal:N' for a negative (signal) return code (recorded with exit code
     128+N: `exitcodes.shell_code`; `hpcft retry --exit-codes 137` retries a SIGKILLed trainer), 'bad_input' for
-    exitcodes.BAD_INPUT (2), else 'exit:N' (e.g. 'exit:1', 'exit:75' = saved at the time-limit warning)."""
+    exitcodes.BAD_INPUT (2), 'disk_full' for exitcodes.DISK_FULL (74), else 'exit:N' (e.g. 'exit:1', 'exit:75' =
+    saved at the time-limit warning)."""
     from hpcft import exitcodes
 
     rc = int(returncode)
@@ -71,6 +73,8 @@ def exit_cause(returncode: int) -> str:
         return f"signal:{-rc}"
     if rc == exitcodes.BAD_INPUT:
         return BAD_INPUT
+    if rc == exitcodes.DISK_FULL:
+        return DISK_FULL
     return f"exit:{rc}"
 
 

@@ -31,7 +31,8 @@ def retry_verdict(cause: Optional[str], *, oom: bool = False, exit_codes: Iterab
                   time_limit: bool = False) -> Tuple[bool, str]:
     """(retry?, why) for a job that ended with `cause`. Retried: node_fail, preempted, boot_fail, worker_lost; oom with
     `oom`; exit:N for N in `exit_codes` (signal:S matches code 128+S, as a shell reports a killed process, e.g.
-    137 for SIGKILL); timeout / exit:75 with `time_limit`. Never: user_stop, bad_input, exit:2, submit_failed,
+    137 for SIGKILL); disk_full with 74 in `exit_codes` (after freeing space); timeout / exit:75 with `time_limit`.
+    Never: user_stop, bad_input, exit:2, submit_failed,
     and a failure without a recorded cause."""
     codes = {int(c) for c in exit_codes}
     if cause is None:
@@ -42,6 +43,9 @@ def retry_verdict(cause: Optional[str], *, oom: bool = False, exit_codes: Iterab
         return True, cause
     if cause == S.OOM:
         return oom, cause if oom else "oom (retried with --oom)"
+    if cause == S.DISK_FULL:  # only once someone freed space, which cron cannot know: asked for by its exit code
+        ok = exitcodes.DISK_FULL in codes
+        return ok, cause if ok else f"{cause} (retried with --exit-codes {exitcodes.DISK_FULL} once space is freed)"
     if cause in TIME_LIMIT:
         return time_limit, cause if time_limit else f"{cause} (retried with --state expired)"
     kind, _, num = cause.partition(":")

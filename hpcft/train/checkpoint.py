@@ -24,7 +24,8 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +223,30 @@ class CheckpointManager:
             self.clean_stale()
             tmp.mkdir()
         self.barrier()
-        write(tmp)
-        from hpcft.train import faults
+        with self.removed_on_failure(tmp):
+            write(tmp)
+            from hpcft.train import faults
 
-        faults.in_save(step)
-        return self.publish(tmp, step, state)
+            faults.in_save(step)
+            return self.publish(tmp, step, state)
+
+    @contextmanager
+    def removed_on_failure(self, staging: Path) -> Iterator[None]:
+        """On any failure inside, the main rank removes the staging dir (a full disk gets its space back; `latest`
+        still names the last complete checkpoint) and a full disk is raised as DiskFull naming the file that could not
+        be written (hpcft.train.diskfull)."""
+        from hpcft.train.diskfull import as_disk_full
+
+        try:
+            yield
+        except BaseException as e:
+            full = as_disk_full(e, staging) if isinstance(e, Exception) else None  # before the space is freed
+            if self.is_main:
+                shutil.rmtree(staging, ignore_errors=True)
+                (self.root / (LATEST + ".tmp")).unlink(missing_ok=True)
+            if full is not None and full is not e:
+                raise full from e
+            raise
 
     def publish(self, staging: Path, step: int, state: dict[str, Any]) -> Path | None:
         """Make a fully written staging dir the checkpoint of `step` (collective: every rank calls it)."""
@@ -235,23 +255,29 @@ class CheckpointManager:
         final = self.root / step_dir_name(step)
         self.barrier()  # every rank has written its part
         if self.is_main:
-            ident = {"job_uuid": self.job_uuid} if self.job_uuid else {}
-            write_json(staging / STATE_FILE, dict(state, step=step, saved_at=time.time(), **ident))
-            fsync_tree(staging)
-            if final.exists():  # the same step saved again (e.g. after a resume): replace it
-                shutil.rmtree(final)
-            os.rename(staging, final)
-            fsync_dir(self.root)
-            pointer = self.root / (LATEST + ".tmp")
-            with open(pointer, "w", encoding="utf-8") as f:
-                f.write(final.name + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(pointer, self.root / LATEST)
-            fsync_dir(self.root)
-            self.apply_retention()
+            with self.removed_on_failure(staging):
+                self._publish_main(staging, final, step, state)
         self.barrier()
         return final
+
+    def _publish_main(self, staging: Path, final: Path, step: int, state: dict[str, Any]) -> None:
+        ident = {"job_uuid": self.job_uuid} if self.job_uuid else {}
+        write_json(staging / STATE_FILE, dict(state, step=step, saved_at=time.time(), **ident))
+        fsync_tree(staging)
+        if final.exists():  # the same step saved again (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        fsync_dir(self.root)
+        pointer = self.root / (LATEST + ".tmp")
+        from hpcft.train.diskfull import guard
+
+        with guard(pointer), open(pointer, "w", encoding="utf-8") as f:
+            f.write(final.name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(pointer, self.root / LATEST)
+        fsync_dir(self.root)
+        self.apply_retention()
 
     def apply_retention(self) -> list[Path]:
         """Delete all but the newest N checkpoints; returns the deleted ones."""
@@ -291,7 +317,10 @@ def set_rng_state(st: dict[str, Any]) -> None:
 def save_rng(path: Path) -> None:
     import torch
 
-    torch.save(rng_state(), path)
+    from hpcft.train.diskfull import guard
+
+    with guard(path):
+        torch.save(rng_state(), path)
 
 
 def load_rng(path: Path) -> None:
@@ -308,7 +337,10 @@ def save_trainable(model, path: Path) -> None:
     """The parameters that train (LoRA adapters, or all weights for full fine-tuning) as safetensors."""
     from safetensors.torch import save_file
 
-    save_file(trainable_state(model), str(path))
+    from hpcft.train.diskfull import guard
+
+    with guard(path):
+        save_file(trainable_state(model), str(path))
 
 
 def load_trainable(model, path: Path) -> None:

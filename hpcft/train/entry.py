@@ -2,7 +2,8 @@
 
 Loads the run's config, builds the RunContext from the environment (torchrun or Slurm), and calls the trainer
 module that `hpcft.config.methods.METHODS` names for `method.name`. Exit codes (hpcft.exitcodes): 0 on success,
-75 when it saved a checkpoint at the time-limit warning, 2 when the config or the data was refused (one line), 1 on
+75 when it saved a checkpoint at the time-limit warning, 2 when the config or the data was refused (one line), 74
+when the disk is full (one line naming the file, the filesystem and its free space; hpcft.train.diskfull), 1 on
 any other failure (traceback printed), 73 when another trainer of the same rank holds the run directory (one line,
 nothing touched). Under torchrun, every rank runs this.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -165,6 +167,10 @@ def failure_code(e: BaseException, ctx) -> int:
         if ctx is None or ctx.is_main:
             print(f"[hpcft] {e}", flush=True)
         return exitcodes.SAVED_AT_WARNING
+    full = disk_full(e, ctx)
+    if full is not None:  # one line naming the file, the filesystem and its free space; `hpcft retry` on request
+        print(f"[hpcft] {full.line(ctx.job_id if ctx is not None else None)}", file=sys.stderr, flush=True)
+        return exitcodes.DISK_FULL
     if isinstance(e, ConfigError):  # incl. DataError (file:line)
         # the config or the data is wrong: one line, no traceback, and a code that `hpcft retry` never retries
         print(f"[hpcft] training failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
@@ -173,6 +179,25 @@ def failure_code(e: BaseException, ctx) -> int:
     print(f"[hpcft] {rank}training failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
     traceback.print_exc()
     return exitcodes.FAILED
+
+
+def disk_full(e: BaseException, ctx):
+    """The DiskFull that `e` is (hpcft.train.diskfull: ENOSPC/EDQUOT while writing the run, from a checkpoint, the
+    metrics, the summary or the final model), or None. The main rank then removes the staging dirs a failed write
+    left (checkpoints/*.tmp, final.tmp, summary.json.tmp): `latest` still names the last complete checkpoint."""
+    from hpcft.train.diskfull import as_disk_full, is_disk_full
+
+    if not isinstance(e, Exception) or not is_disk_full(e):  # by errno or message only: never a guess here
+        return None
+    out = Path(ctx.output_dir) if ctx is not None else Path.cwd()
+    full = as_disk_full(e, out)
+    if full is not None and (ctx is None or ctx.is_main):
+        from hpcft.train.checkpoint import CheckpointManager
+
+        CheckpointManager(out / "checkpoints").clean_stale()
+        shutil.rmtree(out / "final.tmp", ignore_errors=True)
+        (out / "summary.json.tmp").unlink(missing_ok=True)
+    return full
 
 
 def leave(ctx, code: int) -> int:

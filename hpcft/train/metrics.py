@@ -35,8 +35,11 @@ class MetricsWriter:
             return
         rec = dict(record)
         rec.setdefault("time", time.time())
-        self._f.write(json.dumps(rec, sort_keys=False) + "\n")
-        self._f.flush()
+        from hpcft.train.diskfull import guard
+
+        with guard(self.path):
+            self._f.write(json.dumps(rec, sort_keys=False) + "\n")
+            self._f.flush()
         if self.trackers is not None:
             self.trackers.write(rec)
 

@@ -54,6 +54,9 @@ def write_summary(output_dir: Path, summary: Dict[str, Any]) -> Path:
     """summary.json, atomically (temp file + rename)."""
     out = Path(output_dir) / "summary.json"
     tmp = out.with_name("summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    from hpcft.train.diskfull import guard
+
+    with guard(tmp):
+        tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     os.replace(tmp, out)
     return out

@@ -57,14 +57,16 @@ def test_crash_mid_save_keeps_latest_valid(tmp_path):
 
     with pytest.raises(Crash):
         m.save(10, crashing, STATE)
-    # the half-written dir exists only as .tmp; latest still names the complete step 5
-    assert (root / "step-00000010.tmp").is_dir()
+    # a failing save removes its own staging dir; latest still names the complete step 5
+    assert not (root / "step-00000010.tmp").exists()
     assert not (root / "step-00000010").exists()
     assert latest_checkpoint(root) == good
     assert (root / LATEST).read_text().strip() == good.name
     assert list_checkpoints(root) == [good]
     # a crash after the rename but before `latest` moved: latest still points at a complete checkpoint
-    # the next save cleans the stale tmp dir
+    # a process killed mid-save (SIGKILL: no cleanup) leaves its .tmp; the next save cleans the stale tmp dir
+    (root / "step-00000012.tmp").mkdir()
+    (root / "step-00000012.tmp" / "weights.bin").write_text("half")
     p = CheckpointManager(root, keep="all").save(15, writer(15), STATE)
     assert not list(root.glob("*.tmp"))
     assert latest_checkpoint(root) == p
