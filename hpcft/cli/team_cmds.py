@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List
-
 import typer
 
 from hpcft.cli.common import app, open_ledger
@@ -82,33 +80,13 @@ def admin_grant(username: str = typer.Argument(..., help="Unix user name"),
 @admin.command("apply")
 def admin_apply() -> None:
     """Carry out requests members made on other users' jobs: time limits and priorities (run by a Slurm
-    operator, e.g. from cron). Stop requests are carried out by the jobs' own workers and their owners' sync."""
-    from hpcft.jobs.executors.slurm import extend, set_priority
-    from hpcft.states import LIVE, State
+    operator, e.g. from cron), each only when Slurm's record of the job names the job's owner (and project) and
+    the request's author has rw on it; others are refused and recorded. Stop requests are carried out by the jobs'
+    own workers and their owners' sync."""
+    from hpcft.jobs.requests import apply_requests
 
-    ledger = open_ledger()
-    applied: List[str] = []
-    for job in ledger.live_jobs(executor="slurm"):
-        for req in ledger.open_requests(job.id):
-            data = req.data or {}
-            action = data.get("action")
-            if action not in ("extend", "priority"):
-                continue
-            job = ledger.get(job.id)
-            if State(job.state) not in LIVE:
-                ledger.request_done(job.id, req, f"not applied: the job is {job.state}")
-                continue
-            try:
-                if action == "extend":
-                    outcome = f"time limit now {extend(ledger, job, data['time'])}"
-                else:
-                    set_priority(ledger, job, data["level"])
-                    outcome = f"priority {data['level']}"
-            except HpcftError as e:
-                outcome = f"refused: {e}"
-            ledger.request_done(job.id, req, outcome)
-            applied.append(f"job {job.id}: {action} for {data.get('by')}: {outcome}")
-    for line in applied:
-        typer.echo(line)
-    refused = sum(": refused: " in line for line in applied)
-    typer.echo(f"carried out {len(applied)} request(s): {len(applied) - refused} applied, {refused} refused by Slurm")
+    done = apply_requests(open_ledger())
+    for out in done:
+        typer.echo(out.line())
+    refused = sum(not out.applied for out in done)
+    typer.echo(f"carried out {len(done)} request(s): {len(done) - refused} applied, {refused} refused")

@@ -63,7 +63,8 @@ class Job(SQLModel, table=True):
     resources: Dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     resource_spec: str = Field(default="", index=True)  # e.g. "1x1 cpu1 gpu0 01:00:00 local"
     output_dir: str = Field(default="", index=True)
-    slurm_job_id: Optional[str] = Field(default=None, index=True)  # "123" or "123_4" for an array task
+    # "123" or "123_4" for an array task; one live row per Slurm job (migration 0006)
+    slurm_job_id: Optional[str] = Field(default=None, index=True)
     array_job_id: Optional[str] = Field(default=None, index=True)
     array_task_id: Optional[int] = None
     pid: Optional[int] = None  # local executor: the supervisor's pid (leader of its process group)
@@ -232,13 +233,15 @@ class Ledger:
                 self._user = getpass.getuser()
         return self._user
 
-    def caller(self):
-        """The acting user with their projects and administrator flag (hpcft.ledger.access.Caller)."""
+    def caller(self, name: Optional[str] = None):
+        """The acting user (or the user `name`, e.g. a request's author) with their projects and administrator flag,
+        as the database records them (hpcft.ledger.access.Caller)."""
         from hpcft.ledger.access import Caller
 
-        name = self.user
+        me = name is None or name == self.user
+        name = self.user if name is None else name
         with self.read() as s:
-            admin = s.get(Admin, name) is not None or self._owns_ledger(s)
+            admin = s.get(Admin, name) is not None or (me and self._owns_ledger(s))
             projects = frozenset(s.exec(select(ProjectMember.project).where(ProjectMember.username == name)).all())
         return Caller(name, admin, projects)
 

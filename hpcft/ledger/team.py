@@ -6,7 +6,9 @@ enforce hpcft.ledger.access, plus the administrator's operations (`hpcft admin .
 - Role `hpcft_users` (every member of a project) may read the jobs and events the rules let it see and change
   those it may change; `hpcft_admins` also edits projects, settings and administrators.
 - Policies (jobs): read if owner, administrator, or shared ro/rw with a project the user belongs to while sharing
-  is on; insert only as oneself; update and delete if owner, administrator or shared rw. Events follow their job.
+  is on; insert only as oneself; update and delete if owner, administrator or shared rw. Events follow their job;
+  a request event (kind `request`, what `hpcft admin apply` carries out) needs rw on its job and must name its
+  inserter as its author (`by`). jobs.slurm_job_id is unique (migration 0006): no second row for a Slurm job.
   A trigger refuses a changed owner, an access changed by anyone but the owner (or an administrator), and an access
   more open than the parent job's.
 """
@@ -42,6 +44,9 @@ CREATE OR REPLACE FUNCTION hpcft_job_readable(j integer) RETURNS boolean LANGUAG
 CREATE OR REPLACE FUNCTION hpcft_job_writable(j integer) RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER
   SET search_path = public AS $$
   SELECT EXISTS (SELECT 1 FROM jobs WHERE id = j AND hpcft_can_write(owner, access, project)) $$;
+CREATE OR REPLACE FUNCTION hpcft_request_ok(j integer, d text) RETURNS boolean LANGUAGE sql STABLE
+  SECURITY DEFINER SET search_path = public AS $$
+  SELECT hpcft_job_writable(j) AND coalesce(d::json ->> 'by', '') = session_user $$;
 CREATE OR REPLACE FUNCTION hpcft_access_rank(a text) RETURNS integer LANGUAGE sql IMMUTABLE AS $$
   SELECT CASE a WHEN 'rw' THEN 2 WHEN 'ro' THEN 1 ELSE 0 END $$;
 CREATE OR REPLACE FUNCTION hpcft_jobs_guard() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
@@ -87,7 +92,8 @@ CREATE POLICY hpcft_jobs_update ON jobs FOR UPDATE TO {USERS_ROLE}
 CREATE POLICY hpcft_jobs_delete ON jobs FOR DELETE TO {USERS_ROLE} USING (hpcft_can_write(owner, access, project));
 CREATE POLICY hpcft_events_read ON events FOR SELECT TO {USERS_ROLE} USING (hpcft_job_readable(job_id));
 CREATE POLICY hpcft_events_insert ON events FOR INSERT TO {USERS_ROLE}
-  WITH CHECK (hpcft_job_writable(job_id) OR (kind = 'cloned' AND hpcft_job_readable(job_id)));
+  WITH CHECK ((hpcft_job_writable(job_id) OR (kind = 'cloned' AND hpcft_job_readable(job_id)))
+    AND (kind <> 'request' OR hpcft_request_ok(job_id, data::text)));
 CREATE POLICY hpcft_events_delete ON events FOR DELETE TO {USERS_ROLE} USING (hpcft_job_writable(job_id));
 DROP TRIGGER IF EXISTS hpcft_jobs_guard ON jobs;
 CREATE TRIGGER hpcft_jobs_guard BEFORE INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION hpcft_jobs_guard();

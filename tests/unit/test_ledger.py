@@ -257,3 +257,19 @@ def test_postgres_tcp_password_from_environment_or_pgpass(tmp_path, monkeypatch)
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
         admin.dispose()
+
+
+def test_one_live_row_per_slurm_job(ledger):
+    """Migration 0006: a second queued/running row carrying a live job's Slurm id is refused by the database (how an
+    operator's `admin apply` could be pointed at someone else's job); ended rows may share an id, as Slurm's ids come
+    back after a cluster is remade. MariaDB has no partial index: there `admin apply` checks Slurm's own record."""
+    from sqlalchemy.exc import IntegrityError
+
+    a = ledger.create_job(name="a", executor="slurm", slurm_job_id="77")
+    if ledger.url.startswith(("postgresql", "sqlite")):
+        with pytest.raises(IntegrityError):
+            ledger.create_job(name="forged", executor="slurm", slurm_job_id="77")
+    ledger.transition(a.id, State.running, "started")
+    ledger.transition(a.id, State.success, "done")
+    b = ledger.create_job(name="b", executor="slurm", slurm_job_id="77")  # the id again, after a reinstall
+    assert ledger.get(b.id).slurm_job_id == ledger.get(a.id).slurm_job_id == "77"

@@ -72,7 +72,8 @@ def _schema_diff(engine):
     from alembic.migration import MigrationContext
 
     with engine.connect() as conn:
-        return compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        ctx = MigrationContext.configure(conn, opts={"include_object": migrations.include_object})
+        return compare_metadata(ctx, SQLModel.metadata)
 
 
 def test_revisions_are_a_straight_line_named_by_their_files():

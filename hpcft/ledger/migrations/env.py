@@ -11,6 +11,7 @@ from sqlmodel import SQLModel
 
 from hpcft import paths
 from hpcft.ledger import store as ledger
+from hpcft.ledger.migrations import include_object
 
 config = context.config
 target_metadata = SQLModel.metadata  # the models (hpcft.ledger.store), for --autogenerate
@@ -21,7 +22,7 @@ def _url() -> str:
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata,
+    context.configure(connection=connection, target_metadata=target_metadata, include_object=include_object,
                       render_as_batch=connection.dialect.name == "sqlite")  # SQLite ALTERs as table copies
     with context.begin_transaction():
         context.run_migrations()
