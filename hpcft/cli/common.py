@@ -38,6 +38,18 @@ def authorized(job_id: int, action: str):
     return ledger, job, lvl
 
 
+def refresh_states(jobs, ledger=None, quiet: bool = False) -> bool:
+    """Bring the acting user's live Slurm jobs up to date before showing `jobs` (hpcft.jobs.refresh: rate-limited,
+    nothing at all when none of them is a live Slurm job); one line on stderr when Slurm did not answer. True when
+    a state changed (read the jobs again)."""
+    from hpcft.jobs.refresh import refresh_states as refresh
+
+    r = refresh(jobs, ledger)
+    if r.stale and not quiet:
+        typer.echo(r.stale, err=True)
+    return r.changed > 0
+
+
 def open_ledger():
     from hpcft.ledger.store import Ledger
 

@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from hpcft.cli.common import JOB, app, authorized, console, duration, fmt_time, open_ledger, quote
+from hpcft.cli.common import (JOB, app, authorized, console, duration, fmt_time, open_ledger, quote,
+                              refresh_states)
 from hpcft.errors import ConfigError as HpcftConfigError
 from hpcft.errors import HpcftError
 from hpcft.ledger.query import SORT_COLUMNS, JobFilter
@@ -206,6 +207,8 @@ def list_(
     jobs = ledger_read.search(where)  # SQLite / PostgreSQL without importing SQLAlchemy (~0.5 s)
     if jobs is None:
         jobs = open_ledger().search(where)
+    if refresh_states(jobs):  # live Slurm jobs only (hpcft.jobs.refresh): one sacct call, at most every 10 s
+        jobs = ledger_read.search(where) or open_ledger().search(where)
     if as_json:
         typer.echo(json.dumps([job_dict(j) for j in jobs], indent=1))
         return
@@ -250,6 +253,8 @@ def show(job_id: int = JOB, config: bool = typer.Option(False, "--config", help=
     from hpcft.rundir.metrics_io import read_metrics
 
     ledger, j, _ = authorized(job_id, "show")
+    if refresh_states([j], ledger):
+        j = ledger.get(job_id)
     con = console()
     rows = [
         ("id", j.id), ("name", j.name), ("description", j.description or "-"), ("state", j.state),

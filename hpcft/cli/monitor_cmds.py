@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 import typer
 
-from hpcft.cli.common import JOB, app, authorized, duration
+from hpcft.cli.common import JOB, app, authorized, duration, refresh_states
 from hpcft.errors import HpcftError
 
 TAIL_BYTES = 256 * 1024  # a live view reads the end of each file, not a long run's whole history
@@ -95,7 +95,9 @@ def curve(job_id: int = JOB,
     from hpcft.cli.plot import save_grid_png
     from hpcft.rundir.metrics_io import read_metrics
 
-    _, j, _ = authorized(job_id, "curve")
+    ledger, j, _ = authorized(job_id, "curve")
+    if refresh_states([j], ledger):
+        j = ledger.get(job_id)
     records = read_metrics(j.output_dir)
     if not any(r.get("type") == "train" for r in records):
         raise HpcftError(f"job {job_id}: no training metrics recorded yet ({j.output_dir}/metrics.jsonl)")
@@ -201,6 +203,8 @@ def top(job_id: int = JOB,
     from hpcft.states import is_terminal
 
     ledger, j, _ = authorized(job_id, "top")
+    if refresh_states([j], ledger):
+        j = ledger.get(job_id)
     con = _console()
 
     def frame(job):
@@ -217,6 +221,7 @@ def top(job_id: int = JOB,
         with Live(frame(j), console=con, auto_refresh=False) as live:
             while not is_terminal(j.state):
                 time.sleep(interval)
+                refresh_states([j], ledger, quiet=True)  # at most one sacct call per 10 s, whoever asks
                 j = ledger.get(job_id)
                 live.update(frame(j), refresh=True)
     except KeyboardInterrupt:

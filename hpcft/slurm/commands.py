@@ -321,6 +321,30 @@ def sync_decision(rec: SacctRecord, ledger_state: State | str,
     return Decision(to, rec.ledger_reason, rec.ledger_cause)
 
 
+def slurm_time(text: str) -> Optional[datetime]:
+    """sacct's Start / End ("2025-05-01T09:30:00", in this process's local time, as sacct prints it) -> an aware UTC
+    datetime; None for "Unknown", "None" and anything else that is not a time."""
+    from datetime import timezone
+
+    try:
+        return datetime.fromisoformat((text or "").strip()).astimezone(timezone.utc)
+    except ValueError:
+        return None
+
+
+def slurm_times(rec: SacctRecord, to: State | str) -> Dict[str, datetime]:
+    """The ledger's started_at / finished_at for a job `sync` moves to `to`: Slurm's Start (running or ended) and
+    End (ended), so that elapsed times are Slurm's, not the time until someone asked. Missing ones are left out."""
+    to = State(to)
+    out: Dict[str, datetime] = {}
+    start, end = slurm_time(rec.start), slurm_time(rec.end)
+    if start is not None and (to == State.running or S.is_terminal(to)):
+        out["started_at"] = start
+    if end is not None and S.is_terminal(to):
+        out["finished_at"] = end
+    return out
+
+
 def squeue_jobs_argv(job_ids: Iterable[str]) -> List[str]:
     """ONE squeue call for these jobs in any state Slurm still holds (also just-ended ones, for MinJobAge)."""
     ids = sorted({str(j) for j in job_ids if j})
@@ -518,6 +542,39 @@ def parse_show_job(text: str) -> List[Dict[str, str]]:
     if cur:
         jobs.append(cur)
     return jobs
+
+
+def show_job_oneline_argv(job_id: str) -> List[str]:
+    """Slurm's own record of one job, one line (`scontrol show job -o ID`): who it runs as, under which account."""
+    return ["scontrol", "show", "job", "-o", str(job_id)]
+
+
+@dataclass(frozen=True)
+class SlurmOwner:
+    """Whose a Slurm job is, by Slurm's record: `user` (UserId's name), `uid`, `account`, and the id Slurm shows."""
+
+    job_id: str
+    user: str
+    uid: Optional[int]
+    account: str
+
+
+_USERID_RE = re.compile(r"^(?P<name>[^()\s]*)(?:\((?P<uid>\d+)\))?$")
+
+
+def parse_job_owner(text: str) -> Optional[SlurmOwner]:
+    """`scontrol show job -o ID` output -> SlurmOwner of its first record (None when there is none or it names no
+    user). UserId reads `alice(1001)`; an array's tasks all run as the same user under the same account."""
+    records = parse_show_job(text)
+    if not records or not records[0].get("UserId"):
+        return None
+    rec = records[0]
+    m = _USERID_RE.match(rec["UserId"])
+    name, uid = (m.group("name"), m.group("uid")) if m else (rec["UserId"], None)
+    job_id = rec.get("JobId", "")
+    if rec.get("ArrayJobId") and rec.get("ArrayTaskId"):
+        job_id = f"{rec['ArrayJobId']}_{rec['ArrayTaskId']}"
+    return SlurmOwner(job_id=job_id, user=name, uid=int(uid) if uid else None, account=rec.get("Account", ""))
 
 
 @dataclass

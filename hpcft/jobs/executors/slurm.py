@@ -152,7 +152,8 @@ class SlurmExecutor(Executor):
     def sync(self, ledger, jobs: Sequence) -> int:
         """ONE sacct call for all these live jobs; ONE squeue call for those Slurm may have requeued (sacct shows
         NODE_FAIL / PREEMPTED / REQUEUED, or PENDING for a job the ledger has running). A requeued job goes back to
-        queued with the cause, never to error; every end is recorded with its cause (`SacctRecord.ledger_cause`)."""
+        queued with the cause, never to error; every end is recorded with its cause (`SacctRecord.ledger_cause`)
+        and Slurm's Start / End as started_at / finished_at (`slurm_times`), never the time of this sync."""
         live = [j for j in jobs if j.slurm_job_id and State(j.state) in LIVE]
         if not live:
             return 0
@@ -169,7 +170,7 @@ class SlurmExecutor(Executor):
             if decision is None:
                 continue
             moved = ledger.transition(job.id, decision.state, decision.reason, source="slurm-sync",
-                                      cause=decision.cause)
+                                      cause=decision.cause, **C.slurm_times(rec, decision.state))
             changed += bool(moved)
             if moved and decision.state == State.success:  # its worker did not record the end: publish.auto here
                 from hpcft.registry.publish import auto_publish
