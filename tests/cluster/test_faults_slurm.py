@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import support
 from support import ROOT, hpcft_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.train, pytest.mark.slow]
@@ -62,15 +63,7 @@ def submit(name, *overrides, env_extra=None):
 
 
 def wait_for(pred, what, timeout=420, every=2.0, sync=True):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if sync:
-            cli(["sync"])
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
+    return support.wait_for(pred, what, timeout, every, before=(lambda: cli(["sync"])) if sync else None)
 
 
 def wait_state(name, states, timeout=420):

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support import hpcft_cli
+from support import hpcft_cli, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.train]
 
@@ -38,16 +38,6 @@ def job(name):
     r = cli(["list", "--json"])
     assert r.returncode == 0, r.stderr
     return {j["name"]: j for j in json.loads(r.stdout)}[name]
-
-
-def wait_for(pred, what, timeout=180, every=0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def processes(*needles):

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support import hpcft_cli
+from support import hpcft_cli, wait_for
 
 pytestmark = pytest.mark.train
 
@@ -28,16 +28,6 @@ def run(args, env=None, timeout=300):
 
 def jobs():
     return {j["name"]: j for j in json.loads(run(["list", "--json"]).stdout)}
-
-
-def wait_for(pred, what, timeout=180, every=0.3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_state(name, states, timeout=180):

@@ -173,3 +173,10 @@ def test_no_function_over_80_lines(pkg):
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {n} lines")
     assert long == []
+
+
+def test_test_file_names_are_unique_across_the_folders():
+    """pytest imports test files by their base name (no __init__.py in the test folders): two with one name in
+    different folders stop the collection of any run that takes both."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
