@@ -39,5 +39,5 @@ def check_ledger_file(url: str) -> None:
         raise MissingLedger(
             f"the ledger {path} is missing, but {n} run director{'y' if n == 1 else 'ies'} under {root} "
             f"{'was' if n == 1 else 'were'} recorded in it: restore the file (from a backup), or point HPCFT_DB_URL at "
-            "the ledger they were recorded in (HPCFT_DB_URL=sqlite:////path/to/ledger.db); "
-            "no new empty ledger was created")
+            "the ledger they were recorded in (HPCFT_DB_URL=sqlite:////path/to/ledger.db), or make it again from "
+            "them with `hpcft admin rebuild`; no new empty ledger was created")

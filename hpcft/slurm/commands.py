@@ -373,6 +373,52 @@ def parse_squeue_jobs(text: str) -> Dict[str, QueueState]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ exactly-once submit
+# Every submission carries its job's identity to Slurm in --comment ("hpcft:<uuid>", before any comment of the
+# user's), so that a sbatch that timed out, or failed without saying whether Slurm took the job, can be settled by
+# asking Slurm for that identity: adopt the job it holds, or cancel it when the ledger row has ended meanwhile.
+
+TAG_PREFIX = "hpcft:"
+# what sbatch says when it cannot tell whether slurmctld took the job (a stalled or unreachable controller)
+AMBIGUOUS = ("timed out", "unable to contact", "no answer from slurm", "zero bytes were transmitted",
+             "connection refused", "resource temporarily unavailable", "communication connection failure")
+
+
+def submission_tag(uuid: str, comment: Optional[str] = None) -> str:
+    """The --comment of a submission: its identity, then the user's own comment, if any."""
+    tag = f"{TAG_PREFIX}{uuid}"
+    return f"{tag} {comment}" if comment else tag
+
+
+def is_ambiguous(message: str) -> bool:
+    """Whether a failed sbatch may have been taken all the same (a timeout, not a refusal)."""
+    low = message.lower()
+    return any(a in low for a in AMBIGUOUS)
+
+
+def tagged_jobs_argv(user: str) -> List[str]:
+    """ONE squeue call: the user's jobs Slurm holds, one line per array task, with their comments."""
+    return ["squeue", "--noheader", "--array", "--states=all", f"--user={user}", "--format=%i|%T|%k"]
+
+
+def parse_tagged_jobs(text: str) -> Dict[str, List[Tuple[str, str]]]:
+    """tagged_jobs_argv's output -> {job identity (uuid): [(Slurm job id, state), ...]} for the jobs hpcft tagged;
+    an array's tasks all carry the array's first job's identity, in task order."""
+    out: Dict[str, List[Tuple[str, str]]] = {}
+    for line in text.splitlines():
+        jid, state, comment = (line.split("|", 2) + ["", ""])[:3]
+        comment = comment.strip()
+        if not comment.startswith(TAG_PREFIX):
+            continue
+        uuid = comment[len(TAG_PREFIX):].split()[0] if comment[len(TAG_PREFIX):].strip() else ""
+        if uuid:
+            out.setdefault(uuid, []).append((jid.strip(), state.strip()))
+    for rows in out.values():
+        rows.sort(key=lambda r: (r[0].split("_")[0], int(r[0].split("_")[1]) if "_" in r[0] and
+                                 r[0].split("_")[1].isdigit() else -1))
+    return out
+
+
 def is_invalid_job_id(err: SchedulerError) -> bool:
     """squeue -j with one id Slurm has forgotten exits 1 ('Invalid job id specified'): that means 'not held'."""
     return "invalid job id" in str(err).lower()

@@ -26,18 +26,26 @@ class RunContext:
         None outside a tracked job, for a job made before the ledger recorded UUIDs, or when the ledger cannot say
         (then checkpoints are matched by the integer job id, as before)."""
         if self._uuid is None:
-            self._uuid = os.environ.get("HPCFT_JOB_UUID") or self._ledger_uuid() or ""
+            self._uuid = os.environ.get("HPCFT_JOB_UUID") or self._recorded_uuid() or self._ledger_uuid() or ""
         return self._uuid or None
+
+    def _recorded_uuid(self) -> Optional[str]:
+        """The identity the run directory records (job.json) for this job id: no database needed."""
+        from hpcft.rundir.identity import read_identity
+
+        found = read_identity(self.output_dir)
+        if self.job_id is None or found is None or found.get("job_id") != self.job_id:
+            return None
+        return str(found["uuid"])
 
     def _ledger_uuid(self) -> Optional[str]:
         if self.job_id is None:
             return None
-        from hpcft.errors import HpcftError
         from hpcft.ledger.store import Ledger
 
         try:
             return Ledger(self.db_url).get(self.job_id).uuid
-        except HpcftError:  # not in this ledger (a run started by hand with --job-id): no identity to check
+        except Exception:  # not in this ledger (a run started by hand with --job-id), or it does not answer
             return None
 
     @property
@@ -59,11 +67,16 @@ class RunContext:
         return cls(Path(output_dir), job_id, rank, world, local, os.environ.get("HPCFT_DB_URL"))
 
     def event(self, kind: str, message: str = "", **data: Any) -> None:
-        """Record an event for this job in the ledger (main rank only; no-op outside a tracked job)."""
+        """Record an event for this job (main rank only; no-op outside a tracked job): into the run directory's
+        journal (hpcft.rundir.journal), which the job's worker delivers to the ledger. A trainer run without a
+        worker (by hand, with --job-id) delivers it itself. No ledger error ever reaches the training loop."""
         if not self.is_main or self.job_id is None:
             return
         if self._ledger is None:
-            from hpcft.ledger.store import Ledger
+            from hpcft.ledger.courier import JournaledLedger
+            from hpcft.paths import db_url
 
-            self._ledger = Ledger(self.db_url)
+            self._ledger = JournaledLedger(self.db_url or db_url(), self.job_id, self.output_dir)
         self._ledger.add_event(self.job_id, kind, message, **data)
+        if os.environ.get("HPCFT_COURIER") != "worker":
+            self._ledger.deliver_now()

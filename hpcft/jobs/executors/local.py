@@ -56,12 +56,22 @@ class LocalExecutor(Executor):
                 pass
 
     def sync(self, ledger, jobs: Sequence) -> int:
-        """A live local job whose supervisor is gone (machine rebooted, killed -9) is an error."""
-        changed = 0
-        for job in jobs:
-            if job.executor != "local" or job.state not in (State.queued.value, State.running.value):
+        """A live local job whose supervisor is gone (machine rebooted, killed -9) is judged by its journal
+        (hpcft.ledger.deliver): what it wrote is taken first (an end recorded during a ledger outage); a trainer that
+        finished is a success; otherwise the job is an error (cause supervisor_gone)."""
+        from hpcft.ledger.deliver import ingest, journal_says_finished
+
+        gone = [j for j in jobs if j.executor == "local" and j.state in (State.queued.value, State.running.value)
+                and j.pid and not alive(j.pid)]
+        rows, done = ingest(ledger, gone)
+        changed = sum(len(d.changes) for d in done.values())
+        for job in rows:
+            if State(job.state) not in (State.queued, State.running):
                 continue
-            if job.pid and not alive(job.pid):
-                changed += ledger.transition(job.id, State.error, f"supervisor process {job.pid} is gone",
-                                             cause=SUPERVISOR_GONE)
+            if journal_says_finished(job) == 0:
+                changed += ledger.transition(job.id, State.success, f"trainer finished; its supervisor process "
+                                             f"{job.pid} ended before recording it")
+                continue
+            changed += ledger.transition(job.id, State.error, f"supervisor process {job.pid} is gone",
+                                         cause=SUPERVISOR_GONE)
         return changed
