@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from hpcft.errors import ConfigError
 from hpcft.timefmt import format_duration, parse_duration
@@ -41,6 +41,7 @@ MANAGED = {
     "nodelist": "resources.nodelist", "w": "resources.nodelist", "reservation": "resources.reservation",
     "constraint": "resources.constraint", "C": "resources.constraint", "exclusive": "resources.exclusive",
     "signal": "resources.signal_grace", "requeue": "resources.on_timeout",
+    "dependency": "after (hpcft submit --after JOB, or a pipeline's stages)", "d": "after (hpcft submit --after JOB)",
 }
 
 # The sbatch long options an ordinary user may set through `resources.extra`, each with what it does (sbatch 22.05
@@ -60,7 +61,6 @@ EXTRA_ALLOWED: Dict[str, str] = {
     "cpus-per-gpu": "CPUs per allocated GPU",
     "deadline": "remove the job if it cannot end before this time",
     "delay-boot": "do not reboot nodes for node features after this delay",
-    "dependency": "start after other jobs (afterok:ID ...)",
     "distribution": "task distribution across nodes and sockets",
     "exclude": "nodes the job must not run on",
     "extra-node-info": "sockets:cores:threads node restrictions",
@@ -72,7 +72,6 @@ EXTRA_ALLOWED: Dict[str, str] = {
     "hint": "task binding hint (compute_bound, memory_bound, nomultithread)",
     "hold": "submit held (release with scontrol release)",
     "ignore-pbs": "ignore #PBS lines",
-    "kill-on-invalid-dep": "cancel the job if its dependency can never be met",
     "licenses": "licenses the job needs",
     "mail-type": "events that send mail (BEGIN, END, FAIL ...)",
     "mail-user": "who gets that mail",
@@ -117,6 +116,7 @@ REFUSED_EXTRA: Dict[str, str] = {
     "parsable": "changes sbatch's output hpcft parses", "test-only": "submits nothing",
     "wait": "blocks the submission", "W": "blocks the submission",
     "no-requeue": "conflicts with resources.on_timeout",
+    "kill-on-invalid-dep": "conflicts with hpcft's own end of a job whose parent failed (cause parent_failed)",
 }
 
 WARNING_SIGNAL = "USR1"  # hpcft.train.signals.WARNING_SIGNAL
@@ -188,14 +188,18 @@ def sbatch_options(
     error: Optional[str] = None,
     array: Optional[str] = None,
     priority_policy: Optional[str] = None,
+    after: Optional[Sequence[str]] = None,
 ) -> Options:
     """sbatch options (long names without dashes, in a fixed order) for a resolved `resources` config.
 
     `resources` is a ResourcesConfig, a DictConfig of one, or a plain dict; missing keys take the schema defaults.
-    `array` is an sbatch array spec such as "0-3%4". Raises ConfigError naming the key on a bad value.
+    `array` is an sbatch array spec such as "0-3%4". `after`: the Slurm job ids of the parents this job waits for
+    (`--dependency=afterok:...`); when not given, a ledger row's resources carry them as `after` (written at
+    hand-over by hpcft.jobs.chain.set_dependency). Raises ConfigError naming the key on a bad value.
     """
     r = resources
     opts = job_options(job_name=job_name, output=output, error=error, array=array)
+    opts.update(dependency_option(after if after is not None else _get(r, "after", None) or ()))
     opts.update(_checked(r, ("partition", "account")))
     opts.update(priority_options(str(_get(r, "priority", "normal")), priority_policy, _get(r, "qos")))
     opts.update(size_options(r))
@@ -226,6 +230,20 @@ def job_options(job_name: Optional[str] = None, output: Optional[str] = None, er
     if error is not None:
         opts["error"] = check_value("error", error)
     return opts
+
+
+_SLURM_ID_RE = re.compile(r"[0-9]+(_[0-9]+)?")
+
+
+def dependency_option(after: Sequence[str]) -> Options:
+    """`--dependency=afterok:ID[:ID]` for the Slurm job ids a job waits for (an array task is `123_4`); {} for
+    none. afterok: the job starts only when every parent ended with exit code 0; a parent that failed leaves it
+    pending with reason DependencyNeverSatisfied, which `hpcft sync` ends (hpcft.jobs.chain.settle_dependants)."""
+    ids = [str(a).strip() for a in after]
+    for a in ids:
+        if not _SLURM_ID_RE.fullmatch(a):
+            raise ConfigError(f"after={a!r}: not a Slurm job id (e.g. 123 or 123_4)")
+    return {"dependency": "afterok:" + ":".join(dict.fromkeys(ids))} if ids else {}
 
 
 def _checked(r: Any, keys: Tuple[str, ...]) -> Options:

@@ -68,3 +68,9 @@ def slurm_cluster():
     out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=10).stdout.split()
     default = next((p.rstrip("*") for p in out if p.endswith("*")), out[0].rstrip("*") if out else "debug")
     return default
+# a dependant of a failed job (sbatch --dependency=afterok:593 after `sbatch --wrap "exit 3"` as 593):
+# squeue --noheader --states=all --format=%i|%T|%r -j 593,594, while 593 runs, then once it failed; then the
+# dependant cancelled (sacct as above: no start, no node)
+SQUEUE_DEPENDENCY_WAITING = '594|PENDING|Dependency\n593|PENDING|None\n'
+SQUEUE_DEPENDENCY_NEVER = '593|FAILED|NonZeroExitCode\n594|PENDING|DependencyNeverSatisfied\n'
+SACCT_DEPENDANT_CANCELLED = '594|594|CANCELLED by 0|0:0|Dependency|00:00:00|None|2026-12-06T02:21:34|None assigned\n'

@@ -12,7 +12,8 @@ from hpcft import paths
 from hpcft.config.methods import METHOD_SPECS
 
 CONF = paths.conf_dir()
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "experiment")
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "pipeline"))
+# conf/pipeline/ holds pipeline files, not a config group: tests/unit/test_pipeline.py validates every one
 # a model and data set each method can train on (the root defaults are an LM + SFT data)
 METHOD_NEEDS = {"pretrain": ["data=tiny_text"], "reward": ["data=tiny_pref"], "dpo": ["data=tiny_pref"], "grpo": ["data=tiny_prompts"],
                 "t2i_lora": ["model=tiny_sd", "data=tiny_images"]}
