@@ -66,9 +66,14 @@ def _arch(model_cfg: Any) -> Dict[str, Any]:
 
 def build_base(model_cfg: Any, output_dir: Path, seed: int = 42, is_main: bool = True) -> str:
     """A diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/) to load the base model from."""
-    if model_cfg.source == "pretrained":
-        return str(model_cfg.path)
     base = Path(output_dir) / "base"
+    if model_cfg.source == "pretrained":
+        if not (Path(str(model_cfg.path)) / "hpcft_base.json").is_file():
+            return str(model_cfg.path)
+        if is_main and not (base / "model_index.json").exists():  # a t2i asset: its LoRA fused into its base
+            merge_lora_pipeline(str(model_cfg.path), base.with_name("base.tmp"))
+            base.with_name("base.tmp").rename(base)
+        return str(base)
     if (base / "model_index.json").exists() or not is_main:
         return str(base)
     import torch
@@ -98,6 +103,35 @@ def build_base(model_cfg: Any, output_dir: Path, seed: int = 42, is_main: bool =
     pipe.save_pretrained(tmp, safe_serialization=True)
     tmp.rename(base)
     return str(base)
+
+
+def lora_base(lora_dir: str) -> str:
+    """The base pipeline of a LoRA directory (final/ of a run, or a t2i model asset): hpcft_base.json's `base`,
+    relative to the directory when it is not absolute (an asset carries its base in base/)."""
+    base = json.loads((Path(lora_dir) / "hpcft_base.json").read_text())["base"]
+    return str(Path(lora_dir) / base) if not Path(base).is_absolute() and (Path(lora_dir) / base).is_dir() else base
+
+
+def merge_lora_pipeline(lora_dir: str, dest: Path) -> None:
+    """The LoRA weights of `lora_dir` fused into its base: a plain diffusers pipeline directory (safetensors; the
+    base's own training scheduler) that StableDiffusionPipeline.from_pretrained loads, and a further run trains on."""
+    from diffusers import StableDiffusionPipeline
+
+    c = load_components(lora_base(lora_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = StableDiffusionPipeline(vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"],
+                                       unet=c["unet"], scheduler=c["noise_scheduler"], safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.load_lora_weights(lora_dir, weight_name=LORA_FILE)
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
+    shutil.rmtree(dest, ignore_errors=True)
+    pipe.save_pretrained(str(dest), safe_serialization=True)
+    for cfg in Path(dest).glob("*/*.json"):  # diffusers records where each part was loaded from: not a dependency
+        d = json.loads(cfg.read_text())
+        if isinstance(d, dict) and d.pop("_name_or_path", None) is not None:
+            cfg.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
 
 
 def load_components(path: str, dtype: Any = None) -> Dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Model registry commands: `hpcft publish` and `hpcft models list|show|republish|delete|export` (hpcft.registry)."""
+"""Model registry commands: `hpcft publish` and `hpcft models list|show|alias|tag|republish|delete|export`
+(hpcft.registry)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import typer
 from hpcft.cli.common import app, open_ledger
 from hpcft.errors import HpcftError
 
-models = typer.Typer(help="Published models (the model registry): list, show, republish, delete, export.",
+models = typer.Typer(help="Published models (the model registry): list, show, alias, tag, republish, delete, export.",
                      no_args_is_help=True)
 app.add_typer(models, name="models")
 REF = typer.Argument(..., help="NAME[@VERSION] (default: the newest published version)")
@@ -26,13 +27,11 @@ def _when(dt) -> str:
     return dt.astimezone().strftime("%Y-%m-%d %H:%M") if dt else "-"
 
 
-def _outcome(row) -> None:
-    """One line for a publish's result; a failure exits 1 with the reason."""
-    if row.state != "published":
-        raise HpcftError(f"model asset {row.ref}: publish_failed: {row.state_reason} (the version stays recorded; "
-                         f"`hpcft models republish {row.ref}` retries it)")
-    meta = row.meta or {}
-    typer.echo(f"published {row.ref} ({meta.get('kind')}, {meta.get('files')} files) -> {row.path}")
+def _outcome(row, identical: bool = False) -> None:
+    """One line for a publish's result; a failure exits 1 with the reason (hpcft.registry.publish.outcome)."""
+    from hpcft.registry.publish import outcome
+
+    typer.echo(outcome(row, identical))
 
 
 @app.command()
@@ -47,12 +46,14 @@ def publish(
     (copied atomically, with checksums and a model card)."""
     from hpcft.registry import publish as registry
 
-    _outcome(registry.publish(open_ledger(), job_id, name=name, checkpoint=checkpoint, description=description,
-                              visibility=visibility, say=_say))
+    row, identical = registry.publish_or_same(open_ledger(), job_id, name=name, checkpoint=checkpoint,
+                                              description=description, visibility=visibility, say=_say)
+    _outcome(row, identical)
 
 
-def _row_json(row) -> dict:
+def _row_json(row, aliases=()) -> dict:
     return {"name": row.name, "version": row.version, "ref": row.ref, "state": row.state, "reason": row.state_reason,
+            "aliases": sorted(aliases), "tags": dict(row.tags or {}),
             "owner": row.owner, "project": row.project, "visibility": row.visibility, "job_id": row.job_id,
             "source": row.source, "kind": row.kind, "method": row.method, "description": row.description,
             "path": row.path, "created_at": row.created_at.isoformat() if row.created_at else None,
@@ -64,20 +65,23 @@ def list_models(name: Optional[str] = typer.Argument(None, help="only this name"
                 all_: bool = typer.Option(False, "--all", help="also deleted versions"),
                 as_json: bool = typer.Option(False, "--json", help="a JSON array")) -> None:
     """The versions you may see (yours, your projects' and everyone's), newest first per name."""
-    from hpcft.registry import names
+    from hpcft.registry import labels, names
 
     if name is not None:
         names.check_name(name, "NAME")
-    rows = names.visible(open_ledger(), name, include_deleted=all_)
+    ledger = open_ledger()
+    rows = names.visible(ledger, name, include_deleted=all_)
+    al = labels.alias_list(ledger, name)
     if as_json:
-        typer.echo(json.dumps([_row_json(r) for r in rows], indent=1, default=str))
+        typer.echo(json.dumps([_row_json(r, al.get((r.name, r.version), ())) for r in rows], indent=1, default=str))
         return
     if not rows:
         typer.echo("no model assets" + (f" named {name}" if name else "") + " (publish one: hpcft publish JOB --name NAME)")
         return
-    head = ("ASSET", "STATE", "KIND", "JOB", "SOURCE", "OWNER", "PROJECT", "VISIBILITY", "CREATED")
-    table = [head] + [(r.ref, r.state, r.kind or "-", str(r.job_id or "-"), r.source, r.owner, r.project, r.visibility,
-                       _when(r.created_at)) for r in rows]
+    head = ("ASSET", "STATE", "KIND", "JOB", "SOURCE", "ALIASES", "TAGS", "OWNER", "PROJECT", "VISIBILITY", "CREATED")
+    table = [head] + [(r.ref, r.state, r.kind or "-", str(r.job_id or "-"), r.source,
+                       ",".join(al.get((r.name, r.version), [])) or "-", labels.tags_text(r.tags) or "-", r.owner,
+                       r.project, r.visibility, _when(r.created_at)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     for row in table:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -87,22 +91,25 @@ def list_models(name: Optional[str] = typer.Argument(None, help="only this name"
 def show(ref: str = REF,
          verify: bool = typer.Option(False, "--verify", help="check every file against SHA256SUMS"),
          as_json: bool = typer.Option(False, "--json")) -> None:
-    """One version: state (and why), source job and checkpoint, base, lineage, evaluation, files."""
-    from hpcft.registry import files, names, use
+    """One version: state (and why), aliases, tags, source job and checkpoint, base, lineage, evaluation, files."""
+    from hpcft.registry import files, labels, names, use
 
     ledger = open_ledger()
     row = names.find(ledger, ref, published_only=False)
+    aliases = labels.alias_list(ledger, row.name).get((row.name, row.version), [])
     if as_json:
-        typer.echo(json.dumps(_row_json(row), indent=1, default=str))
+        typer.echo(json.dumps(_row_json(row, aliases), indent=1, default=str))
     else:
         meta = row.meta or {}
         lines = [f"model asset {row.ref}: {row.state}" + (f" ({row.state_reason})" if row.state_reason else ""),
+                 f"  aliases     {', '.join(f'{row.name}@{a}' for a in aliases) or '-'}",
+                 f"  tags        {labels.tags_text(row.tags) or '-'}",
                  f"  kind        {row.kind or '-'} ({meta.get('library', '-')}, {meta.get('task', '-')})",
                  f"  from        job {row.job_id}, {row.source}" + (f" (step {meta['step']})" if meta.get("step") else ""),
                  f"  owner       {row.owner}, project {row.project}, visibility {row.visibility}",
                  f"  published   {_when(row.published_at)}",
                  f"  path        {row.path or '-'}"]
-        if row.kind == "lora":
+        if row.kind in ("lora", "diffusers_lora"):
             lines.append(f"  base        {use.base_of(row, ledger)}")
         if row.description:
             lines.append(f"  description {row.description}")
@@ -110,17 +117,52 @@ def show(ref: str = REF,
             lines.append(f"  files       {meta['files']} ({files.size_text(meta.get('size_bytes') or 0)}), "
                          f"{files.MANIFEST} sha256 {str(meta.get('manifest_sha256'))[:16]}...")
         for split, vals in sorted((meta.get("eval") or {}).items()):
-            lines.append(f"  eval        {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())))
+            lines.append(f"  eval        {split} at step {meta.get('step')}: "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())))
+        if not meta.get("eval") and row.state != "publishing":
+            lines.append(f"  eval        {meta.get('eval_note') or 'none recorded'}")
         lines += [f"  lineage     {x}" for x in meta.get("lineage") or []]
         typer.echo("\n".join(lines))
     if verify:
-        if row.state != "published":
+        from hpcft.registry.verify import reverify
+
+        if row.state not in ("published", "corrupt"):
             raise HpcftError(f"model asset {row.ref} is {row.state}: nothing to verify")
-        problems = files.verify(Path(row.path))
+        problems = reverify(ledger, row)
         if problems:
-            raise HpcftError(f"model asset {row.ref}: {len(problems)} file(s) do not match {files.MANIFEST}: "
-                             + "; ".join(problems[:5]))
-        typer.echo(f"verified: every file of {row.ref} matches {files.MANIFEST}")
+            raise HpcftError(f"model asset {row.ref} is corrupt: {len(problems)} file(s) do not match "
+                             f"{files.MANIFEST}: " + "; ".join(problems[:5]))
+        typer.echo(f"verified: every file of {row.ref} matches {files.MANIFEST}"
+                   + (" (marked published again)" if row.state == "corrupt" else ""))
+
+
+@models.command("alias")
+def alias(ref: str = typer.Argument(..., help="NAME@VERSION the alias points to (NAME with --delete)"),
+          name: str = typer.Argument(..., metavar="ALIAS", help="e.g. champion; then model.path=asset:NAME@champion"),
+          delete_: bool = typer.Option(False, "--delete", help="remove the alias")) -> None:
+    """Point NAME@ALIAS at a version (created, or moved from the version it named), or remove it (--delete).
+    A job submitted with model.path=asset:NAME@ALIAS starts from the version it names at that moment."""
+    from hpcft.registry import labels
+
+    ledger = open_ledger()
+    if delete_:
+        version = labels.delete_alias(ledger, ref, name)
+        typer.echo(f"removed alias {ref.partition('@')[0]}@{name} (it named version {version})")
+        return
+    row, before = labels.set_alias(ledger, ref, name)
+    moved = "" if before is None else (" (unchanged)" if before == row.version else f" (moved from {row.name}@{before})")
+    typer.echo(f"{row.name}@{name} -> {row.ref}{moved}")
+
+
+@models.command("tag")
+def tag(ref: str = typer.Argument(..., help="NAME@VERSION"),
+        pairs: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE...", help="tags to set"),
+        delete_: Optional[list[str]] = typer.Option(None, "--delete", metavar="KEY", help="a tag to remove")) -> None:
+    """Set (KEY=VALUE) or remove (--delete KEY) tags of a version; shown by `models list` and `models show`."""
+    from hpcft.registry import labels
+
+    row = labels.set_tags(open_ledger(), ref, pairs or [], delete_ or [])
+    typer.echo(f"{row.ref} tags: {labels.tags_text(row.tags) or '-'}")
 
 
 @models.command("republish")
@@ -144,9 +186,9 @@ def delete(ref: str = typer.Argument(..., help="NAME@VERSION")) -> None:
 @models.command("export")
 def export(ref: str = REF,
            out: Path = typer.Option(..., "-o", "--output", help="a new directory"),
-           merge: bool = typer.Option(False, "--merge", help="merge a LoRA adapter into its base: a plain HF model")) -> None:
+           merge: bool = typer.Option(False, "--merge", help="merge a LoRA into its base: a plain HF model or diffusers pipeline")) -> None:
     """Copy a version out of the registry; with --merge a LoRA asset becomes a plain Hugging Face model that
-    transformers and serving stacks load as is."""
+    transformers and serving stacks load as is (a text-to-image LoRA: a plain diffusers pipeline)."""
     from hpcft.registry import use
 
     path = use.export(open_ledger(), ref, out, merge=merge, say=_say)

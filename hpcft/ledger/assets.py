@@ -2,7 +2,11 @@
 machine, applied atomically like the jobs' (hpcft.states + Ledger.transition):
 
     publishing -> published | publish_failed      publish_failed -> publishing (republish) | deleted
-    published -> deleted
+    published -> deleted | corrupt                corrupt -> published (verified again) | deleted
+
+`corrupt`: a job starting from the version found its files differ from its SHA256SUMS (hpcft.registry.verify).
+A version carries tags (`tags`, KEY=VALUE), and a name carries aliases (`model_aliases`: NAME@ALIAS -> a version of
+NAME, moved in one UPDATE; `asset:NAME@ALIAS` resolves through it).
 
 A version number is taken once and never reused (a deleted version keeps its row, so `asset:NAME@3` in an old job's
 lineage never names another model). A name belongs to the user who first published it (administrators may publish
@@ -24,11 +28,13 @@ from hpcft.errors import ConfigError, HpcftError, NotFound, StateError
 from hpcft.ledger.rows import update_row, utcnow
 
 PUBLISHING, PUBLISHED, PUBLISH_FAILED, DELETED = "publishing", "published", "publish_failed", "deleted"
-STATES = (PUBLISHING, PUBLISHED, PUBLISH_FAILED, DELETED)
+CORRUPT = "corrupt"
+STATES = (PUBLISHING, PUBLISHED, PUBLISH_FAILED, CORRUPT, DELETED)
 TRANSITIONS = {
     PUBLISHING: {PUBLISHED, PUBLISH_FAILED},
     PUBLISH_FAILED: {PUBLISHING, DELETED},
-    PUBLISHED: {DELETED},
+    PUBLISHED: {DELETED, CORRUPT},
+    CORRUPT: {PUBLISHED, DELETED},
     DELETED: set(),
 }
 VISIBILITIES = ("project", "all")
@@ -56,6 +62,7 @@ class ModelAsset(SQLModel, table=True):
     description: str = Field(default="", sa_type=Text)
     path: str = ""  # the version's directory in the registry (set when the copy starts)
     meta: Dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))  # base, lineage, metrics, files
+    tags: Dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))  # KEY=VALUE (`hpcft models tag`)
     created_at: datetime = Field(default_factory=utcnow)
     published_at: Optional[datetime] = None
     updated_at: datetime = Field(default_factory=utcnow)
@@ -63,6 +70,23 @@ class ModelAsset(SQLModel, table=True):
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+class ModelAlias(SQLModel, table=True):
+    """NAME@ALIAS -> one version of NAME (`hpcft models alias`); owned, seen and shared like that version."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("name", "alias", name="uq_model_aliases_name_alias"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    alias: str
+    version: int
+    owner: str = Field(index=True)  # the owner of the version it points to
+    project: str = "default"
+    visibility: str = "project"
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 # ------------------------------------------------------------------------------------------------------- access
@@ -189,3 +213,68 @@ def live_users(ledger, name: str, version: int) -> List[Dict[str, Any]]:
         if ((job.config or {}).get("model") or {}).get("asset") == ref:
             out.append({"id": job.id, "owner": job.owner, "state": job.state})
     return out
+
+
+def mark_corrupt(ledger, asset_id: int, reason: str) -> bool:
+    """published -> corrupt, by whoever found it (a job's submitter need not own the version): on PostgreSQL through
+    the SECURITY DEFINER function `hpcft_asset_mark_corrupt` (row-level security lets only the owner update a row),
+    elsewhere a plain compare-and-set. False when the row was not published (already marked, deleted)."""
+    if _is_pg(ledger):
+        from sqlalchemy import text
+
+        try:
+            with ledger._writer.begin() as c:
+                return bool(c.execute(text("SELECT hpcft_asset_mark_corrupt(:i, :r)"),
+                                      {"i": int(asset_id), "r": str(reason)[:REASON_MAX]}).scalar())
+        except DBAPIError:  # `hpcft admin init` has not created the function: as this role may
+            pass
+    try:
+        return set_state(ledger, asset_id, PUBLISHED, CORRUPT, reason)
+    except HpcftError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------------- aliases
+
+def aliases(ledger, name: Optional[str] = None) -> List[ModelAlias]:
+    """Alias rows (all the database shows), by name then alias."""
+    q = select(ModelAlias)
+    if name is not None:
+        q = q.where(ModelAlias.name == name)
+    q = q.order_by(ModelAlias.name, ModelAlias.alias)  # type: ignore[arg-type]
+    with ledger.read() as s:
+        return list(s.exec(q).all())
+
+
+def set_alias(ledger, target: ModelAsset, alias: str) -> Optional[int]:
+    """Point NAME@ALIAS at `target` (create or move, one transaction); the version it pointed to before, if any."""
+    def fn(s: Session) -> Optional[int]:
+        row = s.exec(select(ModelAlias).where(ModelAlias.name == target.name,  # type: ignore[arg-type]
+                                              ModelAlias.alias == alias)).first()
+        before = row.version if row is not None else None
+        row = row or ModelAlias(name=target.name, alias=alias, version=target.version, owner=target.owner)
+        row.version, row.owner, row.project, row.visibility = target.version, target.owner, target.project, \
+            target.visibility
+        row.updated_at = utcnow()
+        s.add(row)
+        s.flush()
+        return before
+
+    try:
+        return ledger.write(fn)
+    except DBAPIError as e:  # the PostgreSQL policies and guard trigger
+        msg = str(getattr(e, "orig", e)).strip().splitlines()[0]
+        raise HpcftError(f"alias {target.name}@{alias}: {msg}") from None
+
+
+def delete_alias(ledger, name: str, alias: str) -> Optional[int]:
+    """Remove NAME@ALIAS; the version it pointed to (None: there was no such alias)."""
+    def fn(s: Session) -> Optional[int]:
+        row = s.exec(select(ModelAlias).where(ModelAlias.name == name,  # type: ignore[arg-type]
+                                              ModelAlias.alias == alias)).first()
+        if row is None:
+            return None
+        s.delete(row)
+        return row.version
+
+    return ledger.write(fn)

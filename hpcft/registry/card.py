@@ -18,15 +18,16 @@ from hpcft.registry.stage import Source, job_cfg
 CARD_TEMPLATE = "model_card.md.j2"
 
 
-def _evals(job, src: Source) -> Tuple[Dict[str, Dict[str, float]], Optional[float]]:
-    """({split: {metric: value}}, train loss) as of the published step: the last evaluation at or before it."""
+def _evals(job, src: Source) -> Tuple[Dict[str, Dict[str, float]], Optional[float], Optional[str]]:
+    """({split: {metric: value}}, train loss, note) of the published step: only an evaluation made at that very step
+    counts (an earlier one measured other weights); the note says when there was none, and where the nearest was."""
     evals: Dict[str, Dict[str, float]] = {}
-    loss = None
+    loss, before = None, None
     path = Path(job.output_dir or "") / "metrics.jsonl"
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return evals, loss
+        return evals, loss, "no metrics recorded"
     for line in lines:
         try:
             rec = json.loads(line)
@@ -36,11 +37,18 @@ def _evals(job, src: Source) -> Tuple[Dict[str, Dict[str, float]], Optional[floa
         if src.step is not None and isinstance(step, int) and step > src.step:
             continue
         if rec.get("type") == "eval" and rec.get("split"):
+            if src.step is not None and step != src.step:
+                before = step if isinstance(step, int) else before
+                continue
             evals[rec["split"]] = {k: v for k, v in rec.items() if k not in ("type", "split", "epoch", "step", "time")
                                    and isinstance(v, (int, float))}
         elif rec.get("type") == "train" and isinstance(rec.get("loss"), (int, float)):
             loss = float(rec["loss"])
-    return evals, loss
+    note = None
+    if not evals:
+        note = (f"no evaluation at step {src.step}" if src.step is not None else "no evaluation recorded") + (
+            f" (the last before it was at step {before}, of other weights)" if before is not None else "")
+    return evals, loss, note
 
 
 def _lineage(ledger, job, depth: int = 0) -> List[str]:
@@ -49,7 +57,8 @@ def _lineage(ledger, job, depth: int = 0) -> List[str]:
     if depth > 8:
         return ["..."]
     if model.get("asset"):
-        lines = [f"job {job.id} started from model asset {model['asset']}"]
+        via = f" (through alias {model['asset_alias']} at submit)" if model.get("asset_alias") else ""
+        lines = [f"job {job.id} started from model asset {model['asset']}{via}"]
         try:
             a = find(ledger, str(model["asset"]), published_only=False)
             lines += [str(x) for x in (a.meta or {}).get("lineage", [])]
@@ -73,7 +82,7 @@ def build_meta(ledger, job, src: Source, row, info: Dict[str, Any], base: Option
     from hpcft.config.secrets import masked
 
     cfg = masked(job_cfg(job))  # a card is read by others: never a secret (notify.urls, ...)
-    evals, loss = _evals(job, src)
+    evals, loss, eval_note = _evals(job, src)
     t = cfg.get("training") or {}
     m = cfg.get("method") or {}
     data = cfg.get("data") or {}
@@ -84,11 +93,12 @@ def build_meta(ledger, job, src: Source, row, info: Dict[str, Any], base: Option
         "job": {"id": job.id, "name": job.name, "owner": job.owner, "project": job.project, "state": job.state},
         "source": src.label, "step": src.step, "source_path": str(src.path),
         "method": {"name": m.get("name"), "lora": m.get("lora"), "quantization": m.get("quantization")},
-        "model": {k: (cfg.get("model") or {}).get(k) for k in ("name", "source", "path", "asset", "parent_job")},
+        "model": {k: (cfg.get("model") or {}).get(k) for k in ("name", "source", "path", "asset", "asset_alias",
+                                                                      "parent_job")},
         "data": {k: data.get(k) for k in ("name", "train", "validation", "test", "format")},
         "training": {k: t.get(k) for k in ("epochs", "max_steps", "learning_rate", "batch_size",
                                            "gradient_accumulation", "sequence_length", "precision", "seed")},
-        "eval": evals, "train_loss": loss, "lineage": lineage,
+        "eval": evals, "eval_note": eval_note, "train_loss": loss, "lineage": lineage,
     }
 
 
@@ -140,8 +150,9 @@ def model_card(row, meta: Dict[str, Any]) -> str:
                       lstrip_blocks=True)
     env.filters["fmt"] = format  # {{ v | fmt('.4f') }}: Python's format(), as an f-string formats
     template = env.from_string((resources.files(__package__) / CARD_TEMPLATE).read_text(encoding="utf-8"))
-    how = "a LoRA adapter (peft) with its base" if meta["kind"] == "lora" else (
-        "LoRA weights for a diffusers pipeline" if meta["kind"] == "diffusers_lora" else "a Hugging Face model")
+    how = {"lora": "a LoRA adapter (peft) with its base", "diffusers_lora": "LoRA weights for a diffusers pipeline, "
+           "with its base"}.get(meta["kind"], "a diffusers pipeline" if meta["library"] == "diffusers"
+                                    else "a Hugging Face model")
     lora = meta["method"].get("lora")
     return template.render(
         row=row, meta=meta, data=meta["data"], how=how, lora=lora, manifest=MANIFEST,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -14,6 +15,9 @@ Say = Callable[[str], None]
 MANIFEST = "SHA256SUMS"
 CARD = "README.md"
 BIG = 256 * 2**20  # files above this size get progress lines while they are checksummed
+# what an asset may hold: safetensors, JSON and text (tokenizers, chat templates, the card), never a pickle
+# (pytorch_model.bin, training_args.bin, optimizer.pt ...: loading one runs code)
+SAFE = re.compile(r".*\.(safetensors|json|txt|model|jinja|md)$")
 
 
 def quiet(_msg: str) -> None:
@@ -106,7 +110,9 @@ def fsync_dir(path: Path) -> None:
     fsync_dir(path)
 
 
-def copy_tree(src: Path, dest: Path, say: Say, skip: Tuple[str, ...] = (CARD,)) -> None:
+def copy_tree(src: Path, dest: Path, say: Say, skip: Tuple[str, ...] = (CARD,), only_safe: bool = False) -> None:
+    """Copy src into dest (no symlinks; `skip`: top-level names left out). only_safe: SAFE files only, each other
+    one named as left out (an asset holds no pickle)."""
     dest.mkdir(parents=True, exist_ok=True)
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
@@ -114,6 +120,8 @@ def copy_tree(src: Path, dest: Path, say: Say, skip: Tuple[str, ...] = (CARD,)) 
             continue
         if p.is_dir():
             (dest / rel).mkdir(parents=True, exist_ok=True)
+        elif only_safe and not SAFE.match(p.name):
+            say(f"leaving out {rel}: assets hold safetensors, JSON and text only (no pickles)")
         elif not (len(rel.parts) == 1 and rel.name in skip):
             if p.stat().st_size >= BIG:
                 say(f"copying {rel} ({size_text(p.stat().st_size)})")

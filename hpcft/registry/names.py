@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from hpcft import paths
 from hpcft.errors import ConfigError, NotFound, StateError
@@ -45,16 +45,40 @@ def default_name(job_name: str) -> str:
     return n or "model"
 
 
-def parse_ref(ref: str, key: str = "NAME[@VERSION]") -> Tuple[str, Optional[int]]:
-    """`NAME`, `NAME@3` or `NAME@v3` -> (name, version or None for the newest published)."""
+ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+VERSION_RE = re.compile(r"[vV]?\d+")
+
+
+def check_alias(alias: Optional[str], key: str = "ALIAS") -> str:
+    a = str(alias or "")
+    if not ALIAS_RE.fullmatch(a) or VERSION_RE.fullmatch(a):
+        raise ConfigError(f"{key}={ascii(a[:40])}: an alias is 1-64 letters, digits, '.', '_' or '-', starting with a "
+                          "letter, and not a version (v3); e.g. champion")
+    return a
+
+
+def split_ref(ref: str, key: str = "NAME[@VERSION|@ALIAS]") -> Tuple[str, Optional[int], Optional[str]]:
+    """`NAME`, `NAME@3`, `NAME@v3` or `NAME@champion` -> (name, version or None, alias or None)."""
     name, sep, ver = str(ref).partition("@")
     check_name(name, key)
     if not sep:
-        return name, None
-    v = ver[1:] if ver[:1] in ("v", "V") else ver
-    if not v.isdigit() or int(v) < 1:
-        raise ConfigError(f"{ref}: the version after @ is a number (NAME@3); see `hpcft models list {name}`")
-    return name, int(v)
+        return name, None, None
+    if VERSION_RE.fullmatch(ver):
+        v = int(ver.lstrip("vV"))
+        if v >= 1:
+            return name, v, None
+    if ALIAS_RE.fullmatch(ver):
+        return name, None, ver
+    raise ConfigError(f"{ref}: after @ comes a version (NAME@3) or an alias (NAME@champion); see `hpcft models list "
+                      f"{name}`")
+
+
+def parse_ref(ref: str, key: str = "NAME[@VERSION]") -> Tuple[str, Optional[int]]:
+    """`NAME`, `NAME@3` or `NAME@v3` -> (name, version or None for the newest published); an alias is refused."""
+    name, version, alias = split_ref(ref, key)
+    if alias is not None:
+        raise ConfigError(f"{ref}: name the version here (NAME@3), not an alias; see `hpcft models list {name}`")
+    return name, version
 
 
 def check_publish(cfg) -> None:
@@ -76,10 +100,13 @@ def check_publish(cfg) -> None:
 # ------------------------------------------------------------------------------------------------------ lookups
 
 def find(ledger, ref: str, published_only: bool = True) -> db.ModelAsset:
-    """The version `ref` names (NAME: the newest published) among those the caller may see; NotFound otherwise.
-    With published_only, a version in another state is refused with its state and reason."""
-    name, version = parse_ref(ref)
+    """The version `ref` names (NAME: the newest published; NAME@ALIAS: the version the alias points to) among those
+    the caller may see; NotFound otherwise. With published_only, a version in another state is refused with its
+    state and reason."""
+    name, version, alias = split_ref(ref)
     caller, sharing = ledger.caller(), ledger.sharing()
+    if alias is not None:
+        version = alias_version(ledger, name, alias)
     rows = [r for r in db.search(ledger, name=name, version=version) if db.readable(r, caller, sharing)]
     if version is None:
         rows = [r for r in rows if r.state == db.PUBLISHED]
@@ -90,9 +117,31 @@ def find(ledger, ref: str, published_only: bool = True) -> db.ModelAsset:
     row = rows[0]
     if published_only and row.state != db.PUBLISHED:
         why = f" ({row.state_reason})" if row.state_reason else ""
-        hint = f"; `hpcft models republish {row.ref}` retries it" if row.state == db.PUBLISH_FAILED else ""
+        hint = {db.PUBLISH_FAILED: f"; `hpcft models republish {row.ref}` retries it",
+                db.CORRUPT: f"; `hpcft models show {row.ref} --verify` checks it again once its files are restored, "
+                            "or publish it anew"}.get(row.state, "")
         raise StateError(f"model asset {row.ref} is {row.state}{why}{hint}")
     return row
+
+
+def alias_version(ledger, name: str, alias: str) -> int:
+    """The version NAME@ALIAS points to, if the caller may see the alias; NotFound otherwise."""
+    caller, sharing = ledger.caller(), ledger.sharing()
+    for a in db.aliases(ledger, name):
+        if a.alias == alias and db.readable(a, caller, sharing):  # type: ignore[arg-type]
+            return int(a.version)
+    raise NotFound(f"model asset {name}@{alias}: no such alias, or you ({caller.name}) may not see it; set one with "
+                   f"`hpcft models alias {name}@VERSION {alias}`")
+
+
+def aliases_of(ledger, name: Optional[str] = None) -> Dict[Tuple[str, int], List[str]]:
+    """{(name, version): [alias, ...]} of the aliases the caller may see."""
+    caller, sharing = ledger.caller(), ledger.sharing()
+    out: Dict[Tuple[str, int], List[str]] = {}
+    for a in db.aliases(ledger, name):
+        if db.readable(a, caller, sharing):  # type: ignore[arg-type]
+            out.setdefault((a.name, int(a.version)), []).append(a.alias)
+    return out
 
 
 def visible(ledger, name: Optional[str] = None, include_deleted: bool = False) -> List[db.ModelAsset]:

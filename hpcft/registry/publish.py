@@ -6,10 +6,13 @@ protected, fsynced) and renamed into place. Also republish (retry a failed versi
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import re
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hpcft.errors import ConfigError, HpcftError, NotFound, StateError
 from hpcft.ledger import assets as db
@@ -17,15 +20,38 @@ from hpcft.registry.card import build_meta, model_card
 from hpcft.registry.files import (CARD, MANIFEST, Say, copy_tree, fsync_dir, protect, quiet, remove_tree,
                                   sha256_file, size_text, write_manifest)
 from hpcft.registry.names import check_name, check_visibility, default_name, find, parse_ref, registry_root
-from hpcft.registry.stage import Source, describe, resolve_source, stage_base, stage_checkpoint
+from hpcft.registry.stage import Source, describe, model_files, resolve_source, stage_base, stage_checkpoint
+from hpcft.registry.verify import forget_stamps, stamp_published
 
 
 def publish(ledger, job_id: int, *, name: str, checkpoint: Optional[str] = None, description: Optional[str] = None,
             visibility: str = "project", say: Say = quiet, auto: bool = False) -> db.ModelAsset:
-    """Publish a job's final model (or a checkpoint) as the next version of `name`. Refusals that need no row (bad
-    name or visibility, no such job or checkpoint, no right to publish it, a name owned by someone else) raise
-    before anything is recorded; once the row exists, the result is the row: published, or publish_failed with
-    the reason (and an event on the job)."""
+    """publish_or_same, the row alone."""
+    return publish_or_same(ledger, job_id, name=name, checkpoint=checkpoint, description=description,
+                           visibility=visibility, say=say, auto=auto)[0]
+
+
+def outcome(row, identical: bool = False) -> str:
+    """The one line `hpcft publish` (and the web console) says of a publish; a failed one raises it (exit 1)."""
+    from hpcft.errors import HpcftError
+
+    if identical:
+        return f"already published as {row.ref} (identical content; no new version, no copy) -> {row.path}"
+    if row.state != "published":
+        raise HpcftError(f"model asset {row.ref}: publish_failed: {row.state_reason} (the version stays recorded; "
+                         f"`hpcft models republish {row.ref}` retries it)")
+    meta = row.meta or {}
+    return f"published {row.ref} ({meta.get('kind')}, {meta.get('files')} files) -> {row.path}"
+
+
+def publish_or_same(ledger, job_id: int, *, name: str, checkpoint: Optional[str] = None,
+                    description: Optional[str] = None, visibility: str = "project", say: Say = quiet,
+                    auto: bool = False) -> Tuple[db.ModelAsset, bool]:
+    """Publish a job's final model (or a checkpoint) as the next version of `name`; (row, False). When a published
+    version of `name` already holds identical content (source_key), that version and True: no row, no copy.
+    Refusals that need no row (bad name or visibility, no such job or checkpoint, no right to publish it, a name
+    owned by someone else) raise before anything is recorded; once the row exists, the result is the row:
+    published, or publish_failed with the reason (and an event on the job)."""
     from hpcft.ledger.access import authorize
     from hpcft.config.checks import DESCRIPTION_MAX, text
 
@@ -39,13 +65,21 @@ def publish(ledger, job_id: int, *, name: str, checkpoint: Optional[str] = None,
     owner = db.name_owner(ledger, name)
     if owner is not None and owner != caller.name and not caller.admin:
         raise ConfigError(f"--name {name}: this model asset name belongs to {owner}; choose another name")
+    key = source_key(job, src)
+    same = identical_version(ledger, name, key, visibility)
+    if same is not None:
+        say(f"the {src.label} of job {job.id} is identical to {same.ref} (published from job {same.job_id}, "
+            f"{same.source}): no new version, no copy")
+        _job_event(ledger, job.id, "published", f"the {src.label} is identical to model asset {same.ref}: no new "
+                   "version", asset=same.ref, path=same.path, auto=auto, identical=True)
+        return same, True
     row = db.create_version(ledger, name=name, owner=caller.name, project=job.project, visibility=visibility,
                             job_id=job.id, source=src.label, method=job.method,
                             description=description if description is not None else (job.description or ""),
-                            meta={"source": src.label, "auto": auto})
+                            meta={"source": src.label, "auto": auto, "content_key": key})
     ledger.add_event(job.id, "publish", f"publishing the {src.label} as model asset {row.ref}"
                      + (" (publish.auto)" if auto else ""), asset=row.ref, source=src.label, auto=auto)
-    return _materialise(ledger, row, job, src, say, auto)
+    return _materialise(ledger, row, job, src, say, auto), False
 
 
 def _materialise(ledger, row: db.ModelAsset, job, src: Source, say: Say, auto: bool = False) -> db.ModelAsset:
@@ -55,6 +89,7 @@ def _materialise(ledger, row: db.ModelAsset, job, src: Source, say: Say, auto: b
     say(f"publishing the {src.label} of job {job.id} as {row.ref} -> {final}")
     try:
         meta = _build(ledger, row, job, src, final, say)
+        meta["content_key"] = (row.meta or {}).get("content_key") or source_key(job, src)
     except BaseException as e:
         reason = _failure(e, root)
         db.set_state(ledger, row.id, db.PUBLISHING, db.PUBLISH_FAILED, reason)
@@ -65,6 +100,7 @@ def _materialise(ledger, row: db.ModelAsset, job, src: Source, say: Say, auto: b
         return db.get(ledger, row.id)
     db.set_state(ledger, row.id, db.PUBLISHING, db.PUBLISHED, None, meta=meta, kind=meta["kind"],
                  published_at=db.utcnow())
+    stamp_published(db.get(ledger, row.id))
     _job_event(ledger, job.id, "published", f"model asset {row.ref} published ({meta['files']} files, "
                f"{size_text(meta['size_bytes'])}) at {final}", asset=row.ref, path=str(final), auto=auto)
     return db.get(ledger, row.id)
@@ -77,6 +113,27 @@ def _job_event(ledger, job_id: int, kind: str, message: str, **data: Any) -> Non
         print(f"[hpcft] note: could not record the {kind} event on job {job_id}: {e}", flush=True)
 
 
+def source_key(job, src: Source) -> str:
+    """What a publish of this source would hold, as one digest: the sha256 of every model file it copies (name,
+    size, content; optimizer state and pickles excluded) and the base an adapter applies to. Equal keys: equal
+    content (the same final model or checkpoint published twice, or another job's byte-identical one)."""
+    from hpcft.registry.stage import job_base
+
+    h = hashlib.sha256(f"base={job_base(job)}\n".encode())
+    for rel, p in model_files(src.path):
+        h.update(f"{rel} {p.stat().st_size} {sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def identical_version(ledger, name: str, key: str, visibility: str) -> Optional[db.ModelAsset]:
+    """The newest published version of `name` with this content key and visibility, if any (the same content
+    published for other readers is a new version: a version's visibility never changes)."""
+    for other in db.search(ledger, name=name, states=[db.PUBLISHED]):
+        if (other.meta or {}).get("content_key") == key and other.visibility == visibility:
+            return other
+    return None
+
+
 def _build(ledger, row, job, src: Source, final: Path, say: Say) -> Dict[str, Any]:
     """Stage, describe, card, checksum, protect, rename: the version directory appears complete or not at all."""
     name_dir = final.parent
@@ -87,9 +144,12 @@ def _build(ledger, row, job, src: Source, final: Path, say: Say) -> Dict[str, An
     staging.mkdir(mode=0o700)
     try:
         if src.label == "final":
-            copy_tree(src.path, staging, say)
+            copy_tree(src.path, staging, say, only_safe=True)
         else:
             stage_checkpoint(job, src, staging, say)
+        if not any(staging.rglob("*.safetensors")):
+            raise ConfigError(f"the {src.label} of job {job.id} holds its weights only as pickles; an asset holds "
+                              "safetensors (save with safe_serialization=True)")
         info = describe(staging)
         base = stage_base(ledger, info, job, staging, final, say)
         meta = build_meta(ledger, job, src, row, info, base)
@@ -164,7 +224,10 @@ def _link_duplicates(ledger, row, staging: Path) -> int:
 def _failure(e: BaseException, root: Path) -> str:
     """One line for why a publish failed, with what to do."""
     if isinstance(e, OSError) and e.strerror:
-        where = e.filename or root
+        # a copy that cannot write names both files (source, then destination): the one not written is the second
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+        where = (e.filename2 if full and e.filename2 else e.filename) or root
+        where = re.sub(r"/\.v(\d+)\.tmp-[0-9a-f]{8}(?=/|$)", r"/v\1", str(where))  # the staging copy of vN
         return (f"cannot write {where}: {e.strerror} (the registry is {root}: fix its permissions or mount, or "
                 f"set HPCFT_REGISTRY)")
     if isinstance(e, KeyboardInterrupt):
@@ -229,6 +292,7 @@ def delete(ledger, ref: str) -> db.ModelAsset:
         raise
     if gone is not None:
         remove_tree(gone)
+    forget_stamps(db.get(ledger, row.id))
     return db.get(ledger, row.id)
 
 

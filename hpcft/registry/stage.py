@@ -10,10 +10,10 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hpcft.errors import ConfigError, HpcftError
-from hpcft.registry.files import Say, copy_tree
+from hpcft.registry.files import SAFE, Say, copy_tree
 from hpcft.registry.names import asset_at
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -22,6 +22,20 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # what a transformers Trainer checkpoint holds besides the model (trl methods), and hpcft's own checkpoint files
 NOT_MODEL = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|state\.json|trainer_state\.json|training_args\.bin"
                        r"|trainable\.safetensors|rng.*\.pth?|README\.md)$")
+
+
+def model_files(d: Path) -> List[Tuple[str, Path]]:
+    """(relative name, path) of the files a publish takes from a final model or checkpoint directory, sorted: no
+    pickle (files.SAFE), no optimizer or trainer state, no card."""
+    out = []
+    for p in sorted(Path(d).rglob("*")):
+        rel = p.relative_to(d).as_posix()
+        if not p.is_file() or p.is_symlink() or not SAFE.match(p.name):
+            continue
+        if "/" not in rel and NOT_MODEL.match(p.name) and p.name != "trainable.safetensors":
+            continue
+        out.append((rel, p))
+    return out
 
 
 @dataclass
@@ -67,7 +81,7 @@ def job_cfg(job) -> Dict[str, Any]:
     return dict(job.config or {})
 
 
-def _job_base(job) -> Optional[str]:
+def job_base(job) -> Optional[str]:
     """The base weights a job trained on: its run's base/ (a model built from a config, or a merged parent) or
     model.path."""
     base = Path(job.output_dir or "") / "base"
@@ -108,7 +122,13 @@ def stage_checkpoint(job, src: Source, dest: Path, say: Say) -> None:
     if "adapter_config.json" in names or "config.json" in names:
         for p in sorted(d.iterdir()):
             if p.is_file() and not NOT_MODEL.match(p.name):
-                shutil.copyfile(p, dest / p.name)
+                if SAFE.match(p.name):
+                    shutil.copyfile(p, dest / p.name)
+                else:
+                    say(f"leaving out {p.name}: assets hold safetensors, JSON and text only (no pickles)")
+        if not any(dest.glob("*.safetensors")):
+            raise ConfigError(f"checkpoint {src.label} of job {job.id} holds its weights only as pickles; an asset "
+                              "holds safetensors (save with safe_serialization=True)")
     elif "trainable.safetensors" in names:
         _convert_trainable(job, d / "trainable.safetensors", dest, say)
     else:
@@ -125,7 +145,7 @@ def _convert_trainable(job, path: Path, dest: Path, say: Say) -> None:
     say(f"converting {path.parent.name}/{path.name} to Hugging Face format")
     with safe_open(str(path), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
-    base = _job_base(job)
+    base = job_base(job)
     if any(".lora_A." in k or ".lora_B." in k for k in state):
         # peft's own save: the adapter name (".default") is not part of the stored keys
         save_file({k.replace(".default", ""): v for k, v in state.items()}, str(dest / "adapter_model.safetensors"),
@@ -191,7 +211,7 @@ def stage_base(ledger, info: Dict[str, Any], job, dest: Path, final: Path, say: 
     bp = Path(str(src))
     if bp.is_absolute() and bp.is_dir() and job.output_dir and _inside(bp, Path(job.output_dir)):
         say(f"including the base model from {bp}")
-        copy_tree(bp, dest / "base", say)
+        copy_tree(bp, dest / "base", say, only_safe=True)
         rec: Dict[str, Any] = {"included": "base", "from": str(src)}
         new = str(final / "base")
     else:
@@ -202,8 +222,8 @@ def stage_base(ledger, info: Dict[str, Any], job, dest: Path, final: Path, say: 
         acfg = json.loads((dest / "adapter_config.json").read_text())
         acfg["base_model_name_or_path"] = new
         (dest / "adapter_config.json").write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
-    else:
+    else:  # a diffusers LoRA names its included base relative to itself: the version (and an export) relocatable
         b = json.loads((dest / "hpcft_base.json").read_text())
-        b["base"] = new
+        b["base"] = rec["included"] if rec.get("included") else new
         (dest / "hpcft_base.json").write_text(json.dumps(b) + "\n")
     return rec

@@ -15,31 +15,43 @@ from hpcft.errors import ConfigError, HpcftError
 from hpcft.ledger import assets as db
 from hpcft.registry.card import model_card
 from hpcft.registry.files import CARD, MANIFEST, Say, copy_tree, quiet
-from hpcft.registry.names import find
+from hpcft.registry.names import find, split_ref
 
 
 def resolve_model_path(cfg) -> None:
-    """`model.path=asset:NAME[@V]` -> that version's directory (a full model, or a LoRA adapter that is merged into
-    its recorded base when the job starts), recorded as `model.asset` (lineage)."""
+    """`model.path=asset:NAME[@V|@ALIAS]` -> that version's directory (a full model, a LoRA adapter merged into its
+    recorded base when the job starts, or for method=t2i_lora a diffusers LoRA merged into its pipeline), verified
+    (hpcft.registry.verify: a damaged version is refused and marked corrupt) and recorded as `model.asset` (an
+    alias as `model.asset_alias`: the version it named at submit is the lineage)."""
     from omegaconf import open_dict
 
     from hpcft.ledger.store import Ledger
+    from hpcft.registry.verify import require_intact
 
     ref = str(cfg.model.path)[len("asset:"):]
+    key = f"model.path=asset:{ref}"
+    ledger = Ledger()
     try:
-        row = find(Ledger(), ref)
+        row = find(ledger, ref)
+        alias = split_ref(ref)[2]
     except HpcftError as e:
-        raise ConfigError(f"model.path=asset:{ref}: {e}") from None
-    if row.kind == "diffusers_lora":
-        raise ConfigError(f"model.path=asset:{ref}: {row.ref} holds LoRA weights for a diffusion pipeline; a job "
-                          "starts from a language model asset (full weights or a peft adapter)")
+        raise ConfigError(f"{key}: {e}") from None
+    t2i = str((cfg.get("method") or {}).get("name")) == "t2i_lora"
+    if row.kind == "diffusers_lora" and not t2i:
+        raise ConfigError(f"{key}: {row.ref} holds LoRA weights for a diffusion pipeline; start a method=t2i_lora "
+                          "job from it, or a language-model job from a language model asset")
+    if t2i and row.kind != "diffusers_lora":
+        raise ConfigError(f"{key}: {row.ref} is a language model ({row.kind}); method=t2i_lora starts from a "
+                          "text-to-image asset")
     if not Path(row.path).is_dir():
-        raise ConfigError(f"model.path=asset:{ref}: its directory {row.path} is not reachable from here")
+        raise ConfigError(f"{key}: its directory {row.path} is not reachable from here")
+    require_intact(ledger, row, key)
     with open_dict(cfg):
         cfg.model.path = row.path
         cfg.model.source = "pretrained"
         cfg.model.tokenizer = row.path
         cfg.model.asset = row.ref
+        cfg.model.asset_alias = alias
         cfg.model.parent_job = None
 
 
@@ -72,8 +84,7 @@ def export(ledger, ref: str, out: Path, merge: bool = False, say: Say = quiet) -
         if merge and row.kind == "lora":
             _export_merged(ledger, row, src, tmp, say)
         elif merge and row.kind == "diffusers_lora":
-            raise ConfigError(f"model asset {row.ref} holds diffusers LoRA weights: --merge is for language-model "
-                              "adapters; export without --merge and load them with pipeline.load_lora_weights")
+            _export_merged_pipeline(row, src, tmp, say)
         else:
             say(f"copying {row.ref} to {out}")
             copy_tree(src, tmp, say, skip=(MANIFEST,))
@@ -115,5 +126,19 @@ def _export_merged(ledger, row: db.ModelAsset, src: Path, tmp: Path, say: Say) -
     meta = dict(row.meta or {})
     meta.update(kind="model", library="transformers", base=None)
     meta["lineage"] = [f"merged export of model asset {row.ref} (adapter merged into {base})"] + list(
+        meta.get("lineage") or [])
+    (tmp / CARD).write_text(model_card(row, meta), encoding="utf-8")
+
+
+def _export_merged_pipeline(row: db.ModelAsset, src: Path, tmp: Path, say: Say) -> None:
+    """A diffusers LoRA fused into its base: a plain pipeline directory (StableDiffusionPipeline.from_pretrained),
+    with the model card; no reference back into the registry."""
+    from trainers.text_to_image import merge_lora_pipeline
+
+    say(f"merging {row.ref} into its base pipeline")
+    merge_lora_pipeline(str(src), tmp)
+    meta = dict(row.meta or {})
+    meta.update(kind="model", library="diffusers", base=None)
+    meta["lineage"] = [f"merged export of model asset {row.ref} (LoRA fused into its base pipeline)"] + list(
         meta.get("lineage") or [])
     (tmp / CARD).write_text(model_card(row, meta), encoding="utf-8")

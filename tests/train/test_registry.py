@@ -133,7 +133,7 @@ def test_publish_a_checkpoint_and_the_final_model(home, trained):
     run1 = Path(job(1).output_dir)
     v1, v2 = Path(a["sft@1"]["path"]), Path(a["sft@2"]["path"])
     assert v1 == home / "registry" / "sft" / "v1"
-    assert not [p for p in v1.parent.iterdir() if p.name.startswith(".")]  # no staging left
+    assert not [p for p in v1.parent.iterdir() if ".tmp-" in p.name]  # no staging left (.vN.verified.json: stamps)
 
     # the checkpoint became a peft adapter holding exactly the trained LoRA weights of step 2, on its own base copy
     ckpt = load_file(run1 / "checkpoints" / "step-00000002" / "trainable.safetensors")
