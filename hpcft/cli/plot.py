@@ -67,6 +67,24 @@ def sparkline(ys: Sequence[float], width: int = 30, lo: float | None = None, hi:
     return "".join(SPARKS[max(1, min(8, 1 + int((v - lo) / (hi - lo) * 7.999)))] for v in vals)
 
 
+LIST_AT_MOST = 8  # a longer series of evaluations is summarised (first, best, last, sparkline), not listed
+
+
+def series_line(xs: Sequence[float], ys: Sequence[float], higher: bool = False, width: int = 30) -> str:
+    """One line for a series of evaluations: up to LIST_AT_MOST values listed (`2.1000, 1.9000`); a longer one as
+    `N values, first A (step S), best B (step S), last C (step S) ▇▆▅▃▂▁▁` (best: the highest when `higher`,
+    else the lowest; the sparkline resampled to at most `width` characters, low values low)."""
+    if len(ys) <= LIST_AT_MOST:
+        return ", ".join(f"{y:.4f}" for y in ys)
+    best = (max if higher else min)(range(len(ys)), key=lambda i: (ys[i], -i if higher else i))
+
+    def at(i: int) -> str:
+        return f"{ys[i]:.4f} (step {xs[i]:g})"
+
+    return (f"{len(ys)} values, first {at(0)}, best {at(best)}, last {at(len(ys) - 1)}  "
+            f"{sparkline(list(ys), width=width)}")
+
+
 def save_grid_png(panels: Sequence[Tuple[str, str, Series]], path: Path, title: str, xlabel: str = "step",
                   ncols: int = 1) -> Path:
     """One subplot per panel (title, y label, {line label: (xs, ys)}), sharing the x axis; lines with few points get

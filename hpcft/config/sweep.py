@@ -59,10 +59,13 @@ _VALUE_BAD = re.compile(r"[^\w.+@:,-]")  # what a job name may hold (hpcft.confi
 
 
 def short_value(text: str) -> str:
-    """A point's value as it reads best in a name: 0.002 -> 2e-3, a path -> its file name, a list -> a,b."""
+    """A point's value as it reads best in a name, with one spelling per value whatever way it was typed: whole
+    numbers as integers (`1.0`, `1e3` -> 1, 1000), every other number below 1 or from 1e5 up in scientific notation
+    with the shortest exact mantissa (0.001, 1e-3, 1.0E-3 -> 1e-3; 0.01 -> 1e-2; 0.1 -> 1e-1; 2.5e-05 -> 2.5e-5),
+    the rest in the shortest exact decimals (1.5); a path -> its file name, a list -> a,b."""
     t = text.strip()
     if re.fullmatch(r"[+-]?\d+", t):
-        return t
+        return str(int(t))
     try:
         f = float(t)
     except ValueError:
@@ -71,10 +74,22 @@ def short_value(text: str) -> str:
         return _VALUE_BAD.sub("_", t) or "_"
     if not math.isfinite(f):
         return t.lower()
-    if f != 0 and (abs(f) < 1e-2 or abs(f) >= 1e5):
-        mantissa, exp = f"{f:.10e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
-    return f"{f:g}"
+    if f == int(f) and abs(f) < 1e16:
+        return str(int(f))
+    if abs(f) < 1 or abs(f) >= 1e5:
+        return _scientific(f)
+    return repr(f)  # the shortest exact spelling; between 1 and 1e5 it is never scientific
+
+
+def _scientific(f: float) -> str:
+    """`2.5e-5`: the shortest mantissa that reads back as exactly f, no `+`, no leading zeros in the exponent."""
+    for digits in range(17):
+        mantissa, exp = f"{f:.{digits}e}".split("e")
+        if float(f"{mantissa}e{exp}") == f:
+            break
+    if "." in mantissa:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exp)}"
 
 
 def swept_values(points: Sequence[Sequence[str]]) -> List[Dict[str, str]]:

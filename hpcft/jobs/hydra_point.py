@@ -3,7 +3,9 @@
 The ordinary worker (`hpcft.jobs.worker.run_in_allocation`) sees method `hydra` and runs `point_argv` instead of
 the trainer: the same state recording (queued -> running -> success / error, restarts, stop requests, the
 time-limit warning), logs in `logs/job.log`. `python -m hpcft.jobs.hydra_point PAYLOAD` runs Hydra's `run_job` for
-the point and writes the task's return value to `.hpcft-result.pkl` (`load_result`).
+the point and writes the task's return value to `.hpcft-result.pkl` (`load_result`) and, when it is a number or a
+mapping of numbers, those numbers to `.hpcft-results.json` (hpcft.rundir.returned): what `hpcft sweep ID` shows
+side by side for the points of a Hydra app's sweep (hpcft.ledger.sweeps).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any, List
 
-HYDRA_METHOD = "hydra"  # the ledger's `method` of a Hydra app's point: the worker runs the point, not a trainer
+from hpcft.rundir.returned import HYDRA_METHOD, save_scalars
+
+__all__ = ["HYDRA_METHOD", "PAYLOAD", "RESULT", "load_result", "point_argv", "run_point", "save_return"]
+
 PAYLOAD = ".hpcft-point.pkl"
 RESULT = ".hpcft-result.pkl"
 
@@ -63,14 +68,28 @@ def run_point(payload: Path) -> int:
         print(f"error: the task raised {type(e).__name__}: {e}", flush=True)
         return 1
     if os.environ.get("RANK", "0") == "0":
-        out = payload.parent
-        tmp = out / (RESULT + ".tmp")
-        try:
-            tmp.write_bytes(cloudpickle.dumps(ret.return_value))
-            tmp.replace(out / RESULT)
-        except Exception as e:  # an unpicklable return value does not fail a task that finished
-            print(f"[hpcft] note: the return value was not saved ({type(e).__name__}: {e})", flush=True)
+        save_return(payload.parent, ret.return_value)
     return 0
+
+
+def save_return(out: Path, value: Any) -> None:
+    """The task's return value, pickled, and its numbers as JSON (`hpcft sweep` reads them). A value that cannot be
+    saved is noted in the log; it never fails a task that finished."""
+    import cloudpickle
+
+    try:
+        found = save_scalars(out, value)
+        if found:
+            print("[hpcft] returned: " + ", ".join(f"{k}={'nan' if v is None else f'{v:.6g}'}"
+                                                   for k, v in found.items()), flush=True)
+    except OSError as e:
+        print(f"[hpcft] note: the returned numbers were not saved ({type(e).__name__}: {e})", flush=True)
+    try:
+        tmp = out / (RESULT + ".tmp")
+        tmp.write_bytes(cloudpickle.dumps(value))
+        tmp.replace(out / RESULT)
+    except Exception as e:  # an unpicklable return value
+        print(f"[hpcft] note: the return value was not saved ({type(e).__name__}: {e})", flush=True)
 
 
 if __name__ == "__main__":

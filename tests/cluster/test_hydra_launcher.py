@@ -80,9 +80,11 @@ def test_hydra_app_sweep_is_one_array_and_returns_at_once(slurm_cluster, hpcft_h
                                                                        "queued")) for line in table[1:]}
     assert listed == {by_x[1]: "success", by_x[2]: "success", by_x[3]: "stopped"}, listed
     compared = hpcft(["sweep", str(by_x[2])])  # any point's id names its sweep
-    rows = {tuple(line.split()[:3]) for line in compared.stdout.splitlines()[2:]}
-    assert compared.returncode == 0 and "3 points" in compared.stdout, compared.stdout
-    assert rows == {(str(by_x[x]), str(x), "stopped" if x == 3 else "success") for x in (1, 2, 3)}, compared.stdout
+    rows = [line.split() for line in compared.stdout.splitlines()[2:5]]
+    assert compared.returncode == 0 and "3 points, best first by value (lowest)" in compared.stdout, compared.stdout
+    # the task's return value, best (lowest) first; the stopped point returned nothing
+    assert rows == [[str(by_x[1]), "1", "success", "10"], [str(by_x[2]), "2", "success", "20"],
+                    [str(by_x[3]), "3", "stopped", "-"]], compared.stdout
     ended = jobs()
     assert [ended[by_x[x]]["state"] for x in (1, 2, 3)] == ["success", "success", "stopped"], ended
     for x in (1, 2):

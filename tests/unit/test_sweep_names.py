@@ -9,10 +9,22 @@ from hpcft.config.sweep import expand, point_name, short_value, swept_values
 
 
 def test_values_read_as_written():
-    assert [short_value(x) for x in ("0.001", "0.0002", "2.5e-05", "0.1", "0.05", "1.0", "16", "100000.0")] == [
-        "1e-3", "2e-4", "2.5e-5", "0.1", "0.05", "1", "16", "1e5"]
+    assert [short_value(x) for x in ("0.001", "0.0002", "2.5e-05", "0.1", "0.05", "1.0", "16", "100000.0", "1.5",
+                                     "123456.7", "-0.02", "nan")] == [
+        "1e-3", "2e-4", "2.5e-5", "1e-1", "5e-2", "1", "16", "100000", "1.5", "1.234567e5", "-2e-2", "nan"]
     assert short_value("/data/sets/b.jsonl") == "b.jsonl" and short_value("[q_proj,v_proj]") == "q_proj,v_proj"
     assert short_value("a$(b)`c") == "a_b_c"  # only what a job name may hold
+
+
+def test_one_spelling_per_value():
+    """However a value is typed, its name reads the same; and one sweep's values read alike (not 1e-3 beside 0.01)."""
+    for spellings in (["0.001", "1e-3", "1.0E-3", "1e-03", "0.0010"], ["0.01", "1e-2", "1.0e-2"],
+                      ["1000", "1e3", "1000.0", "+1000"], ["100000", "1e5", "1.0e+05"], ["3", "3.0", "03"]):
+        assert len({short_value(s) for s in spellings}) == 1, spellings
+    values = swept_values(expand(["training.learning_rate=1e-3,0.01,0.1,1e-4", "method.lora.dropout=0.0,0.05"]))
+    assert [v["lr"] for v in values[::2]] == ["1e-3", "1e-2", "1e-1", "1e-4"]
+    assert [v["dropout"] for v in values[:2]] == ["0", "5e-2"]
+    assert short_value("0.1") != short_value("0.01")  # distinct values never share a spelling
 
 
 def test_points_are_named_by_the_keys_that_vary():
@@ -23,7 +35,7 @@ def test_points_are_named_by_the_keys_that_vary():
     assert values[-1] == {"lr": "2e-3", "rank": "8", "train": "b.jsonl"}
     # the same last segment twice: both keys in full
     clash = swept_values(expand(["method.lora.dropout=0,0.1", "model.arch.dropout=0,0.2"]))
-    assert clash[1] == {"method.lora.dropout": "0", "model.arch.dropout": "0.2"}
+    assert clash[1] == {"method.lora.dropout": "0", "model.arch.dropout": "2e-1"}
     assert point_name("quickstart-tiny-lora", {"lr": "2e-3", "rank": "8"}) == "quickstart-tiny-lora lr=2e-3 rank=8"
     long = point_name("n" * 200, {"lr": "2e-3"})
     assert len(long) == 128 and long.endswith(" lr=2e-3")
