@@ -102,6 +102,8 @@ def case_overrides(case: str, size: dict, data: dict, steps: int, gpu: bool, ext
     common += [f"+model.arch.{k}={v}" if k == "vocab_size" else f"model.arch.{k}={v}" for k, v in size["arch"].items()]
     if gpu:
         common += ["resources.gpus_per_node=1", "training.precision=bf16"]
+        if not any(str(x).startswith("training.kernels=") for x in extra):  # the peaks measured without Liger
+            common += ["training.kernels=none"]
         if case == "qlora":
             common += ["method.quantization.compute_dtype=bfloat16"]
     if case.startswith("grpo"):

@@ -39,6 +39,15 @@ def device_has_gpu() -> bool:
 
 # ------------------------------------------------------------------------------------------------------ setup
 
+def liger_for_trl(cfg: DictConfig) -> bool:
+    """training.kernels resolved for a trl method (hpcft.train.kernels; ConfigError where `liger` cannot apply)."""
+    from hpcft.config.memory import model_arch
+    from hpcft.train import kernels
+
+    arch, _ = model_arch(cfg.model)
+    return kernels.choose(cfg, arch.model_type if arch is not None else None) == "liger"
+
+
 def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **method_kwargs: Any):
     """A trl *Config from cfg.training (+ method-specific kwargs). Sets every field whose trl/transformers default
     is wrong for us: trl turns bf16 and gradient_checkpointing on by default (here they follow training.precision
@@ -81,6 +90,8 @@ def trl_args(config_cls, cfg: DictConfig, ctx: RunContext, has_eval: bool, **met
     ds = deepspeed_dict(cfg, ctx)
     if ds is not None:
         kwargs["deepspeed"] = ds
+    if liger_for_trl(cfg):  # training.kernels: trl applies Liger's layer kernels itself
+        kwargs["use_liger_kernel"] = True
     if ctx.world_size > 1:
         # LoRA / frozen reference weights get no gradients: DDP must not wait for them
         kwargs["ddp_find_unused_parameters"] = False

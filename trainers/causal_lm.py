@@ -50,8 +50,11 @@ def disable_bnb_cpu_repack(model) -> int:
     return n
 
 
-def build_model(cfg, ctx):
-    """(model, tokenizer) with only the weights that train requiring grad."""
+def build_model(cfg, ctx, info: dict | None = None):
+    """(model, tokenizer, base path) with only the weights that train requiring grad. training.kernels is applied
+    before the model is built; `info["fused_ce"]` says whether its forward takes the labels and computes the loss
+    with Liger's fused linear cross-entropy."""
+    from hpcft.train import kernels
     from hpcft.train.modeling import base_model_path, load_causal_lm, load_tokenizer
 
     method = cfg.method.name
@@ -61,6 +64,9 @@ def build_model(cfg, ctx):
     path = base_model_path(cfg.model, ctx.output_dir, seed=cfg.training.seed, is_main=False)
     tok = load_tokenizer(cfg.model, path)
     quant = cfg.method.get("quantization") if method == "qlora" else None
+    fused = kernels.setup(cfg, path, log=lambda m: log(ctx, m))
+    if info is not None:
+        info["fused_ce"] = fused
     model = load_causal_lm(cfg.model, path, quantization=quant, precision=str(cfg.training.precision))
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
@@ -122,6 +128,7 @@ class CausalLMRecipe:
         self.last_saved: Path | None = None
         self.last_saved_step = -1
         self.warned_off = False
+        self.fused_ce = False  # set by setup(): training.kernels=liger's fused linear cross-entropy
 
     def log(self, msg: str) -> None:
         if self.ctx.is_main:
@@ -142,11 +149,13 @@ class CausalLMRecipe:
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=ctx.is_main, cfg=cfg, job_id=ctx.job_id)
         self.warning = signals.install()
 
-        model, self.tok, self.base_path = build_model(cfg, ctx)
+        info: dict = {}
+        model, self.tok, self.base_path = build_model(cfg, ctx, info)
+        self.fused_ce = bool(info.get("fused_ce"))  # training.kernels=liger: the model computes the loss
         self.n_total = sum(p.numel() for p in model.parameters())
         self.n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         # packed batches for flash-attention: one row per micro-batch (it reads sample bounds from position ids)
-        self.flatten = bool(t.get("packing")) and "flash" in str(getattr(model.config, "_attn_implementation", ""))
+        self.flatten = D.flattens(t.get("packing"), getattr(model.config, "_attn_implementation", ""))
         stage = cfg.deepspeed.get("stage")
         self.ds_stage = (int(stage) if stage is not None else 0) if use_ds else None
         self.log(f"[hpcft] method={self.method} model={cfg.model.name} params={self.n_total:,} "
@@ -233,8 +242,10 @@ class CausalLMRecipe:
             batch = D.collate(samples, self.pad_id, flatten=self.flatten)  # packed: position_ids, no attention_mask
             labels = batch.pop("labels")
             n_tok += sum(len(s.input_ids) for s in samples)  # real tokens, no padding (no device sync)
-            logits = self.engine(**batch).logits
-            loss, _ = token_loss(logits, labels)
+            if self.fused_ce:  # Liger: the same mean over label tokens (shifted alike), no logits held
+                loss = self.engine(**batch, labels=labels).loss
+            else:
+                loss, _ = token_loss(self.engine(**batch).logits, labels)
             part = loss.detach() / len(micro)
             loss_acc = part if loss_acc is None else loss_acc + part
             self.engine.backward(loss, len(micro))

@@ -105,6 +105,21 @@ def check_training(cfg: DictConfig) -> None:
     if t.resume_from not in (None, "latest"):
         check(Path(str(t.resume_from)).is_dir(), "training.resume_from", t.resume_from,
               "checkpoint directory not found", "use training.resume_from=latest or an existing checkpoint dir")
+    check_kernels(cfg)
+
+
+def check_kernels(cfg: DictConfig) -> None:
+    """training.kernels: a known choice; `liger` only where Liger's kernels apply (hpcft.config.kernels)."""
+    from hpcft.config import kernels
+
+    choice = str(cfg.training.get("kernels", "auto"))
+    check(choice in kernels.KERNELS, "training.kernels", choice, "unknown kernels", "use auto|liger|none")
+    if choice == "liger":
+        from hpcft.config.memory import model_arch
+
+        arch, _ = model_arch(cfg.model)
+        kernels.resolve(choice, str(cfg.method.name), int(cfg.resources.gpus_per_node),
+                        arch.model_type if arch is not None else None, kernels.liger_installed())
 
 
 def check_deepspeed(cfg: DictConfig) -> None:

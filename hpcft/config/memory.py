@@ -25,6 +25,9 @@ config, the `config.json` of a local model directory, or `KNOWN_ARCHS` for the h
 - logits: tokens x vocabulary x 14 bytes for the LM loss (the logits, their fp32 copy and log-softmax, and their
   gradients at the start of the backward pass), x 30 bytes in trl's DPO and GRPO losses (per-token log-probs of
   the whole sequence, temperature scaling, entropy, the reference's): measured, see benchmarks/bench_memory.py.
+  With Liger's fused linear cross-entropy (`training.kernels`, causal-LM methods) no logits are held: only one
+  chunk of them (Liger sizes a chunk at about batch x sequence x hidden elements), the gradient of the hidden
+  states it computes in the forward pass and, when the LM head trains, its fp32 gradient.
 
 Checked against measured peaks: tiny CPU runs of every LM method (tests/train/test_memory_peaks.py, peak RSS above the
 process's baseline, within 25%) and the H200 figures of BENCHMARKS.md (`benchmarks/bench_memory.py` on a GPU
@@ -40,6 +43,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from hpcft.config.kernels import CAUSAL_LM_METHODS, LIGER_ARCHS
+
 GIB = 2**30
 CUDA_RESERVE_GIB = 1.5  # per GPU, beyond what torch allocates: CUDA context, NCCL, cuBLAS workspace, fragmentation
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -52,6 +57,7 @@ REDUCE_BUCKET = 5e8  # elements: DeepSpeed's reduce_bucket_size default (the gra
 ZERO3_PREFETCH = 5e7  # parameters: DeepSpeed's stage3_prefetch_bucket_size default
 BYTE_TOKENIZER_VOCAB = 260  # hpcft.train.tokenizer.byte_tokenizer: 4 specials + 256 bytes
 ESTIMATED_METHODS = ("pretrain", "full", "lora", "qlora", "reward", "dpo", "grpo")  # not t2i_lora (diffusion)
+FUSED_CE_METHODS = CAUSAL_LM_METHODS  # training.kernels=liger: no logits term
 
 
 # ------------------------------------------------------------------------------------------------- architecture
@@ -352,6 +358,7 @@ class Job:
     reference: bool = False  # a frozen reference copy of the weights (full-weight DPO, GRPO beta > 0 without LoRA)
     completion_len: int = 0  # GRPO: completion tokens after the prompt
     gpu_mem_gib: Optional[float] = None  # resources.gpu_mem
+    kernels: str = "none"  # training.kernels resolved (hpcft.config.kernels): liger | none
 
     @property
     def world(self) -> int:
@@ -495,6 +502,16 @@ def _layer_activation_bytes(arch: Arch, job: Job, b: float, half_norm: bool, tar
     return norm + attn + mlp + latent + saved_inputs + dropout
 
 
+def _fused_ce_bytes(arch: Arch, job: Job, tokens: int, b: int) -> float:
+    """Liger's fused linear cross-entropy at its peak (liger_kernel.ops.fused_linear_cross_entropy): one chunk of
+    logits in the compute dtype (chunk = next power of 2 of tokens / ceil(vocab / hidden)), the hidden states'
+    gradient (computed in the forward pass), the per-token losses, and the LM head's gradient when it trains."""
+    inc = -(-arch.vocab // arch.hidden)
+    chunk = min(1 << max(0, (-(-tokens // inc) - 1).bit_length()), tokens)
+    head_grad = arch.vocab * arch.hidden * 4 if not job.lora and arch.head else 0
+    return chunk * arch.vocab * b + tokens * (arch.hidden * b + 4) + head_grad
+
+
 def estimate(arch: Arch, job: Job, source: str = "") -> Estimate:
     """The per-process memory estimate of `job` training a model of architecture `arch`."""
     notes: List[str] = []
@@ -562,6 +579,9 @@ def estimate(arch: Arch, job: Job, source: str = "") -> Estimate:
     acts += autocast_copies
     if reward:  # a 1-score head: no vocabulary-sized logits
         logits = 0.0
+    elif job.kernels == "liger" and job.method in FUSED_CE_METHODS:
+        logits = _fused_ce_bytes(arch, job, tokens, b)
+        notes.append("Liger fused linear cross-entropy: no logits held")
     else:
         logits = tokens * arch.vocab * (TRL_LOGIT_BYTES if job.method in ("dpo", "grpo") else LOGIT_BYTES)
     return Estimate(job=job, arch=arch, source=source, params=params, trainable=trainable, weights=weights,
@@ -575,7 +595,14 @@ def estimate_cfg(cfg: Any) -> Tuple[Optional[Estimate], str]:
     arch, source = model_arch(cfg.model)
     if arch is None:
         return None, source
-    return estimate(arch, job_of(cfg), source), source
+    job = job_of(cfg)
+    choice = str(_g(cfg.training, "kernels", "auto"))
+    if choice != "none":  # auto, or liger (refused by the checks where it cannot apply): what the job will run
+        from hpcft.config import kernels as K
+
+        why = K.liger_problem(job.method, job.gpus_per_node, arch.model_type, K.liger_installed())
+        job = replace(job, kernels="liger" if why is None else "none")
+    return estimate(arch, job, source), source
 
 
 # ------------------------------------------------------------------------------------------ will it fit? advice
@@ -598,8 +625,12 @@ def _with_gc(options: List[Tuple[str, Dict[str, Any]]], job: Job) -> List[Tuple[
 
 
 def suggestion(arch: Arch, job: Job) -> str:
-    """The smallest changes that make `job` fit, one of each kind: keeping the method on the GPUs asked for,
-    another method on them, more GPUs."""
+    """The smallest changes that make `job` fit, one of each kind: Liger's fused kernels, keeping the method on the
+    GPUs asked for, another method on them, more GPUs."""
+    fused: List[Tuple[str, Dict[str, Any]]] = []  # Liger's fused cross-entropy: no logits held, nothing lost
+    if job.kernels != "liger" and job.method in FUSED_CE_METHODS and job.gpus_per_node > 0 \
+            and arch.model_type in LIGER_ARCHS:
+        fused.append(("training.kernels=liger", {"kernels": "liger"}))
     keep: List[Tuple[str, Dict[str, Any]]] = [("", {})]
     bs = job.batch_size
     while bs > 1:
@@ -634,7 +665,7 @@ def suggestion(arch: Arch, job: Job) -> str:
                 more.append((f"deepspeed=zero3 {res}", {"nodes": nodes, "gpus_per_node": gpn, "tasks_per_node": gpn,
                                                         "zero_stage": 3}))
     found = []
-    for options in (keep, other, more):
+    for options in (fused, keep, other, more):
         for text, ch in _with_gc(options, job):
             if ch and _fits(arch, job, **ch):
                 found.append(text)

@@ -225,6 +225,14 @@ def epoch_batches(n: int, seed: int, epoch: int, batch_size: int, accumulation: 
     return [mbs[i * accumulation:(i + 1) * accumulation] for i in range(k)]
 
 
+def flattens(packing: bool, attn_implementation: str) -> bool:
+    """Packed micro-batches go to the model as one row without padding (flash-attention's variable-length path,
+    the layout of transformers' DataCollatorWithFlattening: position ids restart per sample, flash-attention reads
+    the sample bounds from them) when the model attends with a flash-attention kernel; other attentions get one row
+    per pack with the block-diagonal mask transformers builds from the restarting position ids."""
+    return bool(packing) and str(attn_implementation).startswith("flash_attention")
+
+
 def collate(samples: Sequence[Sample], pad_id: int, flatten: bool = False) -> dict[str, Any]:
     """Right-padded tensors: input_ids, attention_mask, labels (-100 on padding).
 

@@ -32,6 +32,7 @@ class Engine:
             self.module = model
         self.optimizer, self.scheduler = optimizer, scheduler
         self._amp_dtype = amp_dtype if self.ds is None else None  # DeepSpeed handles precision itself
+        self._trainable: Optional[list] = None  # the parameters clipped (plain torch), listed at the first step
 
     # -------------------------------------------------------------------------------------------- compute
     def autocast(self):
@@ -41,7 +42,17 @@ class Engine:
 
     def __call__(self, **batch):
         with self.autocast():
-            return (self.ds or self.module)(**{k: v.to(self.device) for k, v in batch.items()})
+            return (self.ds or self.module)(**{k: self.to_device(v) for k, v in batch.items()})
+
+    def to_device(self, t):
+        """A batch tensor on the compute device. To a GPU through pinned (page-locked) memory, asynchronously: the
+        copy overlaps with the work still queued, and the loop collates the next batch meanwhile. On the CPU:
+        the tensor itself."""
+        if self.device.type == "cpu":
+            return t
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def train(self) -> None:
         (self.ds or self.module).train()
@@ -68,8 +79,9 @@ class Engine:
         import torch
 
         if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad],
-                                           self.max_grad_norm)
+            if self._trainable is None:  # the same parameters every step: not a walk over every module each time
+                self._trainable = [p for p in self.module.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(self._trainable, self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -252,17 +252,19 @@ def test_what_submit_prints_when_a_job_fits_or_runs_on_cpu():
 @pytest.mark.parametrize("name,params,gpus", [("deepseek_r1_distill_qwen_7b_32k", 7.6e9, 8),
                                                ("deepseek_v3_lora_32k", 671e9, 128)])
 def test_deepseek_presets_carry_32k_context_zero3_and_the_gpus_they_need(name, params, gpus):
-    cfg = hpcft.jobs.preflight.load([f"+experiment={name}"])
+    cfg = hpcft.jobs.preflight.load([f"+experiment={name}", "training.kernels=none"])  # Liger: test_kernels.py
     assert cfg.training.sequence_length == 32768 and cfg.deepspeed.stage == 3 and cfg.training.gradient_checkpointing
     assert cfg.training.precision == "bf16"
     est, _ = M.estimate_cfg(cfg)
     assert est.params == pytest.approx(params, rel=0.01) and est.job.gpus == gpus
     assert est.fits() is True  # on the GPUs the preset asks for
     if name.startswith("deepseek_v3"):  # half the nodes: refused, and told what fits
-        small = M.estimate_cfg(hpcft.jobs.preflight.load([f"+experiment={name}", "resources.nodes=8"]))[0]
+        small = M.estimate_cfg(hpcft.jobs.preflight.load([f"+experiment={name}", "resources.nodes=8",
+                                                          "training.kernels=none"]))[0]
         assert small.fits() is False and "resources.nodes=16" in M.refusal(small)
     else:  # 80 GB GPUs: the 32K logits alone are ~65 GiB per GPU
-        small = M.estimate_cfg(hpcft.jobs.preflight.load([f"+experiment={name}", "resources.gpu_mem=80"]))[0]
+        small = M.estimate_cfg(hpcft.jobs.preflight.load([f"+experiment={name}", "resources.gpu_mem=80",
+                                                          "training.kernels=none"]))[0]
         assert small.fits() is False and "training.sequence_length=16384" in M.refusal(small)
 
 
