@@ -42,3 +42,26 @@ def format_duration(seconds: int) -> str:
     m, s = divmod(rem, 60)
     hms = f"{h:02d}:{m:02d}:{s:02d}"
     return f"{d}-{hms}" if d else hms
+
+
+def local_time(dt) -> str:
+    """A ledger time as this machine's local time (`hpcft list`/`show` and the web console); a naive datetime is the
+    ledger's UTC (SQLite gives it back without its offset); "-" for none."""
+    from datetime import timezone
+
+    if not dt:
+        return "-"
+    return (dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def elapsed(started, finished) -> str:
+    """A job's run time as [D-]HH:MM:SS from its start to its end (or now, while it runs); "-" before it started."""
+    from datetime import datetime, timezone
+
+    def utc(dt):  # SQLite gives back the stored UTC time without its offset
+        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
+
+    if not started:
+        return "-"
+    end = utc(finished) if finished else datetime.now(timezone.utc)
+    return format_duration(max(0, int((end - utc(started)).total_seconds())))

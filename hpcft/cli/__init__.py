@@ -13,6 +13,8 @@ from hpcft.cli import team_cmds  # noqa: F401
 from hpcft.cli import sweep_cmds  # noqa: F401
 from hpcft.cli import models_cmds  # noqa: F401
 from hpcft.cli import monitor_cmds  # noqa: F401
+from hpcft.cli import web_cmds  # noqa: F401
+from hpcft.cli import pipeline_cmds  # noqa: F401
 from hpcft.cli.common import app
 from hpcft.errors import HpcftError
 
@@ -20,6 +22,12 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    from hpcft.train import quiet
+
+    if sys.argv[1:2] == ["--verbose"]:  # `hpcft --verbose CMD`: every third-party message, as HPCFT_VERBOSE=1
+        del sys.argv[1]
+        os.environ[quiet.VERBOSE_ENV] = "1"
+    quiet.install()
     try:
         app()
     except HpcftError as e:

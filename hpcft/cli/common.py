@@ -57,26 +57,16 @@ def open_ledger():
 
 
 def fmt_time(dt) -> str:
-    """Local time; a naive datetime is the ledger's UTC (SQLite gives it back without its offset)."""
-    from datetime import timezone
+    """Local time; a naive datetime is the ledger's UTC (hpcft.timefmt.local_time)."""
+    from hpcft.timefmt import local_time
 
-    if not dt:
-        return "-"
-    return (dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return local_time(dt)
 
 
 def duration(job) -> str:
-    from datetime import datetime, timezone
+    from hpcft.timefmt import elapsed
 
-    from hpcft.timefmt import format_duration
-
-    def utc(dt):  # SQLite gives back the stored UTC time without its offset
-        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
-
-    if not job.started_at:
-        return "-"
-    end = utc(job.finished_at) if job.finished_at else datetime.now(timezone.utc)
-    return format_duration(max(0, int((end - utc(job.started_at)).total_seconds())))
+    return elapsed(job.started_at, job.finished_at)
 
 
 def quote(value: str) -> str:

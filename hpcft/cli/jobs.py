@@ -12,9 +12,8 @@ import typer
 
 from hpcft.cli.common import (JOB, app, authorized, console, duration, fmt_time, open_ledger, quote,
                               refresh_states)
-from hpcft.errors import ConfigError as HpcftConfigError
 from hpcft.errors import HpcftError
-from hpcft.ledger.query import SORT_COLUMNS, JobFilter
+from hpcft.ledger.query import RESOURCE_KEYS, SORT_COLUMNS  # noqa: F401  (RESOURCE_KEYS: tests import it here)
 
 # ------------------------------------------------------------------------------------------------------ submit
 
@@ -28,27 +27,23 @@ def submit(
     description: Optional[str] = typer.Option(None, "--description", help="free text stored with the job"),
     yes: bool = typer.Option(False, "--yes", "-y", help="Slurm: do not ask after the queue-wait prediction"),
     force: bool = typer.Option(False, "--force", help="submit even when the memory estimate exceeds resources.gpu_mem"),
+    after: Optional[str] = typer.Option(None, "--after", help="JOB[,JOB...]: queue it now, start it when these jobs "
+                                        "ended in success (Slurm afterok); model.path=job:ID may name one of them"),
 ) -> None:
     """Validate a job config and submit it (local machine or Slurm)."""
     from hpcft.jobs import submit as hsubmit
 
-    ovs = list(overrides or [])
-    for key, text in (("name", name), ("description", description)):  # stored literally, on one line
-        if text is not None and any("\ud800" <= c <= "\udfff" for c in text):
-            raise HpcftConfigError(f"{key}: not valid UTF-8; write {key} in UTF-8")
-        if text is not None and any(ord(c) < 32 or ord(c) == 127 for c in text):
-            raise HpcftConfigError(f"{key}: contains a newline or another control character; write {key} on one line")
-    if name is not None:
-        ovs.append(f"name={quote(name)}")
-    if description is not None:
-        ovs.append(f"description={quote(description)}")
+    ovs = list(overrides or []) + hsubmit.text_overrides(name=name, description=description)
+    ovs += hsubmit.after_overrides(after)
     plan = hsubmit.plan(ovs, multirun=multirun)
     con = console()
     if dry_run:
         _dry_run(plan, force, con)
         return
     _memory(plan, force, show=False)  # before anything is created
-    if plan.executor == "slurm":
+    if plan.executor == "slurm" and plan.configs[0].get("after"):  # no prediction: it waits for its parents
+        con.print(f"queued behind job(s) {', '.join(map(str, plan.configs[0].after))}: starts when they succeed")
+    elif plan.executor == "slurm":
         from hpcft.cli.slurm_cmds import prediction_line
         from hpcft.jobs.executors.slurm import predict
 
@@ -90,7 +85,10 @@ def _dry_run(plan, force: bool, con) -> None:
 
         cfg0 = plan.configs[0]
         array = f"0-{n - 1}" if n > 1 else None
-        typer.echo("\n".join(to_lines(sbatch_options(cfg0.resources, job_name=cfg0.name, array=array))))
+        from hpcft.jobs.submit import dependency_of
+
+        typer.echo("\n".join(to_lines(sbatch_options(cfg0.resources, job_name=cfg0.name, array=array,
+                                                     after=dependency_of(cfg0)))))
 
 
 def _memory(plan, force: bool, show: bool) -> None:
@@ -155,10 +153,6 @@ def _print_new(log: Path, pos: int) -> int:
 # ------------------------------------------------------------------------------------------------------ list
 
 SORT_KEYS = tuple(SORT_COLUMNS)  # Ledger.search(sort=...)
-# the keys of a resource spec (hpcft.ledger.record.resource_spec)
-RESOURCE_KEYS = ("nodes", "gpus", "tasks", "cpus", "mem", "time", "partition", "qos", "priority", "account",
-                 "nodelist", "reservation", "constraint")
-_AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @app.command("list")
@@ -183,27 +177,15 @@ def list_(
     """List and search jobs (newest first unless --sort says otherwise)."""
     from hpcft.ledger.jobjson import job_dict
     from hpcft.ledger.jobjson import json_schema as schema_of_json
-    from hpcft.states import State
 
     if json_schema:
         typer.echo(json.dumps(schema_of_json(), indent=1))
         return
-    for s in state or []:
-        if s not in State.__members__:
-            raise HpcftError(f"--state {s}: unknown state; use one of {', '.join(State.__members__)}")
-    tokens = [t for r in resources or [] for t in r.split()]
-    for t in tokens:
-        if t.partition("=")[0].lower() not in RESOURCE_KEYS or not t.partition("=")[2]:
-            raise HpcftError(f"--resources {t}: expected key=value with a key of {', '.join(RESOURCE_KEYS)}; "
-                             "e.g. --resources gpus=8")
-    keys = [k.strip() for s in sort for k in s.split(",") if k.strip()]
-    for k in keys:
-        if k.lstrip("-") not in SORT_KEYS:
-            raise HpcftError(f"--sort {k}: unknown key; use one of {', '.join(SORT_KEYS)} (- prefix: descending)")
     from hpcft.ledger import fastread as ledger_read
+    from hpcft.ledger.query import from_options
 
-    where = JobFilter(state=state, name=name, owner=owner, project=project, resources=tokens, output=output,
-                      since=_when(since, "--since"), until=_when(until, "--until"), sort=keys, limit=limit)
+    where = from_options(state=state or [], name=name, owner=owner, project=project, resources=resources or [],
+                         output=output, since=since, until=until, sort=sort, limit=limit)
     jobs = ledger_read.search(where)  # SQLite / PostgreSQL without importing SQLAlchemy (~0.5 s)
     if jobs is None:
         jobs = open_ledger().search(where)
@@ -228,54 +210,19 @@ def list_(
     typer.echo("\n".join(out))
 
 
-def _when(text: Optional[str], option: str):
-    """--since/--until: an ISO date or date-time (local time unless it has an offset) or a time ago (2h, 3d)."""
-    from datetime import datetime, timedelta, timezone
-
-    if text is None:
-        return None
-    t = text.strip()
-    if t[:-1].isdigit() and t[-1:].lower() in _AGO:
-        return datetime.now(timezone.utc) - timedelta(seconds=int(t[:-1]) * _AGO[t[-1].lower()])
-    try:
-        dt = datetime.fromisoformat(t)
-    except ValueError:
-        raise HpcftError(f"{option} {text}: not a date or a time ago; e.g. {option} 2025-05-01, "
-                         f"{option} 2025-05-01T09:30 or {option} 3d (also s, m, h, w)") from None
-    return dt if dt.tzinfo else dt.astimezone()  # naive = this machine's local time
-
-
 # ------------------------------------------------------------------------------------------------------ show
 
 @app.command()
 def show(job_id: int = JOB, config: bool = typer.Option(False, "--config", help="print the full config")) -> None:
     """Show one job: state, resources, paths, latest metrics."""
-    from hpcft.rundir.metrics_io import read_metrics
+    from hpcft.ledger.jobjson import detail_rows
+    from hpcft.rundir.metrics_io import read_summary
 
     ledger, j, _ = authorized(job_id, "show")
     if refresh_states([j], ledger):
         j = ledger.get(job_id)
     con = console()
-    rows = [
-        ("id", j.id), ("name", j.name), ("description", j.description or "-"), ("state", j.state),
-        ("reason", j.state_reason or "-"), ("owner", j.owner), ("project", j.project), ("method", j.method),
-        ("executor", j.executor), ("slurm job", j.slurm_job_id or "-"), ("attempt", j.attempt),
-        ("parent job", j.parent_id or "-"), ("resources", j.resource_spec), ("output", j.output_dir),
-        ("created", fmt_time(j.created_at)), ("started", fmt_time(j.started_at)),
-        ("finished", fmt_time(j.finished_at)), ("elapsed", duration(j)),
-    ]
-    if ((j.config or {}).get("model") or {}).get("asset"):  # model.path=asset:NAME (hpcft.registry.use)
-        rows.insert(rows.index(("parent job", j.parent_id or "-")) + 1, ("model asset", j.config["model"]["asset"]))
-    recs = read_metrics(j.output_dir)
-    last_train = next((r for r in reversed(recs) if r.get("type") == "train"), None)
-    if last_train:
-        rows.append(("last step", f"step {last_train.get('step')} loss {last_train.get('loss'):.4f} "
-                                  f"lr {last_train.get('lr', 0):.3g}"))
-    for r in recs:
-        if r.get("type") == "eval":
-            rows.append((f"{r.get('split')} (epoch {r.get('epoch')})",
-                         " ".join(f"{k} {v:.4g}" for k, v in r.items()
-                                  if isinstance(v, float) and k not in ("epoch", "step", "time"))))
+    rows = detail_rows(j, read_summary(j.output_dir))
     for k, v in rows:
         con.print(f"[bold]{k:>22}[/bold]  {v}")
     if config:
@@ -284,7 +231,10 @@ def show(job_id: int = JOB, config: bool = typer.Option(False, "--config", help=
         from hpcft.config.secrets import masked
 
         # secrets (notify.urls, ...) only for the job's owner; everyone else sees ***
-        typer.echo(yaml.safe_dump(j.config if ledger.user == j.owner else masked(j.config), sort_keys=False))
+        from hpcft.rundir.secrets_file import restore
+
+        typer.echo(yaml.safe_dump(restore(j.config, j.output_dir) if ledger.user == j.owner else masked(j.config),
+                                  sort_keys=False))
 
 
 # ------------------------------------------------------------------------------------------------------ logs
@@ -327,36 +277,22 @@ def events(job_id: int = JOB, as_json: bool = typer.Option(False, "--json")) -> 
 @app.command()
 def stop(job_ids: List[int] = typer.Argument(..., help="job ids")) -> None:
     """Stop jobs (a stop you ask for is recorded as `stopped`, never as a failure)."""
-    from hpcft.ledger.access import acts_for_owner
-    from hpcft.jobs.executors import get_executor
-    from hpcft.states import is_terminal
+    from hpcft.jobs.control import stop_job
 
     for jid in job_ids:
         ledger, j, lvl = authorized(jid, "stop")
-        if is_terminal(j.state):
-            typer.echo(f"job {jid} already ended: {j.state}")
-            continue
-        if acts_for_owner(lvl):  # Slurm lets only the owner stop it: the owner's side carries the request out
-            ledger.request(jid, "stop", ledger.user)
-            when = ("its worker stops it within about 10 s" if j.state == "running" else
-                    f"it is cancelled when it starts, or at {j.owner}'s next `hpcft sync`")
-            typer.echo(f"job {jid} runs as {j.owner}: stop requested (recorded); {when}")
-            continue
-        get_executor(j.executor).stop(ledger, j)  # records the request as a `stop` event
-        typer.echo(f"job {jid}: stop requested")
+        typer.echo(stop_job(ledger, j, lvl))
 
 
 @app.command()
 def resume(job_id: int = JOB, checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="checkpoint dir (default: latest)"),
            wait: bool = typer.Option(False, "--wait", "-w")) -> None:
     """Run an ended job again (new attempt, same run dir) from its latest or a chosen checkpoint."""
-    from hpcft.jobs.hydra_point import HYDRA_METHOD
     from hpcft.jobs.control import resume as resume_job
+    from hpcft.jobs.control import resumed_line
 
     ledger, _, _ = authorized(job_id, "resume")
-    j = resume_job(ledger, job_id, checkpoint)
-    frm = (j.config.get("training") or {}).get("resume_from") if j.method != HYDRA_METHOD else None
-    typer.echo(f"job {job_id}: attempt {j.attempt} queued " + (f"(resume from {frm})" if frm else "(runs again)"))
+    typer.echo(resumed_line(resume_job(ledger, job_id, checkpoint)))
     if wait:
         raise typer.Exit(_wait([job_id], follow=True))
 
@@ -449,18 +385,11 @@ def delete(job_ids: List[int] = typer.Argument(..., help="job ids"),
     directories, after listing them with their sizes and asking (--yes: without asking)."""
     import shutil
 
-    from hpcft.jobs.executors import get_executor
-    from hpcft.states import is_terminal
-
-    from hpcft.ledger.access import AccessDenied, acts_for_owner
+    from hpcft.jobs.control import check_deletable, delete_jobs
 
     ledger = open_ledger()
     checked = [authorized(j, "delete")[1:] for j in dict.fromkeys(job_ids)]  # all exist and may be deleted first
-    for j, lvl in checked:
-        if acts_for_owner(lvl) and not is_terminal(j.state):
-            raise AccessDenied(f"job {j.id} (owner {j.owner}) is {j.state} and runs as {j.owner}: stop it first "
-                               f"(`hpcft stop {j.id}`), delete it once it has ended (nothing was deleted)")
-    jobs = [j for j, _ in checked]
+    jobs = check_deletable(checked)
     dirs = _run_dirs(ledger, jobs) if purge or files else []
     if dirs and not yes:
         total = _fmt_size(sum(size for _, size in dirs))
@@ -473,12 +402,7 @@ def delete(job_ids: List[int] = typer.Argument(..., help="job ids"),
         if not typer.confirm(f"delete {len(jobs)} job(s) and remove these {len(dirs)} run directories ({total})?",
                              default=False):
             raise typer.Exit(1)
-    live = [j for j in jobs if not is_terminal(j.state)]
-    for j in live:
-        get_executor(j.executor).stop(ledger, j)
-        typer.echo(f"job {j.id}: stop requested (it was {j.state})")
-    _wait_for_supervisors([j for j in live if j.executor == "local" and j.pid])
-    n = ledger.delete([j.id for j in jobs])
+    n = delete_jobs(ledger, jobs, typer.echo)
     for d, _ in dirs:
         shutil.rmtree(d, ignore_errors=True)
     removed = f", removed {len(dirs)} run director{'y' if len(dirs) == 1 else 'ies'}" if dirs else ""
@@ -511,25 +435,6 @@ def _fmt_size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _wait_for_supervisors(jobs, timeout: float = 30.0) -> None:
-    """Local jobs being deleted: wait until their supervisors have ended the trainers (SIGTERM, grace, SIGKILL) so
-    that nothing writes into a deleted row or a purged directory; past `timeout`, kill the process group."""
-    import os
-    import signal
-
-    from hpcft.jobs.executors.local import alive
-
-    deadline = time.monotonic() + timeout
-    for j in jobs:
-        while alive(j.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if alive(j.pid):
-            try:
-                os.killpg(j.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
 @app.command()
 def sync() -> None:
     """Bring the states of all live jobs in line with reality (safe to run from cron)."""
@@ -537,9 +442,13 @@ def sync() -> None:
 
     from hpcft.jobs.control import carry_out_stop_requests, settle_unsubmitted
 
+    from hpcft.jobs.executors.slurm import adopt_or_cancel, unrecorded_submissions
+
     ledger = open_ledger()
+    # Slurm jobs whose sbatch timed out: adopted by their queued row, or cancelled when the row has ended
+    changed = adopt_or_cancel(ledger, unrecorded_submissions(ledger))
     live = ledger.live_jobs()
-    changed = settle_unsubmitted(ledger, live)  # rows a failed submit left queued, never handed over
+    changed += settle_unsubmitted(ledger, live)  # rows a failed submit left queued, never handed over
     live = ledger.live_jobs() if changed else live
     for ex in sorted({j.executor for j in live}):
         changed += get_executor(ex).sync(ledger, [j for j in live if j.executor == ex])

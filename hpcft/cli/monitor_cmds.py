@@ -64,23 +64,23 @@ def _no_samples(j) -> str:
 
 def curve_report(records: List[dict], method: str, title: str, width: int = 60) -> Tuple[str, list]:
     """`hpcft curve`'s text (pure: metrics records in): the headline `TITLE: train LABEL a -> b over N steps` of the
-    method's most telling series, a terminal plot of each series, the validation and test values by epoch; and the
-    panels for the PNG. HpcftError when nothing was recorded."""
-    from hpcft.cli.plot import ascii_plot
+    method's most telling series, a terminal plot of each series, the validation and test values by epoch (a long
+    series summarised: first, best, last, sparkline); and the panels for the PNG. HpcftError when nothing was recorded."""
+    from hpcft.cli.plot import ascii_plot, series_line
     from hpcft.rundir.metrics_io import curve_panels
 
     panels = curve_panels(records, method)
     if not panels:
         raise HpcftError(f"{title}: no training metrics recorded yet (metrics.jsonl)")
     lines = []
-    for i, (_, label, s) in enumerate(panels):
+    for i, (key, label, s) in enumerate(panels):
         xs, ys = s["train"]
         change = f"train {label} {ys[0]:.4f} -> {ys[-1]:.4f}"
         lines.append(f"{title}: {change} over {int(xs[-1])} steps" if i == 0 else f"\n{change}")
         lines.append(ascii_plot(xs, ys, width=width, height=12 if i == 0 else 8, label=label))
-        for split in ("validation", "test"):
+        for split in ("validation", "test"):  # a long series: first, best, last and a sparkline
             if split in s:
-                lines.append(f"{split} {label} by epoch: " + ", ".join(f"{y:.4f}" for y in s[split][1]))
+                lines.append(f"{split} {label} by epoch: " + series_line(*s[split], higher=key != "loss"))
     return "\n".join(lines), [(label, label, s) for _, label, s in panels]
 
 
@@ -234,51 +234,11 @@ def _stats(ys: List[float]) -> Tuple[float, float, float]:
     return min(ys), sum(ys) / len(ys), max(ys)
 
 
-def monitor_panels(samples: List[dict], records: List[dict], method: str, sstat: Optional[List[dict]] = None
-                   ) -> List[Tuple[str, str, dict]]:
-    """The PNG's panels over minutes since the first sample: node CPU, trainer CPU, memory, network, disk, GPUs,
-    Slurm's accounting (max RSS per task of each trainer step), then the loss (and the method's main series) on the
-    same time axis."""
-    from hpcft.rundir.metrics_io import METHOD_CURVES
-    from hpcft.rundir.monitor import gpu_keys, main_steps, series
+def monitor_panels(samples, records, method, sstat=None):
+    """hpcft.rundir.monitor.monitor_panels (the web console draws the same panels)."""
+    from hpcft.rundir.monitor import monitor_panels as panels
 
-    t0 = samples[0]["ts"]
-
-    def mins(s: dict, suffix: str = "") -> dict:
-        return {f"{k}{suffix}": ([x / 60 for x in xs], ys) for k, (xs, ys) in s.items()}
-
-    panels = [("node CPU (all cores)", "%", mins(series(samples, "cpu_percent", True))),
-              ("trainer CPU (100 = one core)", "%", mins(series(samples, "proc_cpu_percent", False))),
-              ("memory", "MB", {**mins(series(samples, "mem_used_mb", True), " node used"),
-                                **mins(series(samples, "proc_rss_mb", False), " trainer RSS")}),
-              ("network", "MB/s", {**mins(series(samples, "net_recv_mb_s", True), " received"),
-                                   **mins(series(samples, "net_sent_mb_s", True), " sent")}),
-              ("disk", "MB/s", {**mins(series(samples, "disk_read_mb_s", True), " read"),
-                                **mins(series(samples, "disk_write_mb_s", True), " written")})]
-    for key in gpu_keys(samples):
-        i, field = key[3:].split("_", 1)
-        panels.append((f"GPU {i} {'utilisation' if field == 'util_percent' else 'memory used'}",
-                       "%" if field == "util_percent" else "MB", mins(series(samples, key, True))))
-    acct: Dict[str, Tuple[List[float], List[float]]] = {}
-    for r in main_steps(sstat or []):
-        if r.get("max_rss_mb") is not None and r.get("ts") is not None:
-            xs, ys = acct.setdefault(f"step {r.get('step')}", ([], []))
-            xs.append((float(r["ts"]) - t0) / 60)
-            ys.append(float(r["max_rss_mb"]))
-    panels.append(("Slurm sstat: max RSS of a task", "MB", acct))
-    by_time = {}
-    for key, label in METHOD_CURVES.get(method, ())[:1] + (("loss", "loss"),):
-        s: Dict[str, Tuple[List[float], List[float]]] = {}  # by the time each value was logged
-        for r in records:
-            if r.get(key) is None or r.get("time") is None or r.get("type") not in ("train", "eval"):
-                continue
-            xs, ys = s.setdefault("train" if r["type"] == "train" else str(r.get("split", "eval")), ([], []))
-            xs.append((float(r["time"]) - t0) / 60)
-            ys.append(float(r[key]))
-        if s.get("train"):
-            by_time[label] = s
-    panels += [(label, label, s) for label, s in by_time.items()]
-    return [p for p in panels if p[2]]
+    return panels(samples, records, method, sstat)
 
 
 @app.command()

@@ -8,35 +8,23 @@ from typing import List, Optional
 import typer
 
 from hpcft.cli.common import app
-from hpcft.errors import HpcftError
 
 
 def prediction_line(pred) -> str:
-    when = pred.start_time.strftime("%Y-%m-%d %H:%M:%S") if pred.start_time else "unknown"
-    if pred.start_now:
-        return f"would start now (partition {pred.partition or '?'}; no pending job ahead)"
-    return (f"would wait: expected start {when}, {pred.jobs_ahead} pending job(s) ahead in partition "
-            f"{pred.partition or '?'}")
+    """hpcft.jobs.executors.slurm.prediction_line (imported there lazily: `hpcft --help` stays light)."""
+    from hpcft.jobs.executors.slurm import prediction_line as line
+
+    return line(pred)
 
 
 def _slurm_job(job_id: int, action: str):
-    """(ledger, job, level) of a Slurm job the acting user may `action` (hpcft.ledger.access; exit 3 otherwise)."""
+    """(ledger, job, level) of a job the acting user may `action` (hpcft.ledger.access; exit 3 otherwise)."""
     from hpcft.ledger.access import authorize
     from hpcft.ledger.store import Ledger
 
     ledger = Ledger()
     job, lvl = authorize(ledger, job_id, action)
-    if job.executor != "slurm" or not job.slurm_job_id:
-        raise HpcftError(f"job {job_id} runs on the {job.executor} executor; this command needs a Slurm job")
     return ledger, job, lvl
-
-
-def _request_for_owner(ledger, job, action: str, what: str, **data) -> None:
-    """A read-write member's change to someone else's job: Slurm lets only its owner and operators change it, so
-    it is recorded as a request that an operator's `hpcft admin apply` (cron) carries out."""
-    ledger.request(job.id, action, ledger.user, **data)
-    typer.echo(f"job {job.id} runs as {job.owner}: {what} requested (recorded, not yet applied); a Slurm operator's "
-               "`hpcft admin apply` (cron) applies it, usually within minutes; `hpcft events` shows when")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -59,35 +47,20 @@ def predict(overrides: Optional[List[str]] = typer.Argument(None, help="the same
 def extend(job_id: int = typer.Argument(..., help="job id"),
            time: str = typer.Option(..., "--time", "-t", help="new time limit (HH:MM:SS, minutes) or +MINUTES")) -> None:
     """Change a queued or running Slurm job's time limit (raising it may need a Slurm operator)."""
-    from hpcft.jobs.executors.slurm import extend as slurm_extend
-    from hpcft.states import is_terminal
-
-    from hpcft.ledger.access import acts_for_owner
+    from hpcft.jobs.control import change_slurm_job
 
     ledger, job, lvl = _slurm_job(job_id, "extend")
-    if is_terminal(job.state):
-        raise HpcftError(f"job {job_id} already ended ({job.state}); its time limit cannot change")
-    if acts_for_owner(lvl):
-        return _request_for_owner(ledger, job, "extend", f"time limit {time}", time=time)
-    typer.echo(f"job {job_id}: time limit now {slurm_extend(ledger, job, time)}")
+    typer.echo(change_slurm_job(ledger, job, lvl, "extend", time))
 
 
 @app.command()
 def priority(job_id: int = typer.Argument(..., help="job id"),
              level: str = typer.Argument(..., help="low | normal | high")) -> None:
     """Change a queued or running Slurm job's priority."""
-    from hpcft.jobs.executors.slurm import set_priority
-    from hpcft.states import is_terminal
-
-    from hpcft.ledger.access import acts_for_owner
+    from hpcft.jobs.control import change_slurm_job
 
     ledger, job, lvl = _slurm_job(job_id, "priority")
-    if is_terminal(job.state):
-        raise HpcftError(f"job {job_id} already ended ({job.state}); its priority cannot change")
-    if acts_for_owner(lvl):
-        return _request_for_owner(ledger, job, "priority", f"priority {level}", level=level)
-    set_priority(ledger, job, level)
-    typer.echo(f"job {job_id}: priority {level}")
+    typer.echo(change_slurm_job(ledger, job, lvl, "priority", level))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -46,6 +46,16 @@ def admin_init() -> None:
         typer.echo(line)
 
 
+@admin.command("console-role")
+def admin_console_role(name: str = typer.Argument("hpcft-console",
+                                                  help="the console service's Unix user / role")) -> None:
+    """Let the team console (`hpcft ui --team`, run as NAME) act for each request's user: PostgreSQL's row-level
+    security then decides as in that user's own session; alone the role sees nothing (run as the ledger's owner)."""
+    from hpcft.ledger import team
+
+    typer.echo(team.console_role(open_ledger(), name))
+
+
 @admin.command("sync-projects")
 def admin_sync_projects() -> None:
     """Projects = Slurm accounts: read the members from Slurm's associations (for cron)."""
@@ -90,3 +100,31 @@ def admin_apply() -> None:
         typer.echo(out.line())
     refused = sum(not out.applied for out in done)
     typer.echo(f"carried out {len(done)} request(s): {len(done) - refused} applied, {refused} refused")
+
+
+@admin.command("rebuild")
+def admin_rebuild(runs: str = typer.Option("", "--runs", help="the runs root to read (default: HPCFT_RUNS or "
+                                           "~/.hpcft/runs)"),
+                  everything: bool = typer.Option(False, "--all", help="also directories recorded in another "
+                                                  "ledger")) -> None:
+    """Make the ledger's jobs and events again from their run directories (job.json, config.yaml, journal.jsonl):
+    after a ledger was lost, or to take what jobs wrote while the database was down. Safe to run again."""
+    import os
+    from pathlib import Path
+
+    from hpcft import paths
+    from hpcft.jobs.rebuild import rebuild
+    from hpcft.ledger.guard import sqlite_file
+
+    root = Path(runs).expanduser() if runs else paths.runs_root()
+    if not root.is_dir():
+        raise HpcftError(f"--runs {root}: no such directory; name the runs root that holds the jobs' run directories")
+    db = sqlite_file(paths.db_url())
+    if db is not None and not os.path.exists(db):  # the lost SQLite ledger is made again here, on purpose
+        os.makedirs(os.path.dirname(db), exist_ok=True)
+        Path(db).touch()
+    out = rebuild(open_ledger(), root, everything)
+    for line in out.skipped:
+        typer.echo(f"skipped {line}")
+    typer.echo(f"rebuilt from {root}: {len(out.made)} job(s) made again, {len(out.updated)} brought up to date "
+               f"from their journals, {len(out.skipped)} skipped")

@@ -38,6 +38,7 @@ class ModelConfig:
     attn_implementation: Optional[str] = None
     parent_job: Optional[int] = None  # set by hpcft when model.path=job:ID (lineage); not for users
     asset: Optional[str] = None  # "NAME@VERSION", set by hpcft when model.path=asset:NAME[@V] (lineage); not for users
+    asset_alias: Optional[str] = None  # "ALIAS" when model.path=asset:NAME@ALIAS (resolved to `asset`); not for users
 
 
 @dataclass
@@ -234,6 +235,9 @@ class TrainingConfig:
     # several short samples per sequence of sequence_length tokens (causal-LM methods), each attending only to
     # itself with position ids restarting: fewer padding tokens
     packing: bool = False
+    # fused kernels (hpcft.config.kernels): auto (Liger on a GPU job where liger-kernel is installed and covers the
+    # model and method, else none) | liger (refused where it cannot apply) | none
+    kernels: str = "auto"
     # experiment trackers fed the same series as metrics.jsonl and the resolved config, from rank 0
     # (hpcft.train.trackers): tensorboard | mlflow | wandb (offline unless WANDB_MODE says otherwise); [] = none
     report_to: List[str] = field(default_factory=list)
@@ -284,6 +288,11 @@ class JobConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    # ledger job ids this job waits for: it starts when all ended in success (Slurm --dependency=afterok; the local
+    # executor waits too), and ends `stopped` (cause parent_failed) when one did not (hpcft.jobs.chain)
+    after: List[int] = field(default_factory=list)
+    # {id, name, stage[, chain]}: the pipeline this job is a stage of (`hpcft pipeline submit`); set by hpcft
+    pipeline: Dict[str, Any] = field(default_factory=dict)
 
 
 def register() -> None:

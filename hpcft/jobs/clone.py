@@ -95,11 +95,17 @@ def plan(job, overrides: Sequence[str], by: Optional[str] = None) -> hsubmit.Pla
     if job.method == HYDRA_METHOD:  # the recorded config is the app's, not a job config
         raise ConfigError(f"job {job.id} is a point of a Hydra app's sweep; run the app again with the overrides "
                           "you want (python app.py -m ... hydra/launcher=hpcft)")
-    cfg = on_schema(job.id, job.config)
+    from hpcft.rundir.secrets_file import restore, still_masked
+
+    # the owner's clone takes the owner's secrets back (the stored config holds them masked); anyone else's has none
+    recorded = restore(job.config, job.output_dir) if by in (None, job.owner) else job.config
+    cfg = on_schema(job.id, recorded)
     keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
     cfg.output_dir = None  # its own run directory: <runs>/<new id>-<name>
     cfg.training.resume_from = schema.TrainingConfig.resume_from  # a fresh start (nothing to resume there)
-    if by is not None and by != job.owner:
+    if cfg.get("pipeline"):
+        cfg.pipeline = {}  # a job of its own, not a stage of the source's pipeline (`hpcft pipeline show`)
+    if (by is not None and by != job.owner) or still_masked(recorded):
         from hpcft.config.secrets import clear_secrets
 
         clear_secrets(cfg)

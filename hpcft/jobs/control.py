@@ -147,7 +147,9 @@ def _claim_and_submit(ledger, job, checkpoint: Optional[str], reason: str, cause
     try:
         if trainer:
             write_config(cfg, Path(job.output_dir))
-        return get_executor(job.executor).submit(ledger, [ledger.get(job.id)])[0]
+        from hpcft.jobs.pipeline import resubmit  # behind its live parents; the dependants its end stopped follow
+
+        return resubmit(ledger, job, get_executor(job.executor))
     except Exception as e:
         lines = [x.strip() for x in str(e).splitlines() if x.strip()]
         why = lines[0] if lines else type(e).__name__
@@ -175,6 +177,12 @@ def resume(ledger, job_id: int, checkpoint: Optional[str] = None, reason: Option
         raise StateError(f"job {job_id}: another resume/retry took attempt {job.attempt + 1} first; see "
                          f"`hpcft events {job_id}`")
     return done
+
+
+def resumed_line(job) -> str:
+    """What `hpcft resume` (and the web console) says of a resumed job."""
+    frm = (job.config.get("training") or {}).get("resume_from") if job.method != HYDRA_METHOD else None
+    return f"job {job.id}: attempt {job.attempt} queued " + (f"(resume from {frm})" if frm else "(runs again)")
 
 
 # ------------------------------------------------------------------------------------------------ retry
@@ -258,3 +266,96 @@ def carry_out_stop_requests(ledger, jobs) -> int:
             ledger.request_done(job.id, r, f"cancelled by {job.owner}'s sync while pending")
         n += 1
     return n
+
+
+# ------------------------------------------------------------------------------------------------ stop, delete, change
+# shared by the CLI (`hpcft stop|delete|extend|priority`) and the web console: the caller has authorised the action
+# (hpcft.ledger.access.authorize) and passes the level it got; each returns (or says) the CLI's one-line message
+
+def stop_job(ledger, job, lvl: str, by_request: bool = False) -> str:
+    """Stop one job (a stop you ask for is recorded as `stopped`). A read-write member's stop of someone else's job
+    is recorded as a request that the owner's side carries out (Slurm lets only the owner stop it); so is every stop
+    `by_request` (the team console, which never acts as its own identity)."""
+    from hpcft.jobs.executors import get_executor
+    from hpcft.ledger.access import acts_for_owner
+
+    if is_terminal(job.state):
+        return f"job {job.id} already ended: {job.state}"
+    if acts_for_owner(lvl) or by_request:
+        ledger.request(job.id, "stop", ledger.user)
+        when = ("its worker stops it within about 10 s" if job.state == "running" else
+                f"it is cancelled when it starts, or at {job.owner}'s next `hpcft sync`")
+        return f"job {job.id} runs as {job.owner}: stop requested (recorded); {when}"
+    get_executor(job.executor).stop(ledger, job)  # records the request as a `stop` event
+    return f"job {job.id}: stop requested"
+
+
+def check_deletable(checked, by_request: bool = False) -> List:
+    """The jobs of `checked` [(job, level)] when all may be deleted now; AccessDenied (nothing deleted) for a live job
+    of someone else's that only its owner can stop (`by_request`: any live job)."""
+    from hpcft.ledger.access import AccessDenied, acts_for_owner
+
+    for j, lvl in checked:
+        if (acts_for_owner(lvl) or by_request) and not is_terminal(j.state):
+            raise AccessDenied(f"job {j.id} (owner {j.owner}) is {j.state} and runs as {j.owner}: stop it first "
+                               f"(`hpcft stop {j.id}`), delete it once it has ended (nothing was deleted)")
+    return [j for j, _ in checked]
+
+
+def delete_jobs(ledger, jobs, say=lambda _line: None) -> int:
+    """Delete `jobs` (checked by `check_deletable`) from the ledger; live ones are stopped first and their local
+    supervisors waited for, so that nothing writes into a deleted row. Returns how many rows went."""
+    from hpcft.jobs.executors import get_executor
+
+    live = [j for j in jobs if not is_terminal(j.state)]
+    for j in live:
+        get_executor(j.executor).stop(ledger, j)
+        say(f"job {j.id}: stop requested (it was {j.state})")
+    wait_for_supervisors([j for j in live if j.executor == "local" and j.pid])
+    return ledger.delete([j.id for j in jobs])
+
+
+def wait_for_supervisors(jobs, timeout: float = 30.0) -> None:
+    """Local jobs being deleted: wait until their supervisors have ended the trainers (SIGTERM, grace, SIGKILL) so
+    that nothing writes into a deleted row or a purged directory; past `timeout`, kill the process group."""
+    import os
+    import signal
+    import time
+
+    from hpcft.jobs.executors.local import alive
+
+    deadline = time.monotonic() + timeout
+    for j in jobs:
+        while alive(j.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if alive(j.pid):
+            try:
+                os.killpg(j.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def require_slurm(job) -> None:
+    if job.executor != "slurm" or not job.slurm_job_id:
+        raise HpcftError(f"job {job.id} runs on the {job.executor} executor; this command needs a Slurm job")
+
+
+def change_slurm_job(ledger, job, lvl: str, action: str, value: str, by_request: bool = False) -> str:
+    """`extend` (value: a time limit) or `priority` (low | normal | high) of a queued or running Slurm job. A
+    read-write member's change to someone else's job is recorded as a request that an operator's `hpcft admin apply`
+    (cron) carries out: Slurm lets only its owner and operators change it."""
+    from hpcft.jobs.executors.slurm import extend, set_priority
+    from hpcft.ledger.access import acts_for_owner
+
+    require_slurm(job)
+    what = "time limit" if action == "extend" else "priority"
+    if is_terminal(job.state):
+        raise HpcftError(f"job {job.id} already ended ({job.state}); its {what} cannot change")
+    if acts_for_owner(lvl) or by_request:
+        ledger.request(job.id, action, ledger.user, **({"time": value} if action == "extend" else {"level": value}))
+        return (f"job {job.id} runs as {job.owner}: {what} {value} requested (recorded, not yet applied); a Slurm "
+                "operator's `hpcft admin apply` (cron) applies it, usually within minutes; `hpcft events` shows when")
+    if action == "extend":
+        return f"job {job.id}: time limit now {extend(ledger, job, value)}"
+    set_priority(ledger, job, value)
+    return f"job {job.id}: priority {value}"

@@ -10,7 +10,8 @@ ONE Slurm job array through hpcft's Slurm executor and returns at once:
   (`.hpcft-point.pkl`: the task function, its composed config, Hydra's context and singleton state, pickled with
   cloudpickle the way hydra-submitit-launcher pickles its launcher);
 - `hpcft.jobs.submit.hand_over` gives the rows to `SlurmExecutor` (one array, `slurm_job_id` `123_0`, ...).
-On the node the ordinary worker runs the point (`hpcft.jobs.hydra_point`).
+On the node the ordinary worker runs the point (`hpcft.jobs.hydra_point`), which records the numbers the task
+returns (hpcft.rundir.returned); `hpcft sweep ID` compares the points by them.
 `hydra.job.id` of a point is its hpcft job id (known at submit time, the same on both sides).
 """
 
@@ -175,6 +176,9 @@ def _create_points(ledger: Any, s: Any, points: List[tuple], jobs: List[Any], **
     from hpcft.ledger.sweeps import record_point
     from hpcft.states import State
 
+    from hpcft.jobs.preflight import check_acl_tools
+
+    check_acl_tools(str(s.access or "none"))  # before the first row, as a submit checks (hpcft.jobs.preflight)
     values = swept_values([filter_overrides(o) for _, o, _ in points]) if len(points) > 1 else [{}] * len(points)
     resources = OmegaConf.to_container(s.resources, resolve=True)
     spec, state = resource_spec(s.resources), Singleton.get_state()

@@ -57,8 +57,13 @@ def render(cfg: DictConfig, priority_policy: Optional[str] = None, script_hint: 
     run_dir = run_dir_for(cfg)
     with open_dict(cfg):
         cfg.output_dir = str(run_dir)
+    after = None
+    if cfg.get("after"):  # `after` (ledger ids): the parents' Slurm ids, as a submit's --dependency=afterok
+        from hpcft.jobs.submit import dependency_of
+
+        after = dependency_of(cfg)
     opts = sbatch_options(cfg.resources, job_name=str(cfg.name), output=str(run_dir / "logs" / "slurm-%j.out"),
-                          priority_policy=priority_policy)
+                          priority_policy=priority_policy, after=after)
     if create_dirs:
         make_run_dir(run_dir)  # 0700, with logs/
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)

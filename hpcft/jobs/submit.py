@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -46,7 +46,25 @@ def plan(overrides: Sequence[str], multirun: bool = False) -> Plan:
     executors = {resolve_name(c.executor) for c in cfgs}
     if len(executors) > 1:
         raise HpcftError("a sweep must run on one executor; do not sweep over `executor`")
+    cfgs = [resolve_after(c, next(iter(executors))) for c in cfgs]
     return Plan(cfgs, points, executors.pop(), name_points(cfgs, points) if len(points) > 1 else [])
+
+
+def text_overrides(**texts) -> List[str]:
+    """`key="text"` overrides (Hydra-quoted, stored literally) for the free-text fields typed outside an override
+    (`submit --name/--description`, the web console's form); ConfigError for text that is not one line of UTF-8."""
+    import json
+
+    out = []
+    for key, text in texts.items():
+        if text is None:
+            continue
+        if any("\ud800" <= c <= "\udfff" for c in text):
+            raise ConfigError(f"{key}: not valid UTF-8; write {key} in UTF-8")
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise ConfigError(f"{key}: contains a newline or another control character; write {key} on one line")
+        out.append(f"{key}={json.dumps(text, ensure_ascii=False)}")
+    return out
 
 
 def name_points(cfgs: List[DictConfig], points: List[List[str]]) -> List[Dict[str, Any]]:
@@ -80,45 +98,87 @@ def resolve_project(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _job_final(ref: str, key: str, access: str = "none") -> tuple:
-    """(job id, its final model dir) for `job:ID`; ConfigError unless that job succeeded with a final model, the
-    acting user may read it, and the new job's `access` is no more open than that job's (hpcft.ledger.access)."""
-    from hpcft.ledger.access import authorize, cap_to_parent
-    from hpcft.ledger.store import Ledger
-
-    try:
-        job_id = int(ref[4:])
-    except ValueError:
-        raise ConfigError(f"{key}={ref}: expected job:ID with a numeric id, e.g. {key}=job:12") from None
-    src, _ = authorize(Ledger(), job_id, "clone")  # building on a job needs read access to it
-    final = Path(src.output_dir) / "final"
-    if src.state != State.success.value or not final.is_dir():
-        raise ConfigError(f"{key}={ref}: job {job_id} has no final model (state {src.state}); "
-                                  "use a job that ended in success")
-    if key == "model.path":
-        cap_to_parent(access, src.access, job_id)
-    return job_id, final
-
-
-def resolve_lineage(cfg: DictConfig) -> DictConfig:
+def resolve_lineage(cfg: DictConfig, ledger=None) -> DictConfig:
     """`model.path=job:ID` -> that job's final model, recorded as the new job's parent (lineage); a LoRA adapter is
-    merged into its base when the job starts. `method.reward_model=job:ID` likewise."""
+    merged into its base when the job starts. `method.reward_model=job:ID` likewise. A parent still queued or
+    running is waited for: it joins `after` and the reference is resolved when the job starts
+    (hpcft.jobs.chain.start_after_parents); the parent is recorded at once."""
+    from hpcft.jobs import chain
+
     path = cfg.model.get("path")
     if isinstance(path, str) and path.startswith("job:"):
-        job_id, final = _job_final(path, "model.path", str(cfg.get("access") or "none"))
+        src = _parent(cfg, path, "model.path", ledger)
         with open_dict(cfg):
-            cfg.model.path = str(final)
-            cfg.model.source = "pretrained"
-            cfg.model.tokenizer = str(final)
-            cfg.model.parent_job = job_id
+            cfg.model.parent_job = src.id
+            if src.state == State.success.value or src.id not in cfg.after:
+                final = chain.final_model(src, "model.path", path)
+                cfg.model.path = str(final)
+                cfg.model.source = "pretrained"
+                cfg.model.tokenizer = str(final)
+            else:
+                cfg.model.source = "pretrained"
     elif isinstance(path, str) and path.startswith("asset:"):  # a published model (hpcft.registry.use)
         from hpcft.registry.use import resolve_model_path
 
         resolve_model_path(cfg)
     rm = cfg.method.get("reward_model")
     if isinstance(rm, str) and rm.startswith("job:"):
+        src = _parent(cfg, rm, "method.reward_model", ledger)
+        if src.state == State.success.value or src.id not in cfg.after:
+            with open_dict(cfg):
+                cfg.method.reward_model = str(chain.final_model(src, "method.reward_model", rm))
+    return cfg
+
+
+def _parent(cfg: DictConfig, ref: str, key: str, ledger=None):
+    """The job `ref` (job:ID) names, readable by the acting user; a parent still live joins cfg.after (the new job
+    waits for it)."""
+    from hpcft.jobs import chain
+    from hpcft.ledger.store import Ledger
+    from hpcft.states import LIVE
+
+    src = chain.readable_parent(ledger or Ledger(), chain.ref_id(ref, key), key, str(cfg.get("access") or "none"),
+                                cap=key == "model.path")
+    if State(src.state) in LIVE and src.id not in list(cfg.get("after") or []):
         with open_dict(cfg):
-            cfg.method.reward_model = str(_job_final(rm, "method.reward_model")[1])
+            cfg.after = [*list(cfg.get("after") or []), src.id]
+    return src
+
+
+def after_overrides(text: Optional[str]) -> List[str]:
+    """`--after 12,13` -> ["after=[12,13]"]; ConfigError (one line) for anything but job ids."""
+    if text is None:
+        return []
+    ids = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not ids or not all(t.isdigit() for t in ids):
+        raise ConfigError(f"--after {text}: expected job ids separated by commas, e.g. --after 12,13 "
+                          "(see `hpcft list`)")
+    return [f"after=[{','.join(ids)}]"]
+
+
+def dependency_of(cfg: DictConfig, ledger=None) -> List[str]:
+    """The Slurm job ids of the parents in cfg.after still live (what `--dependency=afterok:` names)."""
+    if not cfg.get("after"):
+        return []
+    from hpcft.ledger.store import Ledger
+    from hpcft.states import LIVE
+
+    ledger = ledger or Ledger()
+    rows = [ledger.get(int(a)) for a in cfg.after]
+    return [str(p.slurm_job_id) for p in rows if State(p.state) in LIVE and p.slurm_job_id]
+
+
+def resolve_after(cfg: DictConfig, executor: str, ledger=None) -> DictConfig:
+    """`after` (--after JOB,...): every parent readable, no more closed than this job, live or succeeded
+    (hpcft.jobs.chain.check_after); stored as ledger ids."""
+    if not cfg.get("after"):
+        return cfg
+    from hpcft.jobs import chain
+    from hpcft.ledger.store import Ledger
+
+    ids = chain.check_after(ledger or Ledger(), list(cfg.after), str(cfg.get("access") or "none"), executor)
+    with open_dict(cfg):
+        cfg.after = ids
     return cfg
 
 
@@ -133,23 +193,34 @@ def create_jobs(ledger, p: Plan) -> List[Any]:
 
     preflight.check_prerequisites(p.configs)
     jobs = []
+    from hpcft.rundir import secrets_file
+
     for cfg in p.configs:
-        job = ledger.create_job(**ledger_fields(cfg), uuid=str(uuid.uuid4()), executor=p.executor,
-                                state=State.queued.value)
+        fields = ledger_fields(cfg)
+        fields["config"], _ = secrets_file.split(fields["config"])  # the ledger never holds a secret value
+        job = ledger.create_job(**fields, uuid=str(uuid.uuid4()), executor=p.executor, state=State.queued.value)
         out = run_dir_for(cfg, job)
         prepare_run_dir(ledger, job, out)
         with open_dict(cfg):
             cfg.output_dir = str(out)
-        write_config(cfg, out)
-        job = ledger.update(job.id, output_dir=str(out), config=OmegaConf.to_container(cfg, resolve=True))
+        public, secret = secrets_file.split(OmegaConf.to_container(cfg, resolve=True))
+        secrets_file.write(out, secret)  # for the owner alone (hpcft.rundir.secrets_file); config.yaml masked
+        write_config(OmegaConf.create(public), out)
+        job = ledger.update(job.id, output_dir=str(out), config=public)
         ledger.add_event(job.id, "submitted", f"to the {p.executor} executor", executor=p.executor)
+        if cfg.get("after"):  # queued behind its parents (hpcft.jobs.chain)
+            ledger.add_event(job.id, "after", f"waits for job(s) {', '.join(map(str, cfg.after))} to end in success",
+                             after=list(cfg.after))
         if p.sweep:  # point k of the sweep named by its first job's id (`hpcft sweep ID`)
             from hpcft.ledger.sweeps import record_point
 
             record_point(ledger, job.id, jobs[0].id if jobs else job.id, len(jobs), len(p.configs), p.sweep[len(jobs)])
         if cfg.model.get("asset"):  # model.path=asset:NAME (hpcft.registry.use): the lineage, as an event too
-            ledger.add_event(job.id, "asset", f"starts from model asset {cfg.model.asset} ({cfg.model.path})",
-                             asset=str(cfg.model.asset), path=str(cfg.model.path))
+            alias = cfg.model.get("asset_alias")
+            ledger.add_event(job.id, "asset", f"starts from model asset {cfg.model.asset} ({cfg.model.path})"
+                             + (f", through alias {alias} at submit" if alias else ""),
+                             asset=str(cfg.model.asset), path=str(cfg.model.path),
+                             **({"alias": str(alias)} if alias else {}))
         jobs.append(job)
     return jobs
 
@@ -205,8 +276,14 @@ def hand_over(ledger, executor_name: str, jobs: Sequence[Any]) -> List[Any]:
     with why (cause submit_failed) and raises. Also used by hpcft.jobs.hydra_launch for a Hydra app's sweep points."""
     from hpcft.jobs.executors import get_executor
 
-    try:
-        return get_executor(executor_name).submit(ledger, jobs)
+    from hpcft.jobs.chain import set_dependency
+
+    from hpcft.jobs.executors.slurm import SubmissionUncertain
+
+    try:  # a job with parents still live waits for them (Slurm: --dependency=afterok)
+        return get_executor(executor_name).submit(ledger, set_dependency(ledger, jobs))
+    except SubmissionUncertain:  # Slurm may hold them: they stay queued until `hpcft sync` adopts or settles them
+        raise
     except Exception as e:
         lines = [x.strip() for x in str(e).splitlines() if x.strip()]
         why = next((x for x in lines if "error" in x.lower()), lines[0] if lines else repr(e))

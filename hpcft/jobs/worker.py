@@ -65,8 +65,9 @@ def _tail_error(log: Path, n: int = 40) -> str:
 
 
 def trainer_env(base: dict, **extra: str) -> dict:
-    """The trainer's environment: `base`, `extra`, and this worker's pid (the trainer dies with it)."""
-    return dict(base, **extra, HPCFT_WORKER_PID=str(os.getpid()), PYTHONUNBUFFERED="1")
+    """The trainer's environment: `base`, `extra`, this worker's pid (the trainer dies with it), and that this
+    worker delivers the trainer's journal records (hpcft.ledger.courier): the trainer only appends them."""
+    return dict(base, **extra, HPCFT_WORKER_PID=str(os.getpid()), PYTHONUNBUFFERED="1", HPCFT_COURIER="worker")
 
 
 def _end_group(proc: Optional[subprocess.Popen]) -> None:
@@ -148,6 +149,38 @@ def stop_requested(ledger, job_id: int):
     return reqs[0] if reqs else None
 
 
+def stop_requested_now(ledger, job_id: int):
+    """stop_requested, or None while the ledger does not answer (a job starting during an outage trains)."""
+    try:
+        return stop_requested(ledger, job_id)
+    except Exception as e:
+        print(f"[hpcft] note: could not read requests ({type(e).__name__})", flush=True)
+        return None
+
+
+def open_job(url: str, job_id: int, wait_s: float = 600.0) -> Any:
+    """The worker's ledger (hpcft.ledger.courier: journal first, then the database) for job `job_id`, whose row it
+    reads once, waiting up to `wait_s` for a database that does not answer at the job's start."""
+    from hpcft.ledger.courier import JournaledLedger
+    from hpcft.ledger.store import Ledger
+
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            job = Ledger(url).get(job_id)
+            break
+        except Exception as e:
+            from hpcft.errors import NotFound
+
+            if isinstance(e, NotFound) or time.monotonic() > deadline:
+                raise
+            if not said:
+                print(f"[hpcft] note: waiting for the ledger to answer ({type(e).__name__})", flush=True)
+                said = True
+            time.sleep(5)
+    return JournaledLedger(url, job_id, Path(job.output_dir), job)
+
+
 def honour_stop(ledger, job_id: int, req, before_start: bool = False) -> None:
     by = (req.data or {}).get("by", "?")
     ledger.transition(job_id, State.stopped, f"stopped at the request of {by}" + (" before it started" if
@@ -173,7 +206,7 @@ def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
         if changed:  # publish.auto=true: into the model registry; never raises, never changes the job's state
             from hpcft.registry.publish import auto_publish
 
-            auto_publish(ledger, job_id)
+            auto_publish(getattr(ledger, "ledger", ledger), job_id)
         return 0
     reason = f"trainer exited with code {rc}"
     if rc < 0:
@@ -192,9 +225,16 @@ def _finish(ledger, job_id: int, rc: int, log: Path) -> int:
 
 def supervise(job_id: int) -> int:
     """Run a local job: the trainer as a child with a deadline, the warning before it, requeues after it."""
-    from hpcft.ledger.store import Ledger
+    from hpcft import paths
 
-    ledger = Ledger()
+    ledger = open_job(paths.db_url(), job_id).start()
+    try:
+        return _supervise(ledger, job_id)
+    finally:
+        ledger.close()
+
+
+def _supervise(ledger, job_id: int) -> int:
     sup = LocalSupervisor(ledger, ledger.get(job_id))
     if not sup.start():
         return 0
@@ -237,11 +277,14 @@ class LocalSupervisor:
         """Move the job to running; False when it must not start (a stop request came first, or it is no longer
         queued)."""
         ledger, job_id = self.ledger, self.job_id
-        req = stop_requested(ledger, job_id)
+        req = stop_requested_now(ledger, job_id)
         if req is not None:
             honour_stop(ledger, job_id, req, before_start=True)
             return False
-        if not ledger.transition(job_id, State.running, "started on the local machine", pid=os.getpid()):
+        from hpcft.jobs.chain import start_after_parents  # waits for its parents; a parent's job:ID resolved
+        if not start_after_parents(ledger, job_id, wait=True):
+            return False
+        if ledger.transition(job_id, State.running, "started on the local machine", pid=os.getpid()) is False:
             print(f"job {job_id} is {ledger.get(job_id).state}: not starting", flush=True)
             return False
         limit = format_duration(self.limit)
@@ -305,7 +348,6 @@ class LocalSupervisor:
 def run_in_allocation(job_id: int, db_url: str) -> None:
     """Run a ledger job's trainer in this Slurm task (called by submitit in every task of the job)."""
     from hpcft.jobs.hydra_point import HYDRA_METHOD, point_argv
-    from hpcft.ledger.store import Ledger
     from hpcft.paths import public_db_url
 
     # the URL handed over carries no password (hpcft.paths.public_db_url); one inherited from the submitter's
@@ -315,7 +357,7 @@ def run_in_allocation(job_id: int, db_url: str) -> None:
         os.environ["HPCFT_DB_URL"] = db_url
     db_url = os.environ["HPCFT_DB_URL"]
 
-    ledger = Ledger(db_url)
+    ledger = open_job(db_url, job_id)
     job = ledger.get(job_id)
     # a point of a user's Hydra app sweep (hydra/launcher=hpcft) runs that app's task instead of the trainer
     argv = point_argv(job.output_dir) if job.method == HYDRA_METHOD else None
@@ -330,20 +372,23 @@ def _start_attempt(ledger, job_id: int, dist: dict, out: Path) -> bool:
     job = ledger.get(job_id)
     if State(job.state) not in LIVE:
         return False
-    req = stop_requested(ledger, job_id)
+    req = stop_requested_now(ledger, job_id)
     if req is not None:  # a member asked to stop it while it was pending
         honour_stop(ledger, job_id, req, before_start=True)
+        return False
+    from hpcft.jobs.chain import start_after_parents  # parents succeeded; a parent's job:ID resolved (lineage)
+    if not start_after_parents(ledger, job_id):
         return False
     if restarts:
         step = _latest_step(out)
         ledger.add_event(job_id, "restart", f"Slurm restarted the job (restart {restarts}); continuing from "
                          + (f"checkpoint step {step}" if step is not None else "the start (no checkpoint yet)"),
                          restart=restarts, step=step, host=host)
-    ledger.transition(job_id, State.running, f"started in Slurm on {host}" + (f" (restart {restarts})" if restarts
-                      else ""), **slurm_env.slurm_ids())
+    changed = ledger.transition(job_id, State.running, f"started in Slurm on {host}" + (f" (restart {restarts})" if
+                                restarts else ""), **slurm_env.slurm_ids())
     ledger.add_event(job_id, "started", f"Slurm job {os.environ.get('SLURM_JOB_ID')}, world size "
                      f"{dist['WORLD_SIZE']}", host=host, **dist)
-    return State(ledger.get(job_id).state) == State.running
+    return changed is None or State(ledger.get(job_id).state) == State.running  # None: the ledger is down: train
 
 
 def _requeue_slurm_job(ledger, job_id: int) -> None:
@@ -365,6 +410,19 @@ def _run_slurm_task(ledger, job_id: int, config_path: Path, argv: Optional[List[
     rank = int(dist["RANK"])
     out = config_path.parent
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        ledger.start()
+        try:
+            _run_task(ledger, job_id, config_path, argv, dist)
+        finally:
+            ledger.close()
+    else:
+        _run_task(ledger, job_id, config_path, argv, dist)
+
+
+def _run_task(ledger, job_id: int, config_path: Path, argv: Optional[List[str]], dist: dict) -> None:
+    rank = int(dist["RANK"])
+    out = config_path.parent
     if rank == 0 and not _start_attempt(ledger, job_id, dist, out):
         print(f"[hpcft] job {job_id} is {ledger.get(job_id).state}: not starting", flush=True)
         return
@@ -428,6 +486,7 @@ def _wait_honouring_requests(ledger, job_id: int, proc: subprocess.Popen, relay:
     cancel it); its result is returned. `watch(proc)` (the local supervisor: `hpcft stop`, the time limit) is asked
     at every turn and returns True once it has ended the job: then the wait returns None."""
     next_poll = time.monotonic() + REQUEST_POLL_S
+    unread = False
     while True:
         if watch is not None and watch(proc):
             return None
@@ -442,8 +501,12 @@ def _wait_honouring_requests(ledger, job_id: int, proc: subprocess.Popen, relay:
         next_poll = time.monotonic() + REQUEST_POLL_S
         try:
             req = stop_requested(ledger, job_id)
-        except Exception as e:  # the ledger unreachable for a moment must not end the training
-            print(f"[hpcft] note: could not read requests ({type(e).__name__}: {e})", flush=True)
+            unread = False
+        except Exception as e:  # the ledger unreachable for a while must not end the training (said once)
+            if not unread:
+                print(f"[hpcft] note: could not read requests ({type(e).__name__}); trying again every "
+                      f"{REQUEST_POLL_S:g} s", flush=True)
+            unread = True
             continue
         if req is not None:
             if on_request is not None:
@@ -531,7 +594,12 @@ def register_and_run(config_path: Path) -> int:
         if found:
             job_id = found[0].id
         else:
-            job = ledger.create_job(**ledger_fields(cfg), executor="slurm", output_dir=str(config_path.parent), **ids)
+            from hpcft.rundir import secrets_file
+
+            fields = ledger_fields(cfg)
+            fields["config"], secret = secrets_file.split(fields["config"])  # hpcft.rundir.secrets_file
+            secrets_file.write(config_path.parent, secret)
+            job = ledger.create_job(**fields, executor="slurm", output_dir=str(config_path.parent), **ids)
             job_id = job.id
             ledger.add_event(job_id, "submitted", "registered by a rendered sbatch script", **ids)
         (config_path.parent / f".job-id-{ids['slurm_job_id']}").write_text(str(job_id))
@@ -542,7 +610,7 @@ def register_and_run(config_path: Path) -> int:
                 break
             time.sleep(0.5)
         job_id = int(marker.read_text().strip())
-    _run_slurm_task(ledger, job_id, config_path)
+    _run_slurm_task(open_job(ledger.url, job_id), job_id, config_path)
     return 0
 
 

@@ -43,6 +43,7 @@ class JournaledLedger:
         self._job = job
         self._ledger: Any = None
         self._seq = 0  # the ledger's journal_seq as last seen
+        self._changed: set = set()  # seqs of the state records whose change a delivery of this process applied
         self._lock = threading.Lock()  # one delivery at a time in this process
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -79,6 +80,7 @@ class JournaledLedger:
                 _say(f"the ledger answers again: the journal is delivered up to record {out.seq}")
                 self.down = None
             self._seq = out.seq
+            self._changed.update(r["seq"] for r in out.changes)
             return out
 
     # ---------------------------------------------------------------------------------------- the courier
@@ -143,12 +145,14 @@ class JournaledLedger:
         seq = self._append("state", to=to.value, reason=reason, cause=cause, source=source, fields=fields)
         if seq is None:
             return self.ledger.transition(job_id, to, reason, cause=cause, source=source, strict=strict, **fields)
-        out = self.deliver_now()
-        if out is None:
+        out = self.deliver_now()  # the courier thread may have taken it a moment before: then it is in _changed
+        if seq in self._changed:
+            return True
+        if out is None and self._seq < seq:
             return None
         # False also when another process (`hpcft sync`) delivered it first: that process acted on it (notified,
         # published), and callers that must know where the job stands read the row again
-        return any(r["seq"] == seq for r in out.changes)
+        return False
 
     def request_done(self, job_id: int, request: Any, outcome: str) -> None:
         data = request.data or {}

@@ -78,3 +78,30 @@ def json_schema() -> Dict[str, Any]:
         "type": "array",
         "items": {"type": "object", "properties": props, "required": [f[0] for f in FIELDS]},
     }
+
+
+def detail_rows(j, records) -> list:
+    """[(label, value)] of `hpcft show` and the web console's job page: the job's row, its model asset, the newest
+    training step and each evaluation of its metrics records (hpcft.rundir.metrics_io.read_metrics)."""
+    from hpcft.timefmt import elapsed, local_time
+
+    rows = [
+        ("id", j.id), ("name", j.name), ("description", j.description or "-"), ("state", j.state),
+        ("reason", j.state_reason or "-"), ("owner", j.owner), ("project", j.project), ("method", j.method),
+        ("executor", j.executor), ("slurm job", j.slurm_job_id or "-"), ("attempt", j.attempt),
+        ("parent job", j.parent_id or "-"), ("resources", j.resource_spec), ("output", j.output_dir),
+        ("created", local_time(j.created_at)), ("started", local_time(j.started_at)),
+        ("finished", local_time(j.finished_at)), ("elapsed", elapsed(j.started_at, j.finished_at)),
+    ]
+    if ((j.config or {}).get("model") or {}).get("asset"):  # model.path=asset:NAME (hpcft.registry.use)
+        rows.insert(rows.index(("parent job", j.parent_id or "-")) + 1, ("model asset", j.config["model"]["asset"]))
+    last_train = next((r for r in reversed(records) if r.get("type") == "train"), None)
+    if last_train:
+        rows.append(("last step", f"step {last_train.get('step')} loss {last_train.get('loss'):.4f} "
+                                  f"lr {last_train.get('lr', 0):.3g}"))
+    for r in records:
+        if r.get("type") == "eval":
+            rows.append((f"{r.get('split')} (epoch {r.get('epoch')})",
+                         " ".join(f"{k} {v:.4g}" for k, v in r.items()
+                                  if isinstance(v, float) and k not in ("epoch", "step", "time"))))
+    return rows

@@ -229,7 +229,9 @@ def job_ended(ledger, job, cause: Optional[str] = None) -> None:
     that transition wrote it). Sends what the job's config asks for; records `notified` / `notify_failed`. Never
     raises: nothing here may change how the job ended."""
     try:
-        conf = (job.config or {}).get("notify") or {}
+        from hpcft.rundir.secrets_file import restore
+
+        conf = restore(job.config or {}, job.output_dir).get("notify") or {}  # its URLs: the owner's, from the run
         urls = [str(u) for u in conf.get("urls") or []]
         if not urls or job.state not in (conf.get("on") or NOTIFY_STATES) or cause == USER_STOP:
             return

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from hpcft.errors import HpcftError
 from hpcft.states import State
 
 SORT_COLUMNS = {"id": "id", "created": "created_at", "name": "name", "state": "state", "user": "owner"}
@@ -68,6 +69,7 @@ class JobFilter:
     until: Optional[datetime] = None
     sort: Sequence[str] = ("-created",)
     limit: Optional[int] = None
+    offset: int = 0  # skip this many of the sorted jobs first (with limit: a page of the web console's list)
 
     @classmethod
     def of(cls, filter: Optional[JobFilter] = None, **fields: Any) -> JobFilter:
@@ -111,6 +113,50 @@ def build(f: JobFilter, *, dialect: str, columns: Sequence[str] = ("*",)) -> Tup
     order = order_by(f.sort)
     cols = ", ".join(columns)
     if f.limit:
-        top = f"SELECT id FROM jobs{cond} ORDER BY {order} LIMIT {int(f.limit)}"
+        skip = f" OFFSET {int(f.offset)}" if f.offset else ""
+        top = f"SELECT id FROM jobs{cond} ORDER BY {order} LIMIT {int(f.limit)}{skip}"
         return f"SELECT {cols} FROM jobs WHERE id IN (SELECT id FROM ({top}) AS top_ids) ORDER BY {order}", params
     return f"SELECT {cols} FROM jobs{cond} ORDER BY {order}", params
+
+
+# the keys of a resource spec (hpcft.ledger.record.resource_spec) a search may name
+RESOURCE_KEYS = ("nodes", "gpus", "tasks", "cpus", "mem", "time", "partition", "qos", "priority", "account",
+                 "nodelist", "reservation", "constraint")
+_AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: Optional[str], option: str) -> Optional[datetime]:
+    """--since/--until: an ISO date or date-time (local time unless it has an offset) or a time ago (2h, 3d)."""
+    from datetime import timedelta
+
+    if text is None or not str(text).strip():
+        return None
+    t = text.strip()
+    if t[:-1].isdigit() and t[-1:].lower() in _AGO:
+        return datetime.now(timezone.utc) - timedelta(seconds=int(t[:-1]) * _AGO[t[-1].lower()])
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        raise HpcftError(f"{option} {text}: not a date or a time ago; e.g. {option} 2025-05-01, "
+                         f"{option} 2025-05-01T09:30 or {option} 3d (also s, m, h, w)") from None
+    return dt if dt.tzinfo else dt.astimezone()  # naive = this machine's local time
+
+
+def from_options(*, state: Sequence[str] = (), resources: Sequence[str] = (), sort: Sequence[str] = ("-created",),
+                 since: Optional[str] = None, until: Optional[str] = None, **fields: Any) -> JobFilter:
+    """The JobFilter of `hpcft list`'s options (and the web console's search form): states, `key=value` resource
+    tokens and sort keys checked, times parsed; HpcftError (one line, the option's name) for a bad one."""
+    for s in state or []:
+        if s not in State.__members__:
+            raise HpcftError(f"--state {s}: unknown state; use one of {', '.join(State.__members__)}")
+    tokens = [t for r in resources or [] for t in r.split()]
+    for t in tokens:
+        if t.partition("=")[0].lower() not in RESOURCE_KEYS or not t.partition("=")[2]:
+            raise HpcftError(f"--resources {t}: expected key=value with a key of {', '.join(RESOURCE_KEYS)}; "
+                             "e.g. --resources gpus=8")
+    keys = [k.strip() for s in sort for k in s.split(",") if k.strip()]
+    for k in keys:
+        if k.lstrip("-") not in SORT_COLUMNS:
+            raise HpcftError(f"--sort {k}: unknown key; use one of {', '.join(SORT_COLUMNS)} (- prefix: descending)")
+    return JobFilter(state=list(state or []) or None, resources=tokens, sort=keys or ("-created",),
+                     since=parse_when(since, "--since"), until=parse_when(until, "--until"), **fields)

@@ -10,6 +10,7 @@ wins and submits.
 
 from __future__ import annotations
 
+import copy
 import getpass
 import os
 import time
@@ -68,6 +69,8 @@ class Job(SQLModel, table=True):
     array_job_id: Optional[str] = Field(default=None, index=True)
     array_task_id: Optional[int] = None
     pid: Optional[int] = None  # local executor: the supervisor's pid (leader of its process group)
+    # the last record of the job's journal (hpcft.rundir.journal) the ledger has applied (0007; hpcft.ledger.deliver)
+    journal_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     attempt: int = 1
     parent_id: Optional[int] = Field(default=None, index=True)  # the job this one was cloned/derived from
     # what the other members of the job's project may do with it: none | ro (read) | rw (read and change);
@@ -186,11 +189,55 @@ def _retry(fn, tries: int = 8):
             time.sleep(min(2.0, 0.05 * 2**i))
 
 
+def _acting_engine(engine, name: str):
+    """`engine` (same pool) whose transactions act for `name`: a listener on this copy only (Ledger.as_user)."""
+    eng = engine.execution_options(hpcft_acting_user=name)
+
+    @sa_event.listens_for(eng, "begin")
+    def _act(conn) -> None:
+        conn.exec_driver_sql("SELECT set_config('hpcft.acting_user', %(n)s, true)", {"n": name})
+
+    return eng
+
+
 def _state_data(src: State, to: State, reason: Optional[str], source: str, cause: Optional[str]) -> Dict[str, Any]:
     data: Dict[str, Any] = {"from": src.value, "to": to.value, "reason": reason, "source": source}
     if cause is not None:
         data["cause"] = cause
     return data
+
+
+def apply_transition(s: Session, job: Job, to: State, reason: Optional[str], *, source: str = "hpcft",
+                     cause: Optional[str] = None, strict: bool = False, fields: Optional[Dict[str, Any]] = None,
+                     at: Optional[datetime] = None, attempt: Optional[int] = None) -> bool:
+    """Ledger.transition's rule on a row locked in session `s` (also hpcft.ledger.deliver's, for a state change a job
+    wrote in its journal at time `at`): move `job` to `to` when the state machine allows it and add the `state`
+    event. Same state: no-op. Returns True when the state changed."""
+    src = State(job.state)
+    if src == to:
+        return False
+    if not can_transition(src, to) or (is_terminal(src) and to == State.queued):
+        # a new attempt of an ended job is only ever taken with `claim` (compare-and-set on state and
+        # attempt): a late writer that read the job while it was live (a `sync` seeing Slurm requeue it
+        # just as its worker recorded the end) must not resurrect it
+        if strict:
+            raise StateError(f"job {job.id} is {src}: cannot become {to}")
+        return False
+    now = at or utcnow()
+    job.state = to.value
+    job.state_reason = reason
+    job.updated_at = utcnow()
+    if to == State.running and job.started_at is None:
+        job.started_at = now
+    if is_terminal(to):
+        job.finished_at = now
+    for k, v in (fields or {}).items():
+        setattr(job, k, v)
+    s.add(job)
+    msg = f"{src} -> {to}" + (f": {reason}" if reason else "")
+    s.add(Event(job_id=job.id, kind="state", message=msg, attempt=attempt or job.attempt, ts=now,
+                data=_state_data(src, to, reason, source, cause)))
+    return True
 
 
 class Ledger:
@@ -232,6 +279,25 @@ class Ledger:
             else:
                 self._user = getpass.getuser()
         return self._user
+
+    def as_user(self, name: str) -> "Ledger":
+        """This ledger seen by `name` (the team console serving that user): every transaction of the view, reads
+        and writes, begins with `SET LOCAL hpcft.acting_user`, on the same connection pool. The database honours it
+        only from a console role (hpcft.ledger.team.console_role), so row-level security decides as in `name`'s own
+        psql or CLI session; any other role stays itself. PostgreSQL only."""
+        from hpcft.errors import HpcftError
+
+        if not self.url.startswith(("postgresql", "postgres")):
+            raise HpcftError(f"team mode needs the PostgreSQL ledger (HPCFT_DB_URL=postgresql://...), not "
+                             f"{self.url.split(':')[0]}: row-level security is what makes each request its user's")
+        if not name or len(name.encode()) > 63 or "\0" in name:
+            raise HpcftError(f"user {name!r}: not a database role name (1 to 63 bytes)")
+        view = copy.copy(self)
+        view._reader = _acting_engine(self._reader, name)
+        view._writer = view._reader if self._writer is self._reader else _acting_engine(self._writer, name)
+        view._user = name
+        view._owns_ledger = lambda s: False  # a console's connection never owns the tables, whoever it acts for
+        return view
 
     def caller(self, name: Optional[str] = None):
         """The acting user (or the user `name`, e.g. a request's author) with their projects and administrator flag,
@@ -407,32 +473,9 @@ class Ledger:
             job = s.exec(q).first()
             if job is None:
                 raise NotFound(f"job {job_id}: not in the ledger")
-            src = State(job.state)
-            if src == to:
-                return False
-            if not can_transition(src, to) or (is_terminal(src) and to == State.queued):
-                # a new attempt of an ended job is only ever taken with `claim` (compare-and-set on state and
-                # attempt): a late writer that read the job while it was live (a `sync` seeing Slurm requeue it
-                # just as its worker recorded the end) must not resurrect it
-                if strict:
-                    raise StateError(f"job {job_id} is {src}: cannot become {to}")
-                return False
-            now = utcnow()
-            job.state = to.value
-            job.state_reason = reason
-            job.updated_at = now
-            if to == State.running and job.started_at is None:
-                job.started_at = now
-            if is_terminal(to):
-                job.finished_at = now
-            for k, v in fields.items():
-                setattr(job, k, v)
-            s.add(job)
-            msg = f"{src} -> {to}" + (f": {reason}" if reason else "")
-            s.add(Event(job_id=job.id, kind="state", message=msg, attempt=job.attempt,
-                        data=_state_data(src, to, reason, source, cause)))
-            ended[:] = [job] if is_terminal(to) else []
-            return True
+            changed = apply_transition(s, job, to, reason, source=source, cause=cause, strict=strict, fields=fields)
+            ended[:] = [job] if changed and is_terminal(to) else []
+            return changed
 
         changed = self.write(fn)
         if changed and ended:  # only the process whose transition recorded the end sends (exactly once)

@@ -159,6 +159,9 @@ def share_run_dir(path, readers: Sequence[str], writers: Sequence[str]) -> List[
     if not argv:
         return []
     proc = _run(argv, path)
+    from hpcft.rundir.secrets_file import SECRETS_FILE, make_private
+
+    make_private(path / SECRETS_FILE)  # the job's secrets stay its owner's, whoever the directory is shared with
     if proc.returncode == 0:
         return []
     skipped = not_permitted(proc.stderr, path)

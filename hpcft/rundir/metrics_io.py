@@ -23,6 +23,46 @@ def read_metrics(run_dir: str | Path, type: Optional[str] = None) -> List[dict]:
     return out
 
 
+def read_metrics_since(run_dir: str | Path, offset: int = 0) -> Tuple[List[dict], int]:
+    """The records of the complete lines of `<run_dir>/metrics.jsonl` from byte `offset` on, and the offset after the
+    last complete line (a line being written is read next time): a watcher reads only what was appended."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    out = []
+    for line in data[:end].decode("utf-8", errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out, offset + end
+
+
+def read_summary(run_dir: str | Path) -> List[dict]:
+    """The records `hpcft show` (hpcft.ledger.jobjson.detail_rows) needs, in file order: every evaluation and the
+    newest training record. Only those lines are parsed (a long run has 100,000 training lines)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+
+    def parse(line: str) -> Optional[dict]:
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            return None  # a line being written right now
+
+    evals = [r for r in map(parse, (x for x in lines if '"eval"' in x)) if r and r.get("type") == "eval"]
+    last = next((r for r in map(parse, (x for x in reversed(lines) if '"train"' in x))
+                 if r and r.get("type") == "train"), None)
+    return evals + ([last] if last else [])
+
+
 def loss_series(records: List[dict]) -> Dict[str, Tuple[List[float], List[float]]]:
     """{"train": (steps, losses), "validation": ..., "test": ...} from metrics records, sorted by step. A resumed run
     appends again the steps it redoes after its checkpoint: the last record of a step wins."""

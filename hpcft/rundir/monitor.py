@@ -402,3 +402,49 @@ def gpu_keys(samples: List[dict]) -> List[str]:
     """The GPU series present in the samples (gpu<i>_util_percent, gpu<i>_mem_used_mb)."""
     idx = sorted({int(g["index"]) for r in samples for g in (r.get("gpus") or []) if "index" in g})
     return [f"gpu{i}_{f}" for i in idx for f in ("util_percent", "mem_used_mb")]
+
+
+def monitor_panels(samples: List[dict], records: List[dict], method: str, sstat: Optional[List[dict]] = None
+                   ) -> List[Tuple[str, str, dict]]:
+    """The PNG's panels over minutes since the first sample: node CPU, trainer CPU, memory, network, disk, GPUs,
+    Slurm's accounting (max RSS per task of each trainer step), then the loss (and the method's main series) on the
+    same time axis."""
+    from hpcft.rundir.metrics_io import METHOD_CURVES
+
+    t0 = samples[0]["ts"]
+
+    def mins(s: dict, suffix: str = "") -> dict:
+        return {f"{k}{suffix}": ([x / 60 for x in xs], ys) for k, (xs, ys) in s.items()}
+
+    panels = [("node CPU (all cores)", "%", mins(series(samples, "cpu_percent", True))),
+              ("trainer CPU (100 = one core)", "%", mins(series(samples, "proc_cpu_percent", False))),
+              ("memory", "MB", {**mins(series(samples, "mem_used_mb", True), " node used"),
+                                **mins(series(samples, "proc_rss_mb", False), " trainer RSS")}),
+              ("network", "MB/s", {**mins(series(samples, "net_recv_mb_s", True), " received"),
+                                   **mins(series(samples, "net_sent_mb_s", True), " sent")}),
+              ("disk", "MB/s", {**mins(series(samples, "disk_read_mb_s", True), " read"),
+                                **mins(series(samples, "disk_write_mb_s", True), " written")})]
+    for key in gpu_keys(samples):
+        i, field = key[3:].split("_", 1)
+        panels.append((f"GPU {i} {'utilisation' if field == 'util_percent' else 'memory used'}",
+                       "%" if field == "util_percent" else "MB", mins(series(samples, key, True))))
+    acct: Dict[str, Tuple[List[float], List[float]]] = {}
+    for r in main_steps(sstat or []):
+        if r.get("max_rss_mb") is not None and r.get("ts") is not None:
+            xs, ys = acct.setdefault(f"step {r.get('step')}", ([], []))
+            xs.append((float(r["ts"]) - t0) / 60)
+            ys.append(float(r["max_rss_mb"]))
+    panels.append(("Slurm sstat: max RSS of a task", "MB", acct))
+    by_time = {}
+    for key, label in METHOD_CURVES.get(method, ())[:1] + (("loss", "loss"),):
+        s: Dict[str, Tuple[List[float], List[float]]] = {}  # by the time each value was logged
+        for r in records:
+            if r.get(key) is None or r.get("time") is None or r.get("type") not in ("train", "eval"):
+                continue
+            xs, ys = s.setdefault("train" if r["type"] == "train" else str(r.get("split", "eval")), ([], []))
+            xs.append((float(r["time"]) - t0) / 60)
+            ys.append(float(r[key]))
+        if s.get("train"):
+            by_time[label] = s
+    panels += [(label, label, s) for label, s in by_time.items()]
+    return [p for p in panels if p[2]]

@@ -30,11 +30,15 @@ class RunContext:
         return self._uuid or None
 
     def _recorded_uuid(self) -> Optional[str]:
-        """The identity the run directory records (job.json) for this job id: no database needed."""
+        """The identity the run directory records (job.json) for this job id of this ledger: no database needed.
+        Another ledger's job with the same integer id (two ledgers sharing a runs root) is not this job."""
+        from hpcft.paths import db_url, public_db_url
         from hpcft.rundir.identity import read_identity
 
         found = read_identity(self.output_dir)
         if self.job_id is None or found is None or found.get("job_id") != self.job_id:
+            return None
+        if found.get("ledger") != public_db_url(self.db_url or db_url()):
             return None
         return str(found["uuid"])
 

@@ -146,6 +146,13 @@ def scan(cfg) -> List[SplitReport]:
 
 def preview_lines(cfg) -> List[str]:
     """Lines for `hpcft submit --dry-run`: records and format per split, one rendered training example."""
+    lines, reports = split_lines(cfg)
+    return lines + _example_lines(cfg, reports[0])
+
+
+def split_lines(cfg) -> Tuple[List[str], List[SplitReport]]:
+    """Records and format per split (`# data.train: NAME (KIND, N records), format F`), light: no tokenizer (the web
+    console shows them beside the Create button)."""
     from hpcft.train import sources
 
     lines = []
@@ -157,8 +164,7 @@ def preview_lines(cfg) -> List[str]:
             raise ConfigError(f"data.{rep.role}: {e}") from None
         count = f"{n:,} record{'' if n == 1 else 's'}" if n is not None else "too large to count here"
         lines.append(f"# data.{rep.role}: {rep.name} ({rep.kind}, {count}), format {rep.format}")
-    lines += _example_lines(cfg, reports[0])
-    return lines
+    return lines, reports
 
 
 def _example_lines(cfg, rep: SplitReport) -> List[str]:

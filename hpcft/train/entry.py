@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job-id", type=int, default=None, help="ledger job id (events are recorded when given)")
     args = ap.parse_args(argv)
     from hpcft import exitcodes
-    from hpcft.train import signals
+    from hpcft.train import quiet, signals
 
     signals.install_early()  # the time-limit warning may come while torch is still being imported
     from hpcft.config.compose import from_yaml_file
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = None  # resource samples into <run>/monitor/ (hpcft.rundir.monitor; training.monitor_interval)
     try:
         cfg = from_yaml_file(args.config)
+        quiet.install(gpus=int((cfg.get("resources") or {}).get("gpus_per_node") or 0))  # HPCFT_VERBOSE=1: all
         if not cfg.get("output_dir"):
             cfg.output_dir = str(Path(args.config).resolve().parent)
         ctx = RunContext.from_env(output_dir=cfg.output_dir, job_id=args.job_id)

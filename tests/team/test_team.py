@@ -78,7 +78,8 @@ def jobs(team):  # noqa: F811
     for args in (["admin", "init"], ["admin", "sync-projects"], ["admin", "grant", ADMIN]):
         r = root_hp(*args)
         assert r.returncode == 0, r.stdout + r.stderr
-    f = hp(ALICE, "submit", *JOB, "training.max_steps=3", "name=finished", "--yes", "--wait", timeout=600)
+    f = hp(ALICE, "submit", *JOB, "training.max_steps=3", "name=finished", f"notify.urls=[{SECRET_URL}]",
+           "notify.timeout=2", "--yes", "--wait", timeout=600)
     assert f.returncode == 0, f.stdout[-2000:] + f.stderr
     r = hp(ALICE, "submit", *JOB, "training.max_steps=2000", "name=running", "--yes", env=SLOW)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -86,6 +87,10 @@ def jobs(team):  # noqa: F811
     wait_state(ids["running"], {"running"})
     yield ids["finished"], ids["running"]
     subprocess.run(["scancel", "-u", ALICE], capture_output=True, timeout=60)
+
+
+SECRET = "T0pS3cret"
+SECRET_URL = f"json://alice:{SECRET}@127.0.0.1:9/"  # a receiver URL with a password (nothing listens: not sent)
 
 
 def refused(r, *words):
@@ -129,6 +134,12 @@ def test_read_only(jobs):
         refused(hp(BOB, *args), f"(owner {ALICE}, project proj-a): you ({BOB}) have read-only access",
                 "you may clone, curve, events, logs, monitor, show, top it")
     refused(hp(CAROL, "show", str(fin)), "no such job")  # another project: still nothing
+    # alice's receivers (a URL with a password) stay hers: not in the ledger, config.yaml or bob's show --config
+    assert SECRET not in sql(BOB, f"SELECT config::text FROM jobs WHERE id={fin}")[1]
+    assert SECRET not in run_as(BOB, ["cat", f"{out}/config.yaml"]).stdout
+    assert run_as(BOB, ["cat", f"{out}/.secrets.json"]).returncode != 0
+    assert SECRET not in hp(BOB, "show", str(fin), "--config").stdout
+    assert SECRET in hp(ALICE, "show", str(fin), "--config").stdout
     # raw SQL: visible, not changeable
     assert sql(BOB, f"SELECT name FROM jobs WHERE id={fin}")[1] == "finished"
     assert sql(BOB, f"UPDATE jobs SET state='error' WHERE id={fin}")[1] == "UPDATE 0"

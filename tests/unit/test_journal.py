@@ -149,3 +149,23 @@ def test_trainer_events_go_to_the_journal_first(ledger, tmp_path, monkeypatch):
     ctx2.event("epoch", "epoch 1", epoch=1)
     assert [e.kind for e in ledger.events(job.id)].count("checkpoint") == 1
     assert not D.ahead(ledger.get(job.id))
+
+
+def test_a_state_change_the_courier_delivered_first_still_counts_as_changed(ledger, tmp_path):
+    """The courier thread, woken by the event just before, may deliver the state record before `transition` does:
+    the transition still reports the change it made (the worker publishes and starts on it)."""
+    job, run = _job(ledger, tmp_path)
+
+    class CourierFirst(JournaledLedger):
+        def _append(self, op, **fields):
+            seq = super()._append(op, **fields)
+            if op == "state":
+                self.deliver_now()  # what the courier thread does when it wins the lock
+            return seq
+
+    jl = CourierFirst(ledger.url, job.id, run, job).start()
+    jl.add_event(job.id, "started", "pid 1")
+    assert jl.transition(job.id, State.running, "started") is True
+    jl.add_event(job.id, "finished", "trainer exited with code 0", exit_code=0)
+    assert jl.transition(job.id, State.success, "trainer finished") is True
+    assert jl.close(linger_s=0) and ledger.get(job.id).state == "success"

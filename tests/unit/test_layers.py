@@ -24,7 +24,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("trainers", ("trainers",)),
     ("registry", ("hpcft.registry",)),
     ("jobs", ("hpcft.jobs",)),
-    ("cli", ("hpcft.cli", "hydra_plugins")),
+    ("cli", ("hpcft.cli", "hpcft.web", "hydra_plugins")),  # hpcft.web: the console, beside the CLI
     ("entry", ("hpcft.__main__", "hpcft.worker")),  # `python -m hpcft`, and the 0.1 worker path kept for old scripts
 ]
 MAX_FUNCTION_LINES = 80

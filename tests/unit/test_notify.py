@@ -161,3 +161,36 @@ def test_user_defaults_file(hpcft_home, receiver):
 
 
 # ------------------------------------------------------------------------------------------------- end to end
+
+
+def test_a_submitted_jobs_receivers_are_kept_for_its_owner_alone(hpcft_home, tmp_path, receiver):
+    """notify.urls (a URL may carry a password) is neither in the ledger's config column nor in the run directory's
+    config.yaml (a project member reads both): both hold it masked, and `.secrets.json` (mode 0600, no ACL entry)
+    keeps it for the owner's processes: the end-of-job message still reaches the receiver, the owner's
+    `show --config` and clone still have it."""
+    import os
+    import stat
+    import subprocess
+
+    from support import hpcft_cli
+    from hpcft.jobs import clone, submit
+    from hpcft.rundir.secrets_file import SECRETS_FILE
+
+    url = receiver.url.replace("://", "://user:pa55word@", 1) if "@" not in receiver.url else receiver.url
+    ledger = Ledger()
+    p = submit.plan(["executor=local", "name=secret", f"notify.urls=[{url}]"])
+    (job,) = submit.create_jobs(ledger, p)
+    out = Path(job.output_dir)
+    row = ledger.get(job.id)
+    assert row.config["notify"]["urls"] == ["***"] and url not in json.dumps(row.config)
+    assert url not in (out / "config.yaml").read_text() and "***" in (out / "config.yaml").read_text()
+    secret_file = out / SECRETS_FILE
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600 and url in secret_file.read_text()
+    shown = subprocess.run(hpcft_cli() + ["show", str(job.id), "--config"], capture_output=True, text=True,
+                           env=dict(os.environ))
+    assert url in shown.stdout, shown.stdout + shown.stderr  # the owner sees their own receivers
+    twin = clone.plan(row, ["training.learning_rate=1e-3"], by=row.owner).configs[0]
+    assert list(twin.notify.urls) == [url]
+    assert ledger.transition(job.id, State.error, "trainer exited with code 1", cause="exit:1")
+    (msg,) = receiver.about(job.id)  # sent with the real URL, read back from the run directory
+    assert msg["type"] == "failure"

@@ -98,32 +98,33 @@ class SlurmExecutor(Executor):
                 common = os.path.commonprefix([j.name for j in group]).rpartition(" ")[0].strip()
                 opts["job-name"] = safe_job_name(f"{common or first.name}-sweep")
             make_run_dir(folder)  # private like the run directories (0700): array task logs too
+            if first.uuid:  # the identity Slurm keeps: a submission that failed ambiguously is found by it
+                opts["comment"] = C.submission_tag(first.uuid, opts.get("comment"))
             native, extra = _submitit_parameters(opts)
             ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
-            ex.update_parameters(**native, additional_parameters=extra, array_parallelism=len(group))
+            ex.update_parameters(**native, additional_parameters=extra, array_parallelism=len(group),
+                                 setup=[adopt_pickle_line(folder)])
             try:
                 if len(group) == 1:
                     submitted = [ex.submit(run_in_allocation, first.id, url)]
                 else:  # ONE sbatch --array; the Job objects get their ids ("123_0", ...) when the block ends
                     with ex.batch():
                         submitted = [ex.submit(run_in_allocation, job.id, url) for job in group]
-            except (submitit.core.utils.FailedSubmissionError, subprocess.CalledProcessError, OSError) as e:
-                msg = str(e).strip().splitlines()
-                raise SchedulerError(f"sbatch refused the job: {_sbatch_reason(msg)}") from None
+            except (submitit.core.utils.FailedSubmissionError, submitit.core.utils.FailedJobError,
+                    subprocess.CalledProcessError, OSError) as e:
+                why = _sbatch_reason(str(e).strip().splitlines())
+                if first.uuid and C.is_ambiguous(why):  # a timeout: Slurm may hold the job all the same
+                    out += settle_ambiguous(ledger, group, why, folder)
+                    continue
+                if isinstance(e, submitit.core.utils.FailedJobError):
+                    raise
+                raise SchedulerError(f"sbatch refused the job: {why}") from None
             out += self._record(ledger, group, submitted, folder)
         return out
 
     def _record(self, ledger, group, submitted, folder) -> List:
-        recorded = []
-        for job, sj in zip(group, submitted, strict=True):
-            sid = _submitit_id(sj)
-            fields: Dict[str, Any] = {"slurm_job_id": sid}
-            if "_" in sid:
-                base, task = sid.split("_", 1)
-                fields.update(array_job_id=base, array_task_id=int(task))
-            recorded.append(ledger.update(job.id, **fields))
-            ledger.add_event(job.id, "slurm", f"submitted as Slurm job {sid}", folder=str(folder), **fields)
-        return recorded
+        return [record_slurm_id(ledger, job, _submitit_id(sj), f"submitted as Slurm job {_submitit_id(sj)}",
+                                folder=str(folder)) for job, sj in zip(group, submitted, strict=True)]
 
     # ------------------------------------------------------------------------------------------ stop
     def stop(self, ledger, job) -> None:
@@ -154,9 +155,17 @@ class SlurmExecutor(Executor):
         NODE_FAIL / PREEMPTED / REQUEUED, or PENDING for a job the ledger has running). A requeued job goes back to
         queued with the cause, never to error; every end is recorded with its cause (`SacctRecord.ledger_cause`)
         and Slurm's Start / End as started_at / finished_at (`slurm_times`), never the time of this sync."""
+        from hpcft.ledger.deliver import ingest
+
         live = [j for j in jobs if j.slurm_job_id and State(j.state) in LIVE]
         if not live:
             return 0
+        # what the jobs wrote into their journals first (an end recorded during a ledger outage is the job's own)
+        rows, done = ingest(ledger, live)
+        ended = _publish_ingested(ledger, done)
+        live = [j for j in rows if State(j.state) in LIVE]
+        if not live:
+            return ended
         records = C.parse_sacct(C.run(C.sacct_argv(j.slurm_job_id for j in live)))
         check = [j.slurm_job_id for j in live
                  if j.slurm_job_id in records and C.needs_queue_check(records[j.slurm_job_id], j.state)]
@@ -176,7 +185,121 @@ class SlurmExecutor(Executor):
                 from hpcft.registry.publish import auto_publish
 
                 auto_publish(ledger, job.id)
-        return changed
+        from hpcft.jobs.chain import settle_dependants  # a parent that failed: its pending dependants end
+
+        return changed + ended + settle_dependants(ledger, live)
+
+
+def record_slurm_id(ledger, job, sid: str, message: str, **data: Any) -> Any:
+    fields: Dict[str, Any] = {"slurm_job_id": sid}
+    if "_" in sid:
+        base, task = sid.split("_", 1)
+        fields.update(array_job_id=base, array_task_id=int(task))
+    row = ledger.update(job.id, **fields)
+    ledger.add_event(job.id, "slurm", message, **data, **fields)
+    return row
+
+
+class SubmissionUncertain(SchedulerError):
+    """sbatch failed without saying whether Slurm took the job, and Slurm could not be asked: the rows stay queued
+    (never `error` for a job that may be queued) until `hpcft sync` finds the job by its identity, or settles it."""
+
+
+def tagged_jobs(user: str) -> Optional[Dict[str, List[Tuple[str, str]]]]:
+    """{identity: [(Slurm id, state)]} of the user's jobs Slurm holds, or None when Slurm does not answer."""
+    try:
+        return C.parse_tagged_jobs(C.run(C.tagged_jobs_argv(user), timeout=20))
+    except SchedulerError:
+        return None
+
+
+ADOPT_PREFIX = "adopt-"
+
+
+def adopt_pickle_line(folder: Path) -> str:
+    """A line of the batch script, before submitit's worker starts: a job Slurm took from a sbatch that timed out
+    finds its task under the name `settle_ambiguous` gave it (submitit names it after the job id, which that sbatch
+    never printed): task k of the submission is `adopt-k_submitted.pkl`."""
+    import shlex
+
+    f = shlex.quote(str(folder))
+    return (f'_id=${{SLURM_ARRAY_JOB_ID:+${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}}}; _id=${{_id:-$SLURM_JOB_ID}}; '
+            f'_k=${{SLURM_ARRAY_TASK_ID:-0}}; [ -e {f}/"${{_id}}_submitted.pkl" ] || '
+            f'{{ [ -e {f}/"{ADOPT_PREFIX}${{_k}}_submitted.pkl" ] && '
+            f'mv {f}/"{ADOPT_PREFIX}${{_k}}_submitted.pkl" {f}/"${{_id}}_submitted.pkl"; }}; true')
+
+
+def _keep_tasks(folder: Path, n: int) -> None:
+    """The task pickles a failed sbatch left under submitit's temporary names (newest n, in the order submitit
+    wrote them, which is the order of the tasks), renamed for `adopt_pickle_line`."""
+    temps = sorted((p for p in folder.glob("*.pkl") if len(p.stem) == 32 and p.stem.isalnum()),
+                   key=lambda p: p.stat().st_mtime_ns)[-n:]
+    for k, p in enumerate(temps):
+        p.rename(folder / f"{ADOPT_PREFIX}{k}_submitted.pkl")
+
+
+def settle_ambiguous(ledger, group: Sequence, why: str, folder: Path) -> List:
+    """sbatch failed ambiguously (a timeout): ask Slurm for the submission's identity; adopt what it holds, raise
+    SchedulerError when it holds nothing (a refusal after all), SubmissionUncertain when it does not answer."""
+    _keep_tasks(folder, len(group))  # first: Slurm may start the job it took at any moment
+    found = tagged_jobs(ledger.user)
+    if found is None:
+        for job in group:
+            ledger.add_event(job.id, "submit_uncertain", f"sbatch failed ({why}) and Slurm did not answer: the job "
+                             "may be queued all the same; `hpcft sync` adopts it, or settles the row", why=why)
+        raise SubmissionUncertain(f"sbatch did not answer ({why}); Slurm may have taken job(s) "
+                                  f"{', '.join(str(j.id) for j in group)} all the same: they stay queued, and "
+                                  "`hpcft sync` adopts them once Slurm answers (or records why not)")
+    ids = [sid for sid, _ in found.get(group[0].uuid, [])]
+    if len(ids) != len(group):
+        raise SchedulerError(f"sbatch refused the job: {why}")
+    return [record_slurm_id(ledger, job, sid, f"adopted Slurm job {sid}: sbatch failed ({why}) but Slurm had taken "
+                            "it", folder=str(folder), adopted=True) for job, sid in zip(group, ids, strict=True)]
+
+
+def unrecorded_submissions(ledger, recent: int = 200) -> List:
+    """The acting user's Slurm rows without a Slurm id that a timed-out sbatch may have left: the live ones, and
+    the newest `recent` ended ones (a row `sync` settled as never submitted, stopped before it reached Slurm)."""
+    me = ledger.user
+    rows = ledger.search(executor="slurm", state=[State.queued, State.error, State.stopped], limit=recent)
+    return [j for j in rows if not j.slurm_job_id and j.owner == me and j.uuid]
+
+
+def adopt_or_cancel(ledger, jobs: Sequence) -> int:
+    """`hpcft sync`: the acting user's Slurm jobs that carry an hpcft identity the ledger did not record (a
+    submission that timed out): adopted by their row when it is still queued with no Slurm id, cancelled when the
+    row has ended (never a ghost allocation). ONE squeue call, made only when some row could need it."""
+    rows = {j.uuid: j for j in jobs if j.uuid and j.executor == "slurm" and not j.slurm_job_id}
+    if not rows:
+        return 0
+    found = tagged_jobs(ledger.user) or {}
+    changed = 0
+    for uuid, held in found.items():
+        job = rows.get(uuid)
+        if job is None:
+            continue
+        live = [sid for sid, st in held if st in ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED", "REQUEUED")]
+        if job.state == State.queued.value and len(held) == 1:
+            record_slurm_id(ledger, job, held[0][0], f"adopted Slurm job {held[0][0]}: its submission timed out but "
+                            "Slurm had taken it", adopted=True)
+            changed += 1
+        elif State(job.state) not in LIVE and live:
+            C.run(C.scancel_argv(live))
+            ledger.add_event(job.id, "slurm", f"cancelled Slurm job(s) {', '.join(live)}: submitted by a sbatch that "
+                             f"timed out after this job had ended {job.state}", cancelled=live)
+            changed += 1
+    return changed
+
+
+def _publish_ingested(ledger, done: Dict[int, Any]) -> int:
+    """State changes taken from journals: their number; a success among them publishes (publish.auto) here, since
+    the worker could not."""
+    from hpcft.registry.publish import auto_publish
+
+    for job_id, d in done.items():
+        if any(r.get("to") == State.success.value for r in d.changes):
+            auto_publish(ledger, job_id)
+    return sum(len(d.changes) for d in done.values())
 
 
 OUTPUT_TAIL_BYTES = 256 * 1024  # Slurm writes its memory-limit message at the end of the job's output
@@ -291,6 +414,15 @@ class Prediction:
     jobs_ahead: int
     raw: str
     partition: str = ""
+
+
+def prediction_line(pred: Prediction) -> str:
+    """The one line `hpcft submit`/`predict` and the web console print of a queue-wait prediction."""
+    when = pred.start_time.strftime("%Y-%m-%d %H:%M:%S") if pred.start_time else "unknown"
+    if pred.start_now:
+        return f"would start now (partition {pred.partition or '?'}; no pending job ahead)"
+    return (f"would wait: expected start {when}, {pred.jobs_ahead} pending job(s) ahead in partition "
+            f"{pred.partition or '?'}")
 
 
 def predict(cfg, policy: Optional[str] = None, now: Optional[datetime] = None) -> Prediction:
