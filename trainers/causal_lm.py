@@ -244,8 +244,11 @@ class CausalLMRecipe:
             n_tok += sum(len(s.input_ids) for s in samples)  # real tokens, no padding (no device sync)
             if self.fused_ce:  # Liger: the same mean over label tokens (shifted alike), no logits held
                 loss = self.engine(**batch, labels=labels).loss
-            else:
-                loss, _ = token_loss(self.engine(**batch).logits, labels)
+            else:  # (the logits stay referenced until the step ends: hpcft.config.memory's LOGIT_BYTES counts them;
+                # freeing them before the backward pass saves tokens x vocabulary x dtype bytes, to be re-measured on
+                # a GPU with the estimate before it changes)
+                logits = self.engine(**batch).logits
+                loss, _ = token_loss(logits, labels)
             part = loss.detach() / len(micro)
             loss_acc = part if loss_acc is None else loss_acc + part
             self.engine.backward(loss, len(micro))

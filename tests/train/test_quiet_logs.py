@@ -40,7 +40,9 @@ def test_lora_job_and_export_logs_are_free_of_third_party_noise(hpcft_home, tmp_
     loud = run(["submit", *FAST, "model.path=job:1", "--wait"], verbose=True)
     assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
     quiet_log, loud_log = job_log(2), job_log(3)
-    assert [n for n in NOISE if n in loud_log] == list(NOISE), loud_log  # the control: they are there to filter
+    # the control: they are there to filter (which of them a run prints depends on the machine: bitsandbytes' needs
+    # AVX512-BF16, DeepSpeed's whether it picked its accelerator in this process)
+    assert len([n for n in NOISE if n in loud_log]) >= 2, loud_log
     assert [n for n in NOISE if n in quiet_log] == [], quiet_log
     assert "[hpcft] finished: step 2" in quiet_log and "step 2/2" in quiet_log  # the job's own lines all stay
     assert [n for n in NOISE if n in quiet.stdout + quiet.stderr] == []
@@ -50,6 +52,6 @@ def test_lora_job_and_export_logs_are_free_of_third_party_noise(hpcft_home, tmp_
     exp = run(["models", "export", "quiet-tiny", "-o", str(tmp_path / "q"), "--merge"])
     loud_exp = run(["--verbose", "models", "export", "quiet-tiny", "-o", str(tmp_path / "v"), "--merge"])
     assert exp.returncode == 0 and loud_exp.returncode == 0, exp.stderr + loud_exp.stderr
-    assert [n for n in NOISE if n in loud_exp.stdout + loud_exp.stderr] == list(NOISE), loud_exp.stderr
+    assert len([n for n in NOISE if n in loud_exp.stdout + loud_exp.stderr]) >= 2, loud_exp.stderr
     assert [n for n in NOISE if n in exp.stdout + exp.stderr] == [], exp.stderr
     assert f"exported quiet-tiny (merged) -> {tmp_path / 'q'}" in exp.stdout
