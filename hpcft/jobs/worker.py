@@ -602,6 +602,10 @@ def register_and_run(config_path: Path) -> int:
             job = ledger.create_job(**fields, executor="slurm", output_dir=str(config_path.parent), **ids)
             job_id = job.id
             ledger.add_event(job_id, "submitted", "registered by a rendered sbatch script", **ids)
+            from hpcft.rundir.identity import identity_of, read_identity, write_identity
+
+            if read_identity(config_path.parent) is None:  # its identity, as a submit writes it (hpcft.rundir.identity)
+                write_identity(config_path.parent, identity_of(job, ledger.url))
         (config_path.parent / f".job-id-{ids['slurm_job_id']}").write_text(str(job_id))
     else:  # wait for rank 0 to register
         marker = config_path.parent / f".job-id-{ids['slurm_job_id']}"

@@ -163,6 +163,8 @@ def test_rendered_script_runs_with_plain_sbatch(slurm_cluster, hpcft_home, tmp_p
     assert js[0]["name"] == "rendered-by-admin"
     ev = run(["events", str(js[0]["id"])]).stdout
     assert "registered by a rendered sbatch script" in ev
+    ident = json.loads((Path(js[0]["output_dir"]) / "job.json").read_text())  # its identity, as a submit writes it
+    assert ident["job_id"] == js[0]["id"] and ident["uuid"]
 
 
 @pytest.mark.slow
