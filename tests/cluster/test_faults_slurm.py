@@ -101,6 +101,7 @@ def start_now_when_pending(sid, timeout=240, node=None):
         st = sh("squeue", "-h", "-j", sid, "-o", "%T", check=False).strip()
         return st == "PENDING"
     wait_for(pending, f"Slurm job {sid} pending again", timeout, every=1.0, sync=False)
+    time.sleep(4)  # a launch within the second the last run's credential was revoked fails the job (see below)
     deadline = time.time() + timeout
     while time.time() < deadline:
         st = sh("squeue", "-h", "-j", sid, "-o", "%T|%r", check=False).strip()
@@ -278,14 +279,22 @@ def test_time_limit_requeue_continues_the_same_job(phase1, reference):
     name = "f-requeue"
     sid = slurm_id(name)
     deadline = time.time() + 900
-    while time.time() < deadline:  # each time the worker requeues it, let it start at once
+    pending_since = None
+    while time.time() < deadline:  # each time the worker requeues it, let it start soon
         cli(["sync"])
         j = job(name)
         if j["state"] in ENDED:
             break
         st = sh("squeue", "-h", "-j", sid, "-o", "%T|%r", check=False).strip()
         if st.startswith("PENDING") and "BeginTime" in st:
-            sh("scontrol", "update", f"JobId={sid}", "StartTime=now", check=False)
+            # Not at once: slurmd refuses a launch within the second its previous run's credential was revoked
+            # ("Job credential revoked"), and Slurm then ends the job FAILED. Its own BeginTime (~2 min) exists
+            # to avoid exactly that; a few seconds are enough.
+            pending_since = pending_since or time.time()
+            if time.time() - pending_since >= 4:
+                sh("scontrol", "update", f"JobId={sid}", "StartTime=now", check=False)
+        else:
+            pending_since = None
         time.sleep(2)
     assert j["state"] == "success", j
     assert j["attempt"] == 1  # one ledger job, one attempt: requeues are not retries

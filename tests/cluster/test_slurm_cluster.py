@@ -363,6 +363,7 @@ def test_scontrol_requeue_of_a_running_job_syncs_to_queued_never_error(slurm_clu
         got = ledger.get(job.id)
         assert (got.state, got.state_reason, got.attempt) == ("queued", "requeued by Slurm", 1)
         assert ledger.last_cause(job.id) == "requeued"
+        time.sleep(3)  # a launch within the second the last run's credential was revoked would fail the job
         C.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"])  # eligible at once, not in ~2 minutes
         sync_until("running", 90)
         C.run(["scancel", jid])
