@@ -11,7 +11,6 @@ from typing import Optional
 import typer
 
 from hpcft.cli.common import app, open_ledger
-from hpcft.errors import HpcftError
 
 models = typer.Typer(help="Published models (the model registry): list, show, alias, tag, republish, delete, export.",
                      no_args_is_help=True)
@@ -21,10 +20,6 @@ REF = typer.Argument(..., help="NAME[@VERSION] (default: the newest published ve
 
 def _say(msg: str) -> None:
     print(f"[hpcft] {msg}", file=sys.stderr, flush=True)
-
-
-def _when(dt) -> str:
-    return dt.astimezone().strftime("%Y-%m-%d %H:%M") if dt else "-"
 
 
 def _outcome(row, identical: bool = False) -> None:
@@ -65,24 +60,21 @@ def list_models(name: Optional[str] = typer.Argument(None, help="only this name"
                 all_: bool = typer.Option(False, "--all", help="also deleted versions"),
                 as_json: bool = typer.Option(False, "--json", help="a JSON array")) -> None:
     """The versions you may see (yours, your projects' and everyone's), newest first per name."""
-    from hpcft.registry import labels, names
+    from hpcft.registry import detail, labels, names
 
     if name is not None:
         names.check_name(name, "NAME")
     ledger = open_ledger()
-    rows = names.visible(ledger, name, include_deleted=all_)
-    al = labels.alias_list(ledger, name)
+    rows = detail.listing(ledger, name, include_deleted=all_)
     if as_json:
-        typer.echo(json.dumps([_row_json(r, al.get((r.name, r.version), ())) for r in rows], indent=1, default=str))
+        al = labels.alias_list(ledger, name)
+        typer.echo(json.dumps([_row_json(r, al.get((r.name, r.version), ())) for r, _ in rows], indent=1, default=str))
         return
     if not rows:
         typer.echo("no model assets" + (f" named {name}" if name else "") + " (publish one: hpcft publish JOB --name NAME)")
         return
-    head = ("ASSET", "STATE", "KIND", "JOB", "SOURCE", "ALIASES", "TAGS", "OWNER", "PROJECT", "VISIBILITY", "CREATED")
-    table = [head] + [(r.ref, r.state, r.kind or "-", str(r.job_id or "-"), r.source,
-                       ",".join(al.get((r.name, r.version), [])) or "-", labels.tags_text(r.tags) or "-", r.owner,
-                       r.project, r.visibility, _when(r.created_at)) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    table = [detail.LIST_HEAD] + [cells for _, cells in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(detail.LIST_HEAD))]
     for row in table:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
@@ -92,48 +84,17 @@ def show(ref: str = REF,
          verify: bool = typer.Option(False, "--verify", help="check every file against SHA256SUMS"),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """One version: state (and why), aliases, tags, source job and checkpoint, base, lineage, evaluation, files."""
-    from hpcft.registry import files, labels, names, use
+    from hpcft.registry import detail, labels, names
 
     ledger = open_ledger()
     row = names.find(ledger, ref, published_only=False)
-    aliases = labels.alias_list(ledger, row.name).get((row.name, row.version), [])
     if as_json:
+        aliases = labels.alias_list(ledger, row.name).get((row.name, row.version), [])
         typer.echo(json.dumps(_row_json(row, aliases), indent=1, default=str))
     else:
-        meta = row.meta or {}
-        lines = [f"model asset {row.ref}: {row.state}" + (f" ({row.state_reason})" if row.state_reason else ""),
-                 f"  aliases     {', '.join(f'{row.name}@{a}' for a in aliases) or '-'}",
-                 f"  tags        {labels.tags_text(row.tags) or '-'}",
-                 f"  kind        {row.kind or '-'} ({meta.get('library', '-')}, {meta.get('task', '-')})",
-                 f"  from        job {row.job_id}, {row.source}" + (f" (step {meta['step']})" if meta.get("step") else ""),
-                 f"  owner       {row.owner}, project {row.project}, visibility {row.visibility}",
-                 f"  published   {_when(row.published_at)}",
-                 f"  path        {row.path or '-'}"]
-        if row.kind in ("lora", "diffusers_lora"):
-            lines.append(f"  base        {use.base_of(row, ledger)}")
-        if row.description:
-            lines.append(f"  description {row.description}")
-        if meta.get("files") is not None:
-            lines.append(f"  files       {meta['files']} ({files.size_text(meta.get('size_bytes') or 0)}), "
-                         f"{files.MANIFEST} sha256 {str(meta.get('manifest_sha256'))[:16]}...")
-        for split, vals in sorted((meta.get("eval") or {}).items()):
-            lines.append(f"  eval        {split} at step {meta.get('step')}: "
-                         + ", ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items())))
-        if not meta.get("eval") and row.state != "publishing":
-            lines.append(f"  eval        {meta.get('eval_note') or 'none recorded'}")
-        lines += [f"  lineage     {x}" for x in meta.get("lineage") or []]
-        typer.echo("\n".join(lines))
+        typer.echo(detail.show_text(ledger, row))
     if verify:
-        from hpcft.registry.verify import reverify
-
-        if row.state not in ("published", "corrupt"):
-            raise HpcftError(f"model asset {row.ref} is {row.state}: nothing to verify")
-        problems = reverify(ledger, row)
-        if problems:
-            raise HpcftError(f"model asset {row.ref} is corrupt: {len(problems)} file(s) do not match "
-                             f"{files.MANIFEST}: " + "; ".join(problems[:5]))
-        typer.echo(f"verified: every file of {row.ref} matches {files.MANIFEST}"
-                   + (" (marked published again)" if row.state == "corrupt" else ""))
+        typer.echo(detail.verify_outcome(ledger, row))
 
 
 @models.command("alias")

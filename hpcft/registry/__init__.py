@@ -37,4 +37,5 @@ The modules, each importing only those above it in this list:
     card     the recorded metadata and the model card (model_card.md.j2)
     publish  publish (identical content: the existing version), republish, delete, publish.auto
     use      model.path=asset:NAME[@V|@ALIAS], a LoRA asset's base, export (with --merge)
+    detail   one version as `models list`/`models show` and the console give it: rows, card, verify's line, actions
 """
