@@ -17,24 +17,9 @@ def share(job_id: int = typer.Argument(..., help="job id"),
           level: str = typer.Argument(..., help="none | ro | rw: what the other members of its project may do")) -> None:
     """Share a job you own with the other members of its project: ro (show, logs, events, curve, top, monitor,
     clone), rw (also stop, extend, priority, resume, delete) or none. Its run directory follows (POSIX ACLs)."""
-    from hpcft.ledger import access
+    from hpcft.jobs.control import share_job
 
-    level = access.check_level(level, "level")
-    ledger = open_ledger()
-    job, _ = access.authorize(ledger, job_id, "share")
-    if job.parent_id is not None:
-        try:
-            parent = ledger.get(job.parent_id)
-        except HpcftError:
-            parent = None
-        if parent is not None:
-            access.cap_to_parent(level, parent.access, parent.id)
-    others = access.share_run_dir(ledger, job, level)  # first: a refused ACL change leaves the ledger as it was
-    note = f"; run directory shared with {', '.join(others)}" if others else "; run directory private"
-    ledger.update(job_id, access=level)
-    ledger.add_event(job_id, "share", f"shared {level} with project {job.project} by {ledger.user}", access=level,
-                     by=ledger.user)
-    typer.echo(f"job {job_id}: access {level} for the members of project {job.project}{note}")
+    typer.echo(share_job(open_ledger(), job_id, level))
 
 
 @admin.command("init")

@@ -1,4 +1,5 @@
-"""Operations on existing jobs shared by the CLI commands (resume, retry).
+"""Operations on existing jobs shared by the CLI commands and the web console (resume, retry, stop, delete, extend,
+priority, share).
 
 A new attempt is taken with `Ledger.claim` (one compare-and-set UPDATE on state and attempt): of two `hpcft retry`
 processes started by cron at the same moment, or a retry racing a user's `hpcft resume`, exactly one submits.
@@ -177,6 +178,17 @@ def resume(ledger, job_id: int, checkpoint: Optional[str] = None, reason: Option
         raise StateError(f"job {job_id}: another resume/retry took attempt {job.attempt + 1} first; see "
                          f"`hpcft events {job_id}`")
     return done
+
+
+def retry_one(ledger, job_id: int):
+    """The console's Retry of one failed job: `hpcft resume` from the latest checkpoint, recorded as a retry after
+    the cause of its failure (the cause `hpcft retry` would judge it by)."""
+    job = ledger.get(job_id)
+    if job.state not in (State.error.value, State.expired.value):
+        raise StateError(f"job {job_id} is {job.state}: only a failed (error) or expired job is retried; "
+                         "use resume to run another ended job again")
+    cause = ledger.causes([job_id]).get(job_id)
+    return resume(ledger, job_id, reason=f"retry {job.attempt + 1} after {cause or job.state}", cause=cause)
 
 
 def resumed_line(job) -> str:
@@ -359,3 +371,28 @@ def change_slurm_job(ledger, job, lvl: str, action: str, value: str, by_request:
         return f"job {job.id}: time limit now {extend(ledger, job, value)}"
     set_priority(ledger, job, value)
     return f"job {job.id}: priority {value}"
+
+
+# ------------------------------------------------------------------------------------------------ share
+
+def share_job(ledger, job_id: int, level: str) -> str:
+    """`hpcft share JOB LEVEL`: what the other members of the job's project may do (none / ro / rw; never more than
+    the job it is built from allows), its run directory's ACLs first (a refused change leaves the ledger as it was),
+    then the ledger and an event. Returns the CLI's line."""
+    from hpcft.ledger import access
+
+    level = access.check_level(level, "level")
+    job, _ = access.authorize(ledger, job_id, "share")
+    if job.parent_id is not None:
+        try:
+            parent = ledger.get(job.parent_id)
+        except HpcftError:
+            parent = None
+        if parent is not None:
+            access.cap_to_parent(level, parent.access, parent.id)
+    others = access.share_run_dir(ledger, job, level)
+    note = f"; run directory shared with {', '.join(others)}" if others else "; run directory private"
+    ledger.update(job_id, access=level)
+    ledger.add_event(job_id, "share", f"shared {level} with project {job.project} by {ledger.user}", access=level,
+                     by=ledger.user)
+    return f"job {job_id}: access {level} for the members of project {job.project}{note}"

@@ -1,7 +1,7 @@
 """The console's pages: the job list (search, sort, pages, batch stop/delete with a confirmation), the job page with
 its actions, the model registry. Every list and number comes from the CLI's functions: hpcft.ledger.query (the search
 and its option checks), hpcft.ledger.access (who may do what), hpcft.ledger.jobjson.detail_rows (`hpcft show`),
-hpcft.jobs.control (stop, delete, extend, priority), hpcft.registry.names (`hpcft models list`)."""
+hpcft.jobs.control (stop, delete, extend, priority, share, resume). The model registry's pages: hpcft.web.models."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hpcft.errors import HpcftError
 from hpcft.web.common import check_csrf, ctx, render
 
 PAGE_SIZE = 50
-ACTIONS = ("clone", "stop", "extend", "priority", "resume", "publish", "delete")
+ACTIONS = ("clone", "stop", "extend", "priority", "resume", "retry", "publish", "share", "delete")
 
 
 def flash(request: Request, message: str) -> None:
@@ -92,9 +92,11 @@ def allowed_actions(job, lvl: str, team: bool = False) -> Dict[str, bool]:
     live = not is_terminal(job.state)
     slurm = job.executor == "slurm" and bool(job.slurm_job_id)
     possible = {"clone": True, "stop": live, "extend": live and slurm, "priority": live and slurm, "resume": not live,
-                "publish": job.state == "success", "delete": True}
-    right = {"publish": "share"}  # publishing shares the model: what `hpcft publish` asks (hpcft.registry.publish)
-    starts = ("clone", "resume", "publish") if team else ()  # refuse_in_team: the team console starts nothing
+                "retry": job.state in ("error", "expired"), "publish": job.state == "success", "share": True,
+                "delete": True}
+    right = {"publish": "share", "retry": "resume"}  # publishing shares the model (what `hpcft publish` asks)
+    # refuse_in_team: the team console starts nothing and changes no run directory's ACLs (the owner's files)
+    starts = ("clone", "resume", "retry", "publish", "share") if team else ()
     return {a: allowed(lvl, right.get(a, a)) and possible[a] and a not in starts for a in ACTIONS}
 
 
@@ -155,19 +157,25 @@ def job_page(request: Request):
                   level=lvl, actions=allowed_actions(job, lvl, c.mode == "team"), events=events, files=files,
                   config=yaml.safe_dump(cfg or {}, sort_keys=False), trainer=trainer,
                   live=job.state in ("queued", "running"), message=take_flash(request),
-                  asset_name=default_name(job.name))
+                  asset_name=default_name(job.name), access=job.access or "none")
 
 
 async def job_action(request: Request):
-    """POST /job/{id}/{action}: stop, extend, priority, delete, as the CLI's commands do them."""
+    """POST /job/{id}/{action}: stop, extend, priority, resume, retry, publish, share, delete, as the CLI's commands
+    do them."""
     form = await check_csrf(request)
     c = ctx(request)
     jid, action = int(request.path_params["job_id"]), request.path_params["action"]
-    if action not in ("stop", "extend", "priority", "delete", "resume", "publish"):
-        raise HpcftError(f"{action}: not an action of the console; use stop, extend, priority, resume, publish or "
-                         "delete")
+    if action not in ("stop", "extend", "priority", "delete", "resume", "retry", "publish", "share"):
+        raise HpcftError(f"{action}: not an action of the console; use stop, extend, priority, resume, retry, "
+                         "publish, share or delete")
     value = str(form.get("value") or "").strip()
-    if action == "publish":
+    if action == "share":
+        from hpcft.jobs.control import share_job
+
+        refuse_in_team(c.mode == "team", "share", "changes its run directory's ACLs, which only its owner may")
+        message = await run_in_threadpool(share_job, c.ledger, jid, value)
+    elif action == "publish":
         refuse_in_team(c.mode == "team", "publish")
         message = await run_in_threadpool(publish, c.ledger, jid, value, str(form.get("visibility") or "project"))
     else:
@@ -190,10 +198,12 @@ def do_action(ledger, ids: List[int], action: str, value: str = "", team: bool =
     from hpcft.jobs import control
     from hpcft.ledger.access import authorize
 
-    checked = [authorize(ledger, i, action) for i in dict.fromkeys(ids)]
-    if action == "resume":
-        refuse_in_team(team, "resume")
-        return "; ".join(control.resumed_line(control.resume(ledger, j.id)) for j, _ in checked)
+    right = "resume" if action == "retry" else action  # a retry is a resume (hpcft.ledger.access)
+    checked = [authorize(ledger, i, right) for i in dict.fromkeys(ids)]
+    if action in ("resume", "retry"):
+        refuse_in_team(team, action)
+        again = control.resume if action == "resume" else control.retry_one
+        return "; ".join(control.resumed_line(again(ledger, j.id)) for j, _ in checked)
     if action == "stop":
         return "; ".join(control.stop_job(ledger, j, lvl, by_request=team) for j, lvl in checked)
     if action == "delete":
@@ -206,13 +216,14 @@ def do_action(ledger, ids: List[int], action: str, value: str = "", team: bool =
     return "; ".join(control.change_slurm_job(ledger, j, lvl, action, value, by_request=team) for j, lvl in checked)
 
 
-def refuse_in_team(team: bool, what: str) -> None:
-    """The team console does not start jobs: a job started by the server would run as the server's identity."""
+def refuse_in_team(team: bool, what: str, why: str = "") -> None:
+    """The team console does not start jobs (a job started by the server would run as the server's identity), nor
+    change a run directory's ACLs (the owner's files)."""
     from hpcft.ledger.access import AccessDenied
 
     if team:
-        raise AccessDenied(f"{what}: the team console does not start jobs (they would run as the console's own "
-                         "identity); use `hpcft` or your own `hpcft ui` on a login node")
+        why = why or "does not start jobs (they would run as the console's own identity)"
+        raise AccessDenied(f"{what}: the team console {why}; use `hpcft` or your own `hpcft ui` on a login node")
 
 
 async def batch_confirm(request: Request):
@@ -247,21 +258,7 @@ async def batch_do(request: Request):
     return RedirectResponse("/", status_code=303)
 
 
-def models_page(request: Request):
-    """`hpcft models list`: the versions the viewer may see, newest first per name."""
-    from hpcft.registry import names
-    from hpcft.timefmt import local_time
-
-    rows = names.visible(ctx(request).ledger, None, include_deleted=False)
-    return render(request, "models.html", models=[
-        {"ref": r.ref, "state": r.state, "reason": r.state_reason or "", "kind": r.kind or "-", "job": r.job_id,
-         "source": r.source, "owner": r.owner, "project": r.project, "visibility": r.visibility,
-         "description": r.description, "created": local_time(r.created_at),
-         "lineage": (r.meta or {}).get("lineage") or []} for r in rows])
-
-
 def routes() -> list:
     return [Route("/", jobs_page), Route("/job/{job_id:int}", job_page),
             Route("/job/{job_id:int}/{action}", job_action, methods=["POST"]),
-            Route("/jobs/batch", batch_confirm, methods=["POST"]), Route("/jobs/batch/do", batch_do, methods=["POST"]),
-            Route("/models", models_page)]
+            Route("/jobs/batch", batch_confirm, methods=["POST"]), Route("/jobs/batch/do", batch_do, methods=["POST"])]

@@ -174,6 +174,21 @@ def test_resume_uses_the_claim(ledger, tmp_path, recorder):
     assert not ledger.claim(stale.id, stale.state, stale.attempt, "a racing resume that read the old row")
 
 
+def test_retry_one_is_a_resume_recorded_after_the_cause(ledger, tmp_path, recorder):
+    """The console's Retry of one job: resubmitted from its latest checkpoint whatever the cause (a person chose
+    it), recorded as a retry after that cause; only for a failed or expired job."""
+    job = failed_job(ledger, tmp_path, "oom")
+    done = jobctl.retry_one(ledger, job.id)
+    assert (done.attempt, done.state, recorder.submitted) == (2, "queued", [(job.id, 2)])
+    assert any("retry 2 after oom" in e.message for e in ledger.events(job.id))
+    stopped = failed_job(ledger, tmp_path, "user_stop", state=State.stopped)
+    with pytest.raises(HpcftError, match=f"job {stopped.id} is stopped: only a failed .error. or expired job"):
+        jobctl.retry_one(ledger, stopped.id)
+    with pytest.raises(HpcftError, match="only a failed"):
+        jobctl.retry_one(ledger, job.id)  # queued again now
+    assert recorder.submitted == [(job.id, 2)]
+
+
 def test_cli_summary_and_exit_code(hpcft_home, recorder, tmp_path):
     from typer.testing import CliRunner
 

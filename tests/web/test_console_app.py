@@ -164,6 +164,33 @@ def test_others_jobs_are_refused_with_the_clis_line(ledger, tmp_path):
     assert [j.id for j in ledger.search()] == sorted([private.id, shared.id], reverse=True)
 
 
+def test_share_and_retry_follow_the_viewers_access(ledger, tmp_path):
+    from hpcft.states import State
+    from hpcft.web.pages import allowed_actions
+
+    mine = job(ledger, tmp_path)
+    theirs = job(ledger, tmp_path, owner="alice", name="a3", project="p", access="rw")
+    ledger.set_projects({"p": ["alice", "bob"]})
+    c = logged_in()
+    page = c.get(f"/job/{mine.id}").text
+    assert 'id="act-share"' in page and 'id="act-retry"' not in page  # queued: nothing to retry
+    token = csrf_of(c)
+    r = c.post(f"/job/{mine.id}/share", data={"csrf": token, "value": "ro"})
+    assert r.status_code == 200 and f"job {mine.id}: access ro for the members of project default" in r.text
+    assert ledger.get(mine.id).access == "ro" and any(e.kind == "share" for e in ledger.events(mine.id))
+    r = c.post(f"/job/{mine.id}/share", data={"csrf": token, "value": "everyone"})
+    assert r.status_code == 400 and "level=everyone: unknown access" in r.text and ledger.get(mine.id).access == "ro"
+    page = c.get(f"/job/{theirs.id}").text  # read-write: may stop or resume it, never share it
+    assert 'id="act-stop"' in page and 'id="act-share"' not in page
+    r = c.post(f"/job/{theirs.id}/share", data={"csrf": token, "value": "rw"})
+    assert r.status_code == 403 and "cannot share it" in r.text and ledger.get(theirs.id).access == "rw"
+    ledger.transition(mine.id, State.running, "started")
+    ledger.transition(mine.id, State.error, "failed", cause="node_fail")
+    assert 'id="act-retry"' in c.get(f"/job/{mine.id}").text
+    owner = allowed_actions(ledger.get(mine.id), "owner", team=True)  # the team console: the owner's side acts
+    assert not owner["share"] and not owner["retry"] and not owner["resume"] and owner["delete"]
+
+
 def test_live_states_are_one_read_per_interval(ledger, tmp_path):
     a, b = job(ledger, tmp_path, name="a"), job(ledger, tmp_path, name="b")
     c = logged_in()

@@ -1,6 +1,7 @@
 """The console in a real browser: Debian's Chromium headless through selenium (scripts/browser-local up installs
-both; nothing is downloaded at run time), against `hpcft ui` started as the user would, training a tiny LoRA job on
-the local executor. HPCFT_SCREENSHOTS=1 saves the README's screenshots into docs/screenshots/."""
+both; nothing is downloaded at run time), against `hpcft ui` started as the user would, training a tiny LoRA job
+created from the form on the local Slurm cluster. HPCFT_SCREENSHOTS=1 saves the README's screenshots into
+docs/screenshots/."""
 
 import os
 import re
@@ -124,17 +125,19 @@ def watch_states(d, until, timeout=300):
 
 def create_job(d, base, lr="0.002"):
     d.get(base + "create?experiment=lora_tiny")
-    fill(d, "executor", "local")
+    fill(d, "executor", "slurm")
     fill(d, "name", "web-lora")
     fill(d, "training.monitor_interval", "0.5")
     fill(d, "training.max_steps", "30")
     fill(d, "training.learning_rate", lr)
-    wait_for(lambda: "starts now" in text_of(d, "prediction") and "memory:" in text_of(d, "memory"),
+    # sbatch --test-only's answer for this form (`hpcft predict`), and the memory estimate
+    wait_for(lambda: "partition debug" in text_of(d, "prediction") and "memory:" in text_of(d, "memory"),
              "the queue prediction and the memory estimate beside Create", timeout=60)
     assert "256 records), format prompt_response" in text_of(d, "data-check")  # the data check's result
 
 
-def test_create_watch_clone_stop_delete_in_a_browser(console, browser):
+@pytest.mark.slurm
+def test_create_watch_clone_stop_delete_in_a_browser(slurm_cluster, console, browser):
     url, base = console
     d = browser
     d.get(url)
@@ -162,6 +165,7 @@ def test_create_watch_clone_stop_delete_in_a_browser(console, browser):
     print("states seen without reloading:", seen)
     assert seen[-1] == "success" and "running" in seen, seen
     assert seen[0] in ("queued", "running"), seen
+    assert re.search(r"slurm job\s*\d+", text_of(d, "tab-overview")), text_of(d, "tab-overview")  # ran on Slurm
     d.get(f"{base}job/{job_id}#metrics")
     wait_for(lambda: css(d, "#metrics svg polyline"), "the loss chart", timeout=30)
     pts = css(d, "#metrics svg polyline")[-1].get_attribute("points").split()
@@ -235,6 +239,18 @@ def test_extend_reprioritise_and_stop_a_queued_slurm_job(slurm_cluster, console,
     click(d, "act-priority")
     shown(d, "flash", f"job {job_id}: priority high")
     assert "priority set to high" in text_of(d, "events") and "extend" in text_of(d, "events")
+    click(d, "act-stop")
+    shown(d, "flash", "stop requested")
+    assert watch_states(d, ("stopped", "error", "success"), timeout=120)[-1] == "stopped"
+    # an ended job: Resume (a new attempt through Slurm, from its latest checkpoint), then stop it again
+    assert not css(d, "#act-stop") and not css(d, "#act-retry")  # stopped by its user: nothing to retry
+    click(d, "act-resume")
+    shown(d, "flash", f"job {job_id}: attempt 2 queued")
+    assert watch_states(d, ("queued",), timeout=60)[-1] == "queued"
+    again = subprocess.run(hpcft_cli() + ["show", str(job_id)], capture_output=True, text=True).stdout
+    new_slurm_id = re.search(r"slurm job\s*(\d+)", again).group(1)
+    assert new_slurm_id != slurm_id and "PENDING" in subprocess.run(
+        ["squeue", "-h", "-j", new_slurm_id, "-o", "%T"], capture_output=True, text=True).stdout
     click(d, "act-stop")
     shown(d, "flash", "stop requested")
     assert watch_states(d, ("stopped", "error", "success"), timeout=120)[-1] == "stopped"
