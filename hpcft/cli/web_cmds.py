@@ -22,7 +22,10 @@ def ui(port: int = typer.Option(0, "--port", help="TCP port on 127.0.0.1 (defaul
                                                "for several); a user header from any other address is refused"),
        user_header: str = typer.Option("X-Remote-User", "--user-header", help="--team: the header naming the user"),
        bind: Optional[str] = typer.Option(None, "--bind", help="--team: HOST:PORT to listen on (default "
-                                          "127.0.0.1:8080)")) -> None:
+                                          "127.0.0.1:8080)"),
+       access_log: bool = typer.Option(False, "--access-log", help="print one line per request on stderr: method, "
+                                       "path (never the query, which may hold the token), status, user agent")
+       ) -> None:
     """Serve the web console: jobs, create/clone, job pages with metrics, monitoring, logs; models.
 
     Prints http://127.0.0.1:PORT/?token=...; every request without that token is refused (a cookie after the first
@@ -55,12 +58,40 @@ def ui(port: int = typer.Option(0, "--port", help="TCP port on 127.0.0.1 (defaul
         else:
             sock = _tcp("127.0.0.1", port)
             typer.echo(f"http://127.0.0.1:{sock.getsockname()[1]}/?token={token}")
+    if access_log:
+        web = _with_access_log(web)
     server = _server_class(uvicorn)(uvicorn.Config(web, log_level="warning", access_log=False, proxy_headers=False))
     try:
         server.run(sockets=[sock])
     finally:
         if socket_path is not None and sock.family == socketlib.AF_UNIX:
             socket_path.unlink(missing_ok=True)
+
+
+def _with_access_log(web):
+    """The app, printing `METHOD PATH STATUS "USER-AGENT"` on stderr once each HTTP request is answered. uvicorn's own
+    access log would print the query (the first visit's carries the token) and not the user agent."""
+    import sys
+
+    async def logged(scope, receive, send):
+        if scope["type"] != "http":
+            return await web(scope, receive, send)
+        status = ["-"]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await web(scope, receive, send_status)
+        finally:
+            path = (scope.get("raw_path") or scope["path"].encode()).partition(b"?")[0].decode("latin-1")  # %-encoded
+            agent = dict(scope["headers"]).get(b"user-agent", b"-").decode("latin-1")
+            agent = "".join(c if c.isprintable() and c != '"' else "?" for c in agent)
+            print(f'{scope["method"]} {path} {status[0]} "{agent}"', file=sys.stderr, flush=True)
+
+    return logged
 
 
 def _server_class(uvicorn):
