@@ -107,6 +107,29 @@ def pages(c, env, repeats: int, metrics_file: Path) -> dict:
     return {**first, **{k: statistics.median(v) for k, v in got.items()}}
 
 
+def parse_side_by_side(metrics_file: Path, repeats: int) -> dict:
+    """The first read's parse, in this process, interleaved: line by line (json.loads per line, as before) against
+    hpcft.rundir.metrics_io.parse_lines (the lines as one JSON array), and the panels the endpoint builds."""
+    from hpcft.rundir.metrics_io import curve_panels, parse_lines
+    from hpcft.web.api import _panels
+
+    lines = metrics_file.read_text().splitlines()
+
+    def per_line():
+        return [json.loads(x) for x in lines if x.strip()]
+
+    got: dict = {"parse line by line": [], "parse as one array (parse_lines)": [], "panels (series, thinned)": []}
+    for _ in range(repeats):
+        for k, f in (("parse line by line", per_line), ("parse as one array (parse_lines)", lambda: parse_lines(lines))):
+            t = time.perf_counter()
+            recs = f()
+            got[k].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        _panels([(label, label, s) for _, label, s in curve_panels(recs, "lora")])
+        got["panels (series, thinned)"].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
 def watchers(base: str, token: str, n: int, window: float, server_pid: int) -> dict:
     import psutil
 
@@ -160,6 +183,10 @@ def main() -> int:
         c = client(base, token)
         for k, v in pages(c, env, a.repeats, tmp / "home" / "runs" / "1-bench" / "metrics.jsonl").items():
             print(f"{k:<46} {v * 1000:8.1f} ms")
+        side = parse_side_by_side(tmp / "home" / "runs" / "1-bench" / "metrics.jsonl", a.repeats)
+        for k, v in side.items():
+            print(f"{a.metrics:,} lines: {k:<34} {v * 1000:8.1f} ms")
+        print(f"parse_lines / line by line: {side['parse as one array (parse_lines)'] / side['parse line by line']:.2f}")
         w = watchers(base, token, a.watchers, a.window, p.pid)
         print(f"{w['watchers']} watchers polling every 2 s for {w['window_s']:.0f} s: {w['polls']} polls, server CPU "
               f"{w['cpu_s']:.2f} s = {w['core_share'] * 100:.1f}% of one core")

@@ -511,10 +511,10 @@ def main() -> int:
         ways["llamafactory"] = lambda m, t: lf_run(py, work, m, model_dir, data, a.steps, env, t)
     methods = a.methods.split(",")
     res: dict = {(w, m): [] for w in ways for m in methods}
-    for rep in range(a.repeats):  # A B C A B C: the machine's load hits every way alike
+    for rep in range(a.repeats):  # A B C, C B A, A B C: the machine's load (and its drift) hits every way alike
         for m in methods:
-            for w, fn in ways.items():
-                r = fn(m, str(rep))
+            for w in (list(ways) if rep % 2 == 0 else list(ways)[::-1]):
+                r = ways[w](m, str(rep))
                 print(json.dumps({"way": w, "method": m, "repeat": rep, **r}), flush=True)
                 res[(w, m)].append(r)
     if a.repeats:

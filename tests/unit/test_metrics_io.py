@@ -16,3 +16,19 @@ def test_ascii_plot_places_first_high_and_last_low():
     rows = text.splitlines()
     assert rows[0].endswith("|*" + " " * 9) and rows[2].rstrip().endswith("*")
     assert ascii_plot([], []) == "(no loss points yet)"
+
+
+def test_parse_lines_takes_every_record_and_skips_damaged_lines(tmp_path):
+    from hpcft.rundir.metrics_io import parse_lines, read_metrics, read_metrics_since
+
+    good = ['{"type": "train", "step": 1, "loss": 2.0}', '{"type": "train", "step": 2, "loss": 1.5}']
+    assert parse_lines(good + [""]) == [{"type": "train", "step": 1, "loss": 2.0},
+                                        {"type": "train", "step": 2, "loss": 1.5}]
+    # a torn line, two objects on one line, a bare number, a list: each skipped alone, the rest kept in order
+    bad = [good[0], '{"type": "tr', '{"step": 9}, {"step": 10}', "7", "[1, 2]", good[1], '{"x": 1}]']
+    assert [r.get("step") for r in parse_lines(bad)] == [1, 2]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(good + ['{"type": "eval", "step": 2, "loss": 1.7}']) + "\n"
+                                           + '{"type": "train", "st')
+    assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2]
+    recs, off = read_metrics_since(tmp_path)
+    assert len(recs) == 3 and off == len("\n".join(good) + '\n{"type": "eval", "step": 2, "loss": 1.7}\n')
