@@ -1,3 +1,5 @@
+import pytest
+
 from hpcft.cli.plot import ascii_plot
 from hpcft.rundir.metrics_io import loss_series
 
@@ -18,7 +20,14 @@ def test_ascii_plot_places_first_high_and_last_low():
     assert ascii_plot([], []) == "(no loss points yet)"
 
 
-def test_parse_lines_takes_every_record_and_skips_damaged_lines(tmp_path):
+@pytest.fixture(params=["orjson", "json"])
+def parser(request, monkeypatch):
+    if request.param == "json":
+        monkeypatch.setitem(__import__("sys").modules, "orjson", None)  # as where orjson is not installed
+    return request.param
+
+
+def test_parse_lines_takes_every_record_and_skips_damaged_lines(tmp_path, parser):
     from hpcft.rundir.metrics_io import parse_lines, read_metrics, read_metrics_since
 
     good = ['{"type": "train", "step": 1, "loss": 2.0}', '{"type": "train", "step": 2, "loss": 1.5}']
@@ -32,3 +41,15 @@ def test_parse_lines_takes_every_record_and_skips_damaged_lines(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2]
     recs, off = read_metrics_since(tmp_path)
     assert len(recs) == 3 and off == len("\n".join(good) + '\n{"type": "eval", "step": 2, "loss": 1.7}\n')
+
+
+def test_parse_lines_keeps_nan_and_infinity_as_pythons_json_writes_them(parser):
+    import json
+    import math
+
+    from hpcft.rundir.metrics_io import parse_lines
+
+    lines = [json.dumps({"step": 1, "loss": float("nan")}), json.dumps({"step": 2, "loss": float("inf")}),
+             json.dumps({"step": 3, "loss": 1.0})]
+    got = parse_lines(lines)
+    assert [r["step"] for r in got] == [1, 2, 3] and math.isnan(got[0]["loss"]) and got[1]["loss"] == float("inf")

@@ -181,6 +181,11 @@ def test_create_watch_clone_stop_delete_in_a_browser(slurm_cluster, console, bro
     shown(d, "flash", "published web-lora@1")
     d.get(base + "models")
     assert "web-lora@1" in text_of(d, "models") and "published" in text_of(d, "models")
+    css(d, '#models a[href="/models/web-lora/1"]')[0].click()  # the version's page: show's rows, the card, Verify
+    shown(d, "detail", f"job {job_id}, final")
+    assert f"Published with hpcft from the final of job {job_id}" in text_of(d, "card")
+    click(d, "act-verify")
+    shown(d, "flash", "verified: every file of web-lora@1 matches SHA256SUMS")
     d.get(f"{base}job/{job_id}")
 
     # clone with another learning rate; stop the clone while it runs
