@@ -25,3 +25,11 @@ class SchedulerError(HpcftError):
     """The scheduler (Slurm) refused or failed a request."""
 
     exit_code = 5
+
+
+class LedgerUnreachable(HpcftError):
+    """The ledger's database server refused the connection, or did not answer within its connect timeout (down, a
+    network partition, a frozen host): try again later; running jobs go on and keep their records in their run
+    directories (hpcft.rundir.journal)."""
+
+    exit_code = 6

@@ -38,6 +38,15 @@ def main() -> None:
     except Exception as e:  # a bug or an unexpected failure: one line, the traceback on request
         if os.environ.get("HPCFT_DEBUG"):
             raise
+        try:
+            from hpcft.ledger.store import unreachable
+
+            down = unreachable(e)
+        except Exception:  # noqa: BLE001  (the message below is the fallback)
+            down = None
+        if down is not None:  # the database server down or not answering: exit code 6, try again later
+            print(f"error: {down}", file=sys.stderr)
+            sys.exit(down.exit_code)
         print(f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
               "(set HPCFT_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(1)

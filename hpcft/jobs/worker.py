@@ -161,13 +161,14 @@ def stop_requested_now(ledger, job_id: int):
 def open_job(url: str, job_id: int, wait_s: float = 600.0) -> Any:
     """The worker's ledger (hpcft.ledger.courier: journal first, then the database) for job `job_id`, whose row it
     reads once, waiting up to `wait_s` for a database that does not answer at the job's start."""
-    from hpcft.ledger.courier import JournaledLedger
+    from hpcft.ledger.courier import Bounded, JournaledLedger
     from hpcft.ledger.store import Ledger
 
     deadline, said = time.monotonic() + wait_s, False
+    call = Bounded()  # a database that does not answer at all (a partition) is waited for like one that refuses
     while True:
         try:
-            job = Ledger(url).get(job_id)
+            job = call(lambda: Ledger(url).get(job_id))
             break
         except Exception as e:
             from hpcft.errors import NotFound

@@ -9,6 +9,10 @@ the courier retries with a growing pause (up to `MAX_PAUSE_S`) for as long as th
 job's log, and says so again when it answers. At the job's end `close` tries for `linger_s` more
 (`HPCFT_JOURNAL_LINGER_S`, default 20 s); what is still undelivered after that waits in the journal for `hpcft sync`
 (or `hpcft admin rebuild`), which takes it with the job's true end state and time.
+
+A database that stops answering without refusing (a network partition, a frozen server) is the same outage: every
+call to it is made on a thread of its own and waited for at most `wait_s` (`HPCFT_LEDGER_WAIT_S`, default 15 s), one
+call at a time, so the worker's own steps (its start, the stop-request poll, the job's end) never hang on it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from hpcft.rundir import journal
 from hpcft.states import State
@@ -26,11 +30,56 @@ MAX_PAUSE_S = 30.0
 POLL_S = 1.0
 
 
-def linger_default() -> float:
+def _seconds(var: str, default: float) -> float:
     try:
-        return max(0.0, float(os.environ.get("HPCFT_JOURNAL_LINGER_S", "20")))
+        return max(0.0, float(os.environ.get(var, default)))
     except ValueError:
-        return 20.0
+        return default
+
+
+def linger_default() -> float:
+    return _seconds("HPCFT_JOURNAL_LINGER_S", 20.0)
+
+
+def wait_default() -> float:
+    return _seconds("HPCFT_LEDGER_WAIT_S", 15.0)
+
+
+class NoAnswer(Exception):
+    """The database did not answer a call within its bound (it may still, later: the call goes on behind)."""
+
+
+class Bounded:
+    """Calls to the database, one at a time, each waited for at most `wait_s`. A call that does not return in time
+    goes on in the background; until it does, the next call waits for it (within its own bound) and then fails with
+    NoAnswer, so a hung database costs a caller `wait_s` and leaves at most one thread behind."""
+
+    def __init__(self, wait_s: Optional[float] = None) -> None:
+        self.wait_s = wait_default() if wait_s is None else wait_s
+        self._slot = threading.Lock()  # held by the call in flight; released by its thread when it returns
+
+    def __call__(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        deadline = time.monotonic() + self.wait_s
+        if not self._slot.acquire(timeout=self.wait_s):
+            raise NoAnswer(f"an earlier call has waited more than {self.wait_s:g} s for the database")
+        box: dict = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = fn(*args, **kw)
+            except BaseException as e:  # handed to the caller, if it still waits
+                box["error"] = e
+            finally:
+                self._slot.release()
+                done.set()
+
+        threading.Thread(target=run, name="hpcft-ledger-call", daemon=True).start()
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            raise NoAnswer(f"no answer from the database within {self.wait_s:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
 
 def _say(msg: str) -> None:
@@ -49,6 +98,7 @@ class JournaledLedger:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.down: Optional[str] = None  # why the ledger is unreachable, while it is
+        self.call = Bounded()  # every database call of this object goes through it
 
     # ---------------------------------------------------------------------------------------- the database
     @property
@@ -69,7 +119,7 @@ class JournaledLedger:
             if self._seq and newest <= self._seq and self.down is None:
                 return Delivered(seq=self._seq)
             try:
-                out = deliver(self.ledger, self.job_id, self.run_dir)
+                out = self.call(lambda: deliver(self.ledger, self.job_id, self.run_dir))
             except Exception as e:  # the database down, a failover, a network blip: keep the journal, go on
                 if self.down is None:
                     self.down = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -130,7 +180,7 @@ class JournaledLedger:
     def add_event(self, job_id: int, kind: str, message: str = "", **data: Any) -> None:
         if self._append("event", kind=kind, message=message, data=data) is None:
             try:
-                self.ledger.add_event(job_id, kind, message, **data)
+                self.call(lambda: self.ledger.add_event(job_id, kind, message, **data))
             except Exception as e:
                 _say(f"event {kind!r} lost: neither the journal nor the ledger took it ({type(e).__name__})")
             return
@@ -144,7 +194,8 @@ class JournaledLedger:
         to = State(to)
         seq = self._append("state", to=to.value, reason=reason, cause=cause, source=source, fields=fields)
         if seq is None:
-            return self.ledger.transition(job_id, to, reason, cause=cause, source=source, strict=strict, **fields)
+            return self.call(lambda: self.ledger.transition(job_id, to, reason, cause=cause, source=source,
+                                                            strict=strict, **fields))
         out = self.deliver_now()  # the courier thread may have taken it a moment before: then it is in _changed
         if seq in self._changed:
             return True
@@ -163,7 +214,7 @@ class JournaledLedger:
     def get(self, job_id: int) -> Any:
         """The job's row; while the ledger does not answer, the row as last read."""
         try:
-            self._job = self.ledger.get(job_id)
+            self._job = self.call(lambda: self.ledger.get(job_id))
         except Exception:
             if self._job is None:
                 raise
@@ -173,7 +224,7 @@ class JournaledLedger:
         """The job's events; while the ledger does not answer, those in the journal (kind, message, attempt,
         data)."""
         try:
-            return self.ledger.events(job_id)
+            return self.call(lambda: self.ledger.events(job_id))
         except Exception:
             from types import SimpleNamespace
 
@@ -182,4 +233,4 @@ class JournaledLedger:
                     for r in journal.read(self.run_dir) if r.get("op") == "event"]
 
     def open_requests(self, job_id: int, action: Optional[str] = None) -> List[Any]:
-        return self.ledger.open_requests(job_id, action)
+        return self.call(lambda: self.ledger.open_requests(job_id, action))

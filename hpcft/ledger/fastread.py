@@ -93,7 +93,13 @@ def _postgres(url: str, where: JobFilter) -> Optional[List[SimpleNamespace]]:
         return None
     conninfo = re.sub(r"^(postgresql|postgres)(\+psycopg)?://", "postgresql://", url)
     try:
-        with psycopg.connect(conninfo, connect_timeout=10) as conn, conn.cursor() as cur:
+        conn = psycopg.connect(conninfo, connect_timeout=10)
+    except psycopg.OperationalError as e:  # the full ledger could not connect either: say so after one try
+        from hpcft.ledger.store import unreachable
+
+        raise unreachable(e, url) from None
+    try:
+        with conn, conn.cursor() as cur:
             cur.execute("SELECT version_num FROM alembic_version")
             if not _schema_ok(cur.fetchall()):
                 return None

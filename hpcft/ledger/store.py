@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import getpass
 import os
+import re
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -28,7 +29,7 @@ from hpcft.ledger import migrations
 from hpcft.ledger.guard import check_ledger_file
 from hpcft.ledger.query import JobFilter
 from hpcft.ledger.rows import update_row, utcnow
-from hpcft.errors import NotFound, StateError
+from hpcft.errors import LedgerUnreachable, NotFound, StateError
 from hpcft.states import State, can_transition, is_terminal
 
 
@@ -141,6 +142,51 @@ def engine_url(url: str) -> str:
     return url
 
 
+# A database host that stops answering (a network partition, a frozen server) must not hold a caller forever:
+# TCP's own connect timeout is about 2 minutes on Linux and an established connection waits for an answer without
+# end. These bound the connect, and find a dead peer of an open connection within about a minute. A value given in
+# the URL (`?connect_timeout=3`) wins. A running job's worker bounds every call besides (hpcft.ledger.courier).
+NETWORK_TIMEOUTS = {
+    "postgresql": {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                   "keepalives_count": 3, "tcp_user_timeout": 60000},
+    "mysql": {"connect_timeout": 10, "read_timeout": 300, "write_timeout": 300},
+}
+
+
+def network_timeouts(url: str) -> Dict[str, Any]:
+    """connect_args for a server URL: NETWORK_TIMEOUTS of its dialect, less those the URL's query sets."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(engine_url(url))
+    dialect = "mysql" if u.get_backend_name() in ("mysql", "mariadb") else u.get_backend_name()
+    if dialect == "mysql" and u.get_driver_name() != "pymysql":
+        return {}  # other MySQL drivers name these differently
+    return {k: v for k, v in NETWORK_TIMEOUTS.get(dialect, {}).items() if k not in u.query}
+
+
+_UNREACHABLE = re.compile(r"connection|connect|timeout expired|timed out|server closed|no such file or directory|"
+                          r"could not translate host name|network is unreachable|no route to host", re.IGNORECASE)
+
+
+def unreachable(e: BaseException, url: Optional[str] = None) -> Optional[LedgerUnreachable]:
+    """The one-line LedgerUnreachable for an error that says a database server could not be reached (refused, no
+    answer within the connect timeout, a connection lost), or None for any other error (and for SQLite files)."""
+    url = url or paths.db_url()
+    if url.startswith("sqlite") or type(e).__name__ not in ("OperationalError", "InterfaceError",
+                                                             "ConnectionTimeout"):
+        return None
+    orig = getattr(e, "orig", None) or e
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    if not _UNREACHABLE.search(first):
+        return None
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(engine_url(url)).render_as_string(hide_password=True)
+    return LedgerUnreachable(f"the ledger database does not answer ({shown}: {first}); check that it is up and "
+                             f"reachable from here, then try again (running jobs go on: their run directories keep "
+                             f"what they write)")
+
+
 def _engines(url: str):
     """(reader, writer) engines for a URL, created once per process; the schema is brought to the newest migration
     (hpcft.ledger.migrations: one cheap query when it already is) before they are handed out."""
@@ -172,7 +218,7 @@ def _engines(url: str):
 
         pair = (make("BEGIN"), make("BEGIN IMMEDIATE"))  # the writer's BEGIN IMMEDIATE also serialises migrations
     else:
-        eng = create_engine(engine_url(url), pool_pre_ping=True)
+        eng = create_engine(engine_url(url), pool_pre_ping=True, connect_args=network_timeouts(url))
         pair = (eng, eng)
     migrations.ensure_schema(*pair)
     _ENGINES[url] = pair

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -50,6 +51,29 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         self._as_postgres([_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def _pids(self) -> list:
+        """The postmaster, then its children (the backends and background workers)."""
+        master = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == master:
+                children.append(int(stat.split("/")[2]))
+        return [master, *children]
+
+    def freeze(self) -> None:
+        """A server that stops answering without refusing (a hung host, or a network partition as its clients
+        see it): SIGSTOP to every process of it; the kernel still takes connections and data, nothing replies."""
+        for pid in self._pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in reversed(self._pids()):
+            os.kill(pid, signal.SIGCONT)
 
     def running(self) -> bool:
         return subprocess.run([_bin("pg_isready"), "-h", str(self.dir), "-p", str(self.port)],

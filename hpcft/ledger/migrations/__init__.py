@@ -58,11 +58,11 @@ def current(engine) -> Optional[List[str]]:
     """The revisions recorded in the ledger's alembic_version table, or None when it has no such table."""
     from sqlalchemy.exc import DBAPIError
 
-    try:
-        with engine.connect() as conn:
+    with engine.connect() as conn:  # a database that cannot be reached: raised, not taken for an empty one
+        try:
             return sorted(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all())
-    except DBAPIError:
-        return None
+        except DBAPIError:
+            return None
 
 
 def ensure_schema(reader, writer) -> None:
