@@ -172,6 +172,7 @@ def _create_points(ledger: Any, s: Any, points: List[tuple], jobs: List[Any], **
 
     from hpcft.config.sweep import label, point_name, swept_values
     from hpcft.jobs.submit import prepare_run_dir
+    from hpcft.ledger.deliver import record_events
     from hpcft.ledger.record import resource_spec
     from hpcft.ledger.sweeps import record_point
     from hpcft.states import State
@@ -198,8 +199,9 @@ def _create_points(ledger: Any, s: Any, points: List[tuple], jobs: List[Any], **
         record = {"hydra_app": {"name": str(cfg.hydra.job.name), "overrides": overrides,
                                 "config": _task_config(cfg)}}
         jobs[-1] = ledger.update(job.id, output_dir=str(out), config=record)
-        ledger.add_event(job.id, "submitted", f"point #{idx} of a Hydra sweep of {cfg.hydra.job.name}: {shown}",
-                         executor="slurm", overrides=overrides, app=str(cfg.hydra.job.name))
+        record_events(ledger, job.id, out, [("submitted", f"point #{idx} of a Hydra sweep of {cfg.hydra.job.name}: "
+                                             f"{shown}", {"executor": "slurm", "overrides": overrides,
+                                                          "app": str(cfg.hydra.job.name)})])
         if len(points) > 1:
             record_point(ledger, job.id, jobs[0].id, k, len(points),
                          {"base": s.name, "values": values[k], "label": label(values[k])})

@@ -234,7 +234,10 @@ def _stamp(ledger, job, cfg: DictConfig, info: Dict[str, Any]) -> None:
         cfg.pipeline = info
     write_config(cfg, Path(job.output_dir))
     ledger.update(job.id, config=OmegaConf.to_container(cfg, resolve=True))
-    ledger.add_event(job.id, "pipeline", f"stage {info['stage']} of pipeline {info['id']} ({info['name']})", **info)
+    from hpcft.ledger.deliver import record_events
+
+    record_events(ledger, job.id, job.output_dir, [("pipeline", f"stage {info['stage']} of pipeline {info['id']} "
+                                                    f"({info['name']})", info)])
 
 
 def _stop_quietly(ledger, job) -> None:

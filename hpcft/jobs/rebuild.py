@@ -65,6 +65,21 @@ def _make_row(ledger: Any, run: Path, found: dict) -> Any:
     return job
 
 
+def _slurm_ids(ledger: Any, job_id: int, run: Path) -> None:
+    """A job made again takes the Slurm ids its journal names last (the submit's `slurm` event, or a start), when
+    the replay left none: `hpcft sync` asks Slurm about it by that id, as before the loss."""
+    from hpcft.rundir import journal
+
+    ids: dict = {}
+    for rec in journal.read(run):
+        data = rec.get("data") if rec.get("op") == "event" and rec.get("kind") == "slurm" else rec.get("fields")
+        if isinstance(data, dict) and data.get("slurm_job_id"):
+            ids = {k: data[k] for k in ("slurm_job_id", "array_job_id", "array_task_id") if data.get(k) is not None}
+    row = ledger.get(job_id)
+    if ids and not row.slurm_job_id and row.executor == "slurm":
+        ledger.update(job_id, **ids)
+
+
 def _bump_sequence(ledger: Any) -> None:
     """PostgreSQL: rows made with their old ids leave the id sequence behind; move it past them."""
     if not ledger.url.startswith(("postgresql", "postgres")):
@@ -100,6 +115,8 @@ def rebuild(ledger: Any, root: Path, everything: bool = False) -> Rebuilt:
                 deliver(ledger, row.id, run)
                 if row.id not in out.made:
                     out.updated.append(row.id)
+            if row.id in out.made:
+                _slurm_ids(ledger, row.id, run)
         except Exception as e:  # one unreadable directory never stops the rest
             out.skipped.append(f"{run}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
     if out.made:

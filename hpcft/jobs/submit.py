@@ -193,6 +193,7 @@ def create_jobs(ledger, p: Plan) -> List[Any]:
 
     preflight.check_prerequisites(p.configs)
     jobs = []
+    from hpcft.ledger.deliver import record_events
     from hpcft.rundir import secrets_file
 
     for cfg in p.configs:
@@ -207,20 +208,21 @@ def create_jobs(ledger, p: Plan) -> List[Any]:
         secrets_file.write(out, secret)  # for the owner alone (hpcft.rundir.secrets_file); config.yaml masked
         write_config(OmegaConf.create(public), out)
         job = ledger.update(job.id, output_dir=str(out), config=public)
-        ledger.add_event(job.id, "submitted", f"to the {p.executor} executor", executor=p.executor)
+        said = [("submitted", f"to the {p.executor} executor", {"executor": p.executor})]
         if cfg.get("after"):  # queued behind its parents (hpcft.jobs.chain)
-            ledger.add_event(job.id, "after", f"waits for job(s) {', '.join(map(str, cfg.after))} to end in success",
-                             after=list(cfg.after))
+            said.append(("after", f"waits for job(s) {', '.join(map(str, cfg.after))} to end in success",
+                         {"after": list(cfg.after)}))
+        if cfg.model.get("asset"):  # model.path=asset:NAME (hpcft.registry.use): the lineage, as an event too
+            alias = cfg.model.get("asset_alias")
+            said.append(("asset", f"starts from model asset {cfg.model.asset} ({cfg.model.path})"
+                         + (f", through alias {alias} at submit" if alias else ""),
+                         {"asset": str(cfg.model.asset), "path": str(cfg.model.path),
+                          **({"alias": str(alias)} if alias else {})}))
+        record_events(ledger, job.id, out, said)  # in the run directory's journal too: the record
         if p.sweep:  # point k of the sweep named by its first job's id (`hpcft sweep ID`)
             from hpcft.ledger.sweeps import record_point
 
             record_point(ledger, job.id, jobs[0].id if jobs else job.id, len(jobs), len(p.configs), p.sweep[len(jobs)])
-        if cfg.model.get("asset"):  # model.path=asset:NAME (hpcft.registry.use): the lineage, as an event too
-            alias = cfg.model.get("asset_alias")
-            ledger.add_event(job.id, "asset", f"starts from model asset {cfg.model.asset} ({cfg.model.path})"
-                             + (f", through alias {alias} at submit" if alias else ""),
-                             asset=str(cfg.model.asset), path=str(cfg.model.path),
-                             **({"alias": str(alias)} if alias else {}))
         jobs.append(job)
     return jobs
 

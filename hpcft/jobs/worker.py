@@ -602,7 +602,10 @@ def register_and_run(config_path: Path) -> int:
             secrets_file.write(config_path.parent, secret)
             job = ledger.create_job(**fields, executor="slurm", output_dir=str(config_path.parent), **ids)
             job_id = job.id
-            ledger.add_event(job_id, "submitted", "registered by a rendered sbatch script", **ids)
+            from hpcft.ledger.deliver import record_events
+
+            record_events(ledger, job_id, config_path.parent, [("submitted", "registered by a rendered sbatch script",
+                                                                ids)])
             from hpcft.rundir.identity import identity_of, read_identity, write_identity
 
             if read_identity(config_path.parent) is None:  # its identity, as a submit writes it (hpcft.rundir.identity)

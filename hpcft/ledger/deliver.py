@@ -108,6 +108,24 @@ def deliver(ledger: Any, job_id: int, run_dir: os.PathLike, upto: Optional[int] 
     return out
 
 
+def record_events(ledger: Any, job_id: int, run_dir: os.PathLike, events: List[tuple]) -> None:
+    """Events a command writes about a job it submits (`submitted`, `after`, `asset`, its Slurm id): appended to
+    the run directory's journal, then delivered, so that they are in the record (`hpcft admin rebuild` makes them
+    again) and in the ledger once. `events`: (kind, message, data) tuples. Those the journal cannot take (a run
+    directory this user cannot write, a full disk) go straight into the ledger."""
+    done = 0
+    try:
+        for kind, message, data in events:
+            journal.append(run_dir, "event", kind=kind, message=message, data=dict(data))
+            done += 1
+    except OSError:
+        pass
+    if done:
+        deliver(ledger, job_id, run_dir)
+    for kind, message, data in events[done:]:
+        ledger.add_event(job_id, kind, message, **data)
+
+
 def ahead(job: Any) -> bool:
     """Whether the run directory of `job` (a ledger row) holds journal records the ledger has not taken."""
     out = getattr(job, "output_dir", "") or ""

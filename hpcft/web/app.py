@@ -113,13 +113,14 @@ def create_app(*, mode: str = "user", token: Optional[str] = None, db_url: Optio
     from `app.state.token`); mode "team": behind a reverse proxy at one of `trusted_proxies`, which names the user in
     `user_header`."""
     from hpcft import paths
-    from hpcft.web import api, create, models, pages, sweeps
+    from hpcft.web import api, create, models, pages, pipelines, sweeps
 
     if mode not in ("user", "team"):
         raise HpcftError(f"console mode {mode!r}: use user or team")
     if mode == "team" and not trusted_proxies:
         raise HpcftError("--team needs --trusted-proxy ADDR: the address of the reverse proxy that authenticates users")
-    routes = create.routes() + api.routes() + pages.routes() + models.routes() + sweeps.routes()  # /job/ID/clone before /job/ID/{action}
+    # /job/ID/clone before /job/ID/{action}
+    routes = create.routes() + api.routes() + pages.routes() + models.routes() + sweeps.routes() + pipelines.routes()
     routes.append(Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"))
     app = Starlette(routes=routes, middleware=[Middleware(Gate)],
                     exception_handlers={HpcftError: error_response, PermissionError: unreadable_response})

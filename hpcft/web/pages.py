@@ -122,6 +122,12 @@ def unreadable_as_empty(fn, *args):
         return None
 
 
+def pipeline_of(job) -> dict:
+    """{id, name, stage} of the pipeline a job is a stage of (its config's `pipeline`), or {}."""
+    info = dict((job.config or {}).get("pipeline") or {})
+    return info if isinstance(info.get("id"), int) else {}
+
+
 def job_page(request: Request):
     import yaml
 
@@ -157,7 +163,7 @@ def job_page(request: Request):
                   level=lvl, actions=allowed_actions(job, lvl, c.mode == "team"), events=events, files=files,
                   config=yaml.safe_dump(cfg or {}, sort_keys=False), trainer=trainer,
                   live=job.state in ("queued", "running"), message=take_flash(request),
-                  asset_name=default_name(job.name), access=job.access or "none")
+                  asset_name=default_name(job.name), access=job.access or "none", pipeline=pipeline_of(job))
 
 
 async def job_action(request: Request):

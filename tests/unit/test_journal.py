@@ -169,3 +169,41 @@ def test_a_state_change_the_courier_delivered_first_still_counts_as_changed(ledg
     jl.add_event(job.id, "finished", "trainer exited with code 0", exit_code=0)
     assert jl.transition(job.id, State.success, "trainer finished") is True
     assert jl.close(linger_s=0) and ledger.get(job.id).state == "success"
+
+
+def test_submit_time_events_are_in_the_record_and_the_ledger_once(ledger, tmp_path):
+    job, run = _job(ledger, tmp_path)
+    D.record_events(ledger, job.id, run, [("submitted", "to the slurm executor", {"executor": "slurm"}),
+                                          ("after", "waits for job(s) 3", {"after": [3]})])
+    assert [(r["kind"], r["data"]) for r in journal.read(run)] == [("submitted", {"executor": "slurm"}),
+                                                                   ("after", {"after": [3]})]
+    assert ledger.get(job.id).journal_seq == 2
+    D.deliver(ledger, job.id, run)  # the worker's courier after it: nothing twice
+    kinds = [e.kind for e in ledger.events(job.id)]
+    assert kinds.count("submitted") == 1 and kinds.count("after") == 1
+    gone = tmp_path / "not-there"  # a run directory the journal cannot take: straight into the ledger
+    D.record_events(ledger, job.id, gone, [("slurm", "submitted as Slurm job 7", {"slurm_job_id": "7"})])
+    assert [e.kind for e in ledger.events(job.id)].count("slurm") == 1 and not gone.exists()
+
+
+def test_rebuild_gives_a_queued_slurm_job_its_slurm_id_back(tmp_path, monkeypatch):
+    from hpcft.jobs import rebuild as R
+    from hpcft.jobs.executors.slurm import record_slurm_id
+    from hpcft.jobs.submit import create_jobs, plan
+
+    monkeypatch.setenv("HPCFT_HOME", str(tmp_path))
+    monkeypatch.setenv("HPCFT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("HPCFT_DB_URL", raising=False)
+    first = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    p = plan(["+experiment=lora_tiny", "executor=slurm", "name=queued-in-slurm"])
+    (job,) = create_jobs(first, p)
+    record_slurm_id(first, job, "4242_3", "submitted as Slurm job 4242_3 (array task 3)")
+    before = [(e.kind, e.message) for e in first.events(job.id) if e.kind != "created"]
+    assert [k for k, _ in before] == ["submitted", "slurm"]
+
+    again = Ledger(f"sqlite:///{tmp_path}/again.db")  # the ledger lost: another one made from the run directories
+    out = R.rebuild(again, tmp_path / "runs", everything=True)
+    assert out.made == [job.id], out
+    row = again.get(job.id)
+    assert (row.state, row.slurm_job_id, row.array_job_id, row.array_task_id) == ("queued", "4242_3", "4242", 3)
+    assert [(e.kind, e.message) for e in again.events(job.id) if e.kind not in ("created", "rebuilt")] == before

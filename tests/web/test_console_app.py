@@ -306,3 +306,24 @@ def test_sweeps_pages_show_the_points_best_first(ledger, tmp_path):
 def test_the_token_redirect_stays_on_this_site(ledger):
     r = client().get(f"http://testserver//evil.example/?token={TOKEN}", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/evil.example/"
+
+
+def test_the_pipeline_page_shows_its_stages_and_the_job_page_links_to_it(ledger, tmp_path):
+    info = {"name": "sft-dpo", "id": None}
+    sft = job(ledger, tmp_path, name="sft-dpo:sft", state="success")
+    info["id"] = sft.id
+    ledger.update(sft.id, config={"pipeline": dict(info, stage="sft")})
+    dpo = job(ledger, tmp_path, name="sft-dpo:dpo", state="error", state_reason="trainer exited with code 1",
+              parent_id=sft.id, config={"pipeline": dict(info, stage="dpo"), "after": [sft.id]})
+    other = job(ledger, tmp_path, owner="carol", name="sft-dpo:publish", config={"pipeline": dict(info, stage="x")})
+    c = logged_in()
+    page = c.get(f"/pipeline/{sft.id}").text
+    rows = re.findall(r'<tr data-id="(\d+)"><td>(\w+)</td>', page)
+    assert rows == [(str(sft.id), "sft"), (str(dpo.id), "dpo")]  # carol's stage is not bob's to see
+    assert str(other.id) not in rows and "trainer exited with code 1" in page
+    assert page.count(f'<a href="/job/{sft.id}">{sft.id}</a>') == 3  # its row; dpo waits for it, starts from it
+    page = c.get(f"/job/{dpo.id}").text
+    assert f'stage <b>dpo</b> of <a href="/pipeline/{sft.id}">pipeline {sft.id} sft-dpo</a>' in page
+    assert 'id="job-pipeline"' not in c.get(f"/job/{job(ledger, tmp_path, name='alone').id}").text
+    r = c.get("/pipeline/99999")
+    assert r.status_code == 404 and "no such pipeline" in r.text

@@ -78,6 +78,21 @@ def a_job_and_its_model(tmp_path):
     return j
 
 
+def a_pipeline(tmp_path):
+    """Two stages of a pipeline (sft -> dpo), as `hpcft pipeline submit` records them."""
+    from hpcft.ledger.store import Ledger
+
+    ledger = Ledger()
+    sft = ledger.create_job(name="phone-pipeline:sft", method="sft", output_dir=str(tmp_path / "run-sft"),
+                            state="success")
+    info = {"name": "phone-pipeline", "id": sft.id}
+    ledger.update(sft.id, config={"pipeline": dict(info, stage="sft")})
+    dpo = ledger.create_job(name="phone-pipeline:dpo", method="dpo", output_dir=str(tmp_path / "run-dpo"),
+                            state="queued", parent_id=sft.id, config={"pipeline": dict(info, stage="dpo"),
+                                                                      "after": [sft.id]})
+    return sft, dpo
+
+
 def layout(d):
     return d.execute_script(
         "const m = document.querySelector('meta[name=viewport]');"
@@ -171,3 +186,16 @@ def test_the_console_fits_a_phone(console, phone, tmp_path):
     no_sideways_scroll(d, "models")
     tappable(d, "#models td a", "models", on_screen=False)  # the table scrolls in its .tablewrap
     shot(d, "models")
+
+    first, second = a_pipeline(tmp_path)
+    d.get(f"{base}pipeline/{first.id}")
+    assert d.execute_script("return [...document.querySelectorAll('#stages tbody tr')].map((r) => r.dataset.id)") \
+        == [str(first.id), str(second.id)]
+    no_sideways_scroll(d, "pipeline")
+    tappable(d, "#stages td a", "pipeline", on_screen=False)
+    shot(d, "pipeline")
+    d.execute_script(f"document.querySelector('#stages tr[data-id=\"{second.id}\"] td:nth-child(2) a').click()")
+    wait_for(lambda: d.current_url == f"{base}job/{second.id}", "the stage's job page", timeout=30)
+    link = d.execute_script("const a = document.querySelector('#job-pipeline a'); return a && a.href")
+    assert link == f"{base}pipeline/{first.id}"  # and back to its pipeline
+    no_sideways_scroll(d, "a stage's job page")

@@ -196,8 +196,13 @@ def record_slurm_id(ledger, job, sid: str, message: str, **data: Any) -> Any:
         base, task = sid.split("_", 1)
         fields.update(array_job_id=base, array_task_id=int(task))
     row = ledger.update(job.id, **fields)
-    ledger.add_event(job.id, "slurm", message, **data, **fields)
-    return row
+    if row.output_dir:  # in the run directory's journal too (hpcft admin rebuild takes the Slurm id from it)
+        from hpcft.ledger.deliver import record_events
+
+        record_events(ledger, job.id, row.output_dir, [("slurm", message, {**data, **fields})])
+    else:
+        ledger.add_event(job.id, "slurm", message, **data, **fields)
+    return ledger.get(job.id)
 
 
 class SubmissionUncertain(SchedulerError):
