@@ -8,7 +8,10 @@ so a job's own warnings and errors, and every other message of the same librarie
 - transformers: the FutureWarning `is_gradient_checkpointing is deprecated` (peft's merge_and_unload and trl call
   the deprecated alias), and torch's `all_gather_into_tensor is deprecated` (DeepSpeed calls it);
 - DeepSpeed: `Setting accelerator to CPU. If you have GPU ...`, printed when DeepSpeed is imported on a machine
-  without GPUs. Only where no GPU was asked for: in a GPU job it means the GPUs were not found, and it stays.
+  without GPUs. Only where no GPU was asked for: in a GPU job it means the GPUs were not found, and it stays;
+- the progress bars of transformers and huggingface_hub (`Loading weights`, `Writing model shards`) where the output
+  is no terminal (a job's log, a captured command): carriage-return redraws that say nothing of the job there
+  (`HF_HUB_DISABLE_PROGRESS_BARS=1`, unless it is set already).
 
 `install` runs first thing in the trainer's process (hpcft.train.entry) and in the CLI (hpcft.cli.main). Loggers are
 configured by name, before the library that owns them is imported; nothing here imports a third-party library.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from typing import Mapping, Optional, Tuple
 
@@ -69,4 +73,13 @@ def install(gpus: Optional[int] = None, environ: Mapping[str, str] = os.environ)
             logger.addFilter(NoiseFilter(start))
     for category, message, module in NOISE_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    if not _terminal():  # read by huggingface_hub (and through it transformers) when they are imported
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return True
+
+
+def _terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False

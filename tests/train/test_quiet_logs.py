@@ -1,7 +1,8 @@
 """Quiet by default, on real jobs: a tiny LoRA job started from another LoRA run (which merges it: the path that
 prints all three), and `hpcft models export --merge`, are free of bitsandbytes' `Failed to load CPU
-gemm_4bit_forward`, transformers' `is_gradient_checkpointing` FutureWarning and DeepSpeed's accelerator line; the
-same with HPCFT_VERBOSE=1 (the control) shows all three, so the filter (hpcft.train.quiet) is what removes them."""
+gemm_4bit_forward`, transformers' `is_gradient_checkpointing` FutureWarning, DeepSpeed's accelerator line and the
+progress bars of transformers (`Loading weights`, a log is no terminal); the same with HPCFT_VERBOSE=1 (the control)
+shows them, so the filter (hpcft.train.quiet) is what removes them."""
 
 import json
 import os
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.train
 FAST = ["executor=local", "method=lora", "training.sequence_length=64", "training.batch_size=8",
         "training.max_steps=2"]
 NOISE = ("Failed to load CPU gemm_4bit_forward from kernels-community", "`is_gradient_checkpointing` is deprecated",
-         "Setting accelerator to CPU")
+         "Setting accelerator to CPU", "Loading weights", "Writing model shards")  # the last two: progress bars
 
 
 def run(args, verbose=False, timeout=600):
