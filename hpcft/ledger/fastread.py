@@ -97,7 +97,10 @@ def _postgres(url: str, where: JobFilter) -> Optional[List[SimpleNamespace]]:
     except psycopg.OperationalError as e:  # the full ledger could not connect either: say so after one try
         from hpcft.ledger.store import unreachable
 
-        raise unreachable(e, url) from None
+        down = unreachable(e, url)
+        if down is not None:
+            raise down from None
+        return None  # another refusal (authentication, ...): the full ledger says it its own way
     try:
         with conn, conn.cursor() as cur:
             cur.execute("SELECT version_num FROM alembic_version")

@@ -164,8 +164,12 @@ def network_timeouts(url: str) -> Dict[str, Any]:
     return {k: v for k, v in NETWORK_TIMEOUTS.get(dialect, {}).items() if k not in u.query}
 
 
-_UNREACHABLE = re.compile(r"connection|connect|timeout expired|timed out|server closed|no such file or directory|"
-                          r"could not translate host name|network is unreachable|no route to host", re.IGNORECASE)
+# what drivers say when the server is not reached (psycopg/libpq, pymysql); never a refusal the server itself gave
+# (a wrong password, a missing database: "FATAL: ...")
+_UNREACHABLE = re.compile(r"timeout expired|timed out|connection refused|no such file or directory|"
+                          r"server closed the connection|connection reset|connection is lost|the connection is closed|"
+                          r"could not translate host name|network is unreachable|no route to host|"
+                          r"can't connect to mysql server|lost connection to mysql server", re.IGNORECASE)
 
 
 def unreachable(e: BaseException, url: Optional[str] = None) -> Optional[LedgerUnreachable]:
@@ -177,7 +181,7 @@ def unreachable(e: BaseException, url: Optional[str] = None) -> Optional[LedgerU
         return None
     orig = getattr(e, "orig", None) or e
     first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    if not _UNREACHABLE.search(first):
+    if not _UNREACHABLE.search(first) or "FATAL:" in first:
         return None
     from sqlalchemy.engine import make_url
 

@@ -116,5 +116,10 @@ def test_other_errors_are_not_called_unreachable():
     assert unreachable(ValueError("connection"), "postgresql://u@h/d") is None
     assert unreachable(OperationalError("SELECT", {}, Exception("division by zero")), "postgresql://u@h/d") is None
     assert unreachable(OperationalError("SELECT", {}, Exception("connection refused")), "sqlite:////x.db") is None
+    import psycopg  # the server answered, with a refusal of its own: not "does not answer"
+
+    assert unreachable(psycopg.OperationalError('connection failed: connection to server at "127.0.0.1", port 5432 '
+                                                'failed: FATAL:  password authentication failed for user "x"'),
+                       "postgresql://x@127.0.0.1/d") is None
     e = unreachable(OperationalError("SELECT", {}, Exception("connection timeout expired")), "postgresql://u:pw@h/d")
     assert e is not None and e.exit_code == 6 and "pw" not in str(e)
